@@ -1,0 +1,289 @@
+"""The activation store: sharded safetensors files + `store.json` (DESIGN.md, Files on disk).
+
+Layout of a store folder:
+  store.json             model, layer, token kind, d, dtype, n, shard list (n, sha256), per-feature
+                         mean and std, the image list, `complete`
+  shard_00000.safetensors  acts (m, d), image (m,) int64, pos (m,) int64, and the shard's own
+                         per-feature mean and M2 (float64) so the store's statistics merge exactly
+                         whatever the order of interruptions.
+Shards hold whole images, so an interrupted extraction resumes at the first image of the next shard
+without losing or duplicating tokens. Held-out tokens are those of every `holdout_every`-th image.
+Reads are memory-mapped (`safe_open`) and streamed: the whole store is never held in RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import ArchsaeError
+from .files import read_json, write_json, write_safetensors
+
+VERSION = 1
+SPLITS = ("train", "heldout", "all")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def merge_stats(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Merge per-part (count, mean, M2) into the whole's, exactly (Chan et al. 1979)."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for nb, mb, m2b in parts:
+        total = n + nb
+        delta = mb - mean
+        mean = mean + delta * (nb / total)
+        m2 = m2 + m2b + delta**2 * (n * nb / total)
+        n = total
+    return n, np.asarray(mean), np.asarray(m2)
+
+
+def check_finite(acts: np.ndarray, where: str) -> None:
+    """Raise ArchsaeError if `acts` holds NaN or Inf, naming the first bad row."""
+    bad = ~np.isfinite(acts).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ArchsaeError(f"{where}: activations contain NaN/Inf ({int(bad.sum())} rows, first row {row}); "
+                           "fix the source (model in fp32, no corrupt images) before storing")
+
+
+class StoreWriter:
+    """Writes a store shard by shard; resumes an interrupted one with the same header."""
+
+    def __init__(self, root: str | Path, header: dict, images_per_shard: int):
+        self.root = Path(root)
+        self.images_per_shard = images_per_shard
+        meta_path = self.root / "store.json"
+        if meta_path.exists():
+            meta = read_json(meta_path)
+            if meta.get("header") != header:
+                raise ArchsaeError(f"{self.root} holds a store made with another configuration "
+                                   "(model, layer, images, ...); choose another output folder")
+            self.meta = meta
+        else:
+            self.meta = {"version": VERSION, "complete": False, "header": header,
+                         "images_per_shard": images_per_shard, "shards": []}
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stray in self.root.glob(".*.tmp"):  # left by a kill during a write
+            stray.unlink()
+        self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buf_images = 0
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta["complete"])
+
+    @property
+    def next_image(self) -> int:
+        """Index of the first image not yet in a written shard."""
+        return sum(s["n_images"] for s in self.meta["shards"])
+
+    def add(self, acts_md: np.ndarray, image_m: np.ndarray, pos_m: np.ndarray, n_images: int) -> None:
+        """Append the tokens of `n_images` whole images; writes a shard each `images_per_shard` images."""
+        check_finite(acts_md, "extraction")
+        dtype = np.dtype(self.meta["header"]["dtype"])
+        self._buf.append((acts_md.astype(dtype), image_m.astype(np.int64), pos_m.astype(np.int64)))
+        self._buf_images += n_images
+        if self._buf_images >= self.images_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        acts = np.concatenate([b[0] for b in self._buf])
+        image = np.concatenate([b[1] for b in self._buf])
+        pos = np.concatenate([b[2] for b in self._buf])
+        a64 = acts.astype(np.float64)
+        mean = a64.mean(0)
+        m2 = ((a64 - mean) ** 2).sum(0)
+        idx = len(self.meta["shards"])
+        name = f"shard_{idx:05d}.safetensors"
+        write_safetensors(self.root / name, {
+            "acts": torch.from_numpy(acts), "image": torch.from_numpy(image), "pos": torch.from_numpy(pos),
+            "stat_mean": torch.from_numpy(mean), "stat_m2": torch.from_numpy(m2)})
+        heldout = int((image % self.meta["header"]["holdout_every"] == 0).sum()) if len(image) else 0
+        self.meta["shards"].append({"file": name, "n": int(len(acts)), "n_heldout": heldout,
+                                    "n_images": self._buf_images, "first_image": int(image[0]) if len(image) else 0,
+                                    "sha256": sha256(self.root / name)})
+        write_json(self.root / "store.json", self.meta)
+        self._buf, self._buf_images = [], 0
+
+    def finish(self, **extra) -> "ActivationStore":
+        """Flush, merge the shards' statistics into the store's mean/std, mark complete."""
+        self.flush()
+        if not self.meta["shards"]:
+            raise ArchsaeError("no tokens were extracted; nothing to store")
+        parts = []
+        for s in self.meta["shards"]:
+            with safe_open(self.root / s["file"], framework="np") as f:
+                parts.append((s["n"], f.get_tensor("stat_mean"), f.get_tensor("stat_m2")))
+        n, mean, m2 = merge_stats(parts)
+        self.meta.update(extra, n=int(n), mean=mean.tolist(), std=np.sqrt(m2 / n).tolist(), complete=True)
+        write_json(self.root / "store.json", self.meta)
+        return ActivationStore(self.root)
+
+
+@dataclass(frozen=True)
+class Shard:
+    acts_md: torch.Tensor  # float32
+    image_m: torch.Tensor  # int64
+    pos_m: torch.Tensor  # int64
+
+
+class ActivationStore:
+    """A complete store, read lazily. Raises ArchsaeError if missing, incomplete or damaged."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / "store.json").exists():
+            raise ArchsaeError(f"no activation store at {self.root}: run `archsae extract` or `archsae store import`")
+        self.meta = read_json(self.root / "store.json")
+        if not self.meta.get("complete"):
+            raise ArchsaeError(f"the store at {self.root} is incomplete (interrupted extraction); "
+                               "re-run the same `archsae extract` to resume it")
+        for s in self.meta["shards"]:
+            if not (self.root / s["file"]).exists():
+                raise ArchsaeError(f"shard {s['file']} of {self.root} is missing; re-extract the store")
+        self.header = self.meta["header"]
+        self.mean_d = torch.tensor(self.meta["mean"], dtype=torch.float32)
+        std = torch.tensor(self.meta["std"], dtype=torch.float32)
+        # Constant features (std 0, e.g. a channel ReLU6 never opens) standardise to 0, not NaN.
+        self.std_d = torch.where(std > 1e-6, std, torch.ones_like(std))
+
+    # ---- description -------------------------------------------------------------------------
+    @property
+    def d(self) -> int:
+        return int(self.header["d"])
+
+    @property
+    def n(self) -> int:
+        return int(self.meta["n"])
+
+    @property
+    def images(self) -> list[dict]:
+        return self.header.get("images", [])
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.meta["shards"])
+
+    def n_split(self, split: str) -> int:
+        held = sum(s["n_heldout"] for s in self.meta["shards"])
+        return {"train": self.n - held, "heldout": held, "all": self.n}[split]
+
+    def verify(self) -> None:
+        """Check every shard's sha256 against store.json; raise ArchsaeError naming a corrupt shard."""
+        for s in self.meta["shards"]:
+            if sha256(self.root / s["file"]) != s["sha256"]:
+                raise ArchsaeError(f"shard {s['file']} of {self.root} is corrupt (checksum mismatch); re-extract")
+
+    # ---- reading -----------------------------------------------------------------------------
+    def read_shard(self, i: int, split: str = "all") -> Shard:
+        """Shard i as float32 activations with provenance, restricted to a split."""
+        path = self.root / self.meta["shards"][i]["file"]
+        try:
+            with safe_open(path, framework="pt") as f:
+                acts, image, pos = f.get_tensor("acts").float(), f.get_tensor("image"), f.get_tensor("pos")
+        except (SafetensorError, OSError) as e:
+            raise ArchsaeError(f"shard {path} is unreadable ({e}); re-extract the store") from None
+        if split != "all":
+            held = image % int(self.header["holdout_every"]) == 0
+            keep = held if split == "heldout" else ~held
+            acts, image, pos = acts[keep], image[keep], pos[keep]
+        return Shard(acts, image, pos)
+
+    def standardise(self, acts_nd: torch.Tensor) -> torch.Tensor:
+        """(A - mean) / std element-wise with the store's statistics (Fel et al. 2025, Sec. 5)."""
+        return (acts_nd - self.mean_d) / self.std_d
+
+    def batches(self, batch_size: int, seed: int, epoch: int, split: str = "train",
+                shuffle_shards: int = 4) -> Iterator[torch.Tensor]:
+        """Shuffled raw batches (batch_size, d) for one epoch, a deterministic function of (seed, epoch).
+
+        A shuffle buffer of `shuffle_shards` shards bounds memory; the last partial batch is dropped.
+        """
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(self.n_shards)
+        carry = torch.empty(0, self.d)
+        for g in range(0, len(order), shuffle_shards):
+            buf = torch.cat([carry] + [self.read_shard(int(i), split).acts_md for i in order[g:g + shuffle_shards]])
+            buf = buf[torch.from_numpy(rng.permutation(len(buf)))]
+            full = len(buf) // batch_size * batch_size
+            yield from buf[:full].split(batch_size)
+            carry = buf[full:]
+
+    def sample(self, max_tokens: int, seed: int, split: str = "all") -> torch.Tensor:
+        """Up to `max_tokens` raw tokens (m, d) of a split, a seeded uniform sample without replacement."""
+        total = self.n_split(split)
+        if total == 0:
+            raise ArchsaeError(f"the store at {self.root} has no {split} tokens")
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(total, size=min(max_tokens, total), replace=False))
+        out, offset = [], 0
+        for i in range(self.n_shards):
+            shard = self.read_shard(i, split)
+            m = len(shard.acts_md)
+            local = chosen[(chosen >= offset) & (chosen < offset + m)] - offset
+            if len(local):
+                out.append(shard.acts_md[torch.from_numpy(local)])
+            offset += m
+        return torch.cat(out)
+
+    def image_tokens(self, image: int) -> Shard:
+        """The tokens of one image, with positions (for heatmaps)."""
+        shard = self.read_shard(image // int(self.meta["images_per_shard"]))
+        keep = shard.image_m == image
+        return Shard(shard.acts_md[keep], shard.image_m[keep], shard.pos_m[keep])
+
+
+def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384, dtype: str = "float32",
+                  holdout_every: int = 10) -> ActivationStore:
+    """Make a store from an existing (n, d) matrix in a `.npy` or `.safetensors` file.
+
+    Each row is its own "image" (provenance = row index, position 0), so every `holdout_every`-th row
+    is held out. Raises ArchsaeError for a missing file, a non-2-D or non-numeric matrix, NaN/Inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArchsaeError(f"{path} does not exist")
+    try:
+        if path.suffix == ".npy":
+            matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+        elif path.suffix == ".safetensors":
+            with safe_open(path, framework="np") as f:
+                keys = list(f.keys())
+                key = next((k for k in ("acts", "activations") if k in keys), keys[0] if len(keys) == 1 else None)
+                if key is None:
+                    raise ArchsaeError(f"{path} holds tensors {keys}; name the matrix 'acts' or keep only one")
+                matrix = f.get_tensor(key)
+        else:
+            raise ArchsaeError(f"{path}: expected a .npy or .safetensors file")
+    except (ValueError, OSError, SafetensorError) as e:
+        raise ArchsaeError(f"cannot read {path} ({e})") from None
+    if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
+        raise ArchsaeError(f"{path} holds shape {matrix.shape}; expected a 2-D (n, d) activation matrix")
+    if not np.issubdtype(matrix.dtype, np.number):
+        raise ArchsaeError(f"{path} holds dtype {matrix.dtype}; expected numbers")
+    n, d = matrix.shape
+    header = {"source": str(path.resolve()), "model": "", "layer": "", "token_kind": "imported", "d": int(d),
+              "dtype": dtype, "grid": None, "tokens_per_image": 1, "holdout_every": holdout_every, "images": []}
+    writer = StoreWriter(root, header, images_per_shard=shard_tokens)
+    if writer.complete:
+        return ActivationStore(root)
+    for start in range(writer.next_image, n, shard_tokens):
+        rows = np.asarray(matrix[start:start + shard_tokens], dtype=np.float32)
+        check_finite(rows, f"{path} rows {start}..{start + len(rows) - 1}")
+        idx = np.arange(start, start + len(rows))
+        writer.add(rows, idx, np.zeros_like(idx), n_images=len(rows))
+    return writer.finish()
