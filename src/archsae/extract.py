@@ -33,6 +33,7 @@ def extract(images: list[ImageItem], out: str | Path, cfg: ExtractConfig = Extra
     header = {"model": cfg.model, "layer": cfg.layer or "forward_features", "token_kind": kind, "d": int(d),
               "dtype": cfg.dtype, "grid": list(grid), "tokens_per_image": int(tokens_per_image),
               "holdout_every": cfg.holdout_every, "config": to_dict(cfg),
+              "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
               "images": [{"path": it.path, "label": it.label} for it in images]}
     per_shard = max(1, cfg.shard_tokens // tokens_per_image)
     writer = StoreWriter(out, header, images_per_shard=per_shard)

@@ -11,7 +11,8 @@ from typing import Any, Callable
 from safetensors.torch import save_file
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temp file beside `path`, then rename it onto `path`; nothing is left on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,24 +27,24 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write `obj` as indented JSON to `path` atomically (temp file, then rename)."""
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n"))
 
 
 def write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically."""
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Save a dict of torch tensors as safetensors atomically (tensors made contiguous)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def save_image(path: Path, image, **kwargs) -> None:
     """Save a PIL image atomically; the format comes from the suffix of `path`."""
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}[Path(path).suffix.lower()]
-    _atomic(path, lambda tmp: image.save(tmp, format=fmt, **kwargs))
+    atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **kwargs))
 
 
 def read_json(path: Path) -> Any:

@@ -30,7 +30,7 @@ class Backbone:
     name: str
     model: torch.nn.Module
     transform: Callable
-    view_transform: Callable  # the same resize/crop without normalisation: what the model saw
+    data_config: dict  # timm's resolved data config (input size, crop, interpolation, mean, std)
     layer: str
     prefix_tokens: bool
     num_prefix: int
@@ -121,8 +121,14 @@ def load_backbone(name: str = "efficientnet_lite0", pretrained: bool = True, lay
             names = [n for n, _ in model.named_modules() if n.count(".") <= 1 and n][:20]
             raise ArchsaeError(f"{name} has no layer {layer!r}; some layers: {', '.join(names)}") from None
     data_cfg = timm.data.resolve_data_config({}, model=model)
-    transform = timm.data.create_transform(**data_cfg)
-    view = type(transform)([t for t in transform.transforms
+    return Backbone(name=name, model=model, transform=timm.data.create_transform(**data_cfg),
+                    data_config=data_cfg, layer=layer, prefix_tokens=prefix_tokens,
+                    num_prefix=int(getattr(model, "num_prefix_tokens", 0)))
+
+
+def view_transform(data_config: dict) -> Callable:
+    """timm's eval transform for `data_config` without tensor conversion and normalisation: PIL -> the
+    resized, cropped PIL image the model saw (what heatmaps are drawn over)."""
+    transform = import_timm().data.create_transform(**data_config)
+    return type(transform)([t for t in transform.transforms
                             if type(t).__name__ not in ("ToTensor", "MaybeToTensor", "Normalize")])
-    return Backbone(name=name, model=model, transform=transform, view_transform=view, layer=layer,
-                    prefix_tokens=prefix_tokens, num_prefix=int(getattr(model, "num_prefix_tokens", 0)))

@@ -1,0 +1,175 @@
+"""The command-line tool: a thin layer over the library. Options come from the config dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from .config import (DemoConfig, DistillConfig, EvaluateConfig, ExtractConfig, ReportConfig, RunConfig,
+                     TrainConfig)
+from .errors import ArchsaeError
+
+app = typer.Typer(help="Stable, honest concept extraction from vision models with (archetypal) SAEs.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+store_app = typer.Typer(help="Activation store utilities.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+RUN_OPTION = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                               default=typer.Option(Path("archsae-run"), "--run", help="run directory"))
+
+
+def _config_params(cls: type, prefix: str = "") -> list[inspect.Parameter]:
+    return [inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=type(f.default),
+                              default=typer.Option(f.default, "--" + (prefix + f.name).replace("_", "-"),
+                                                   help=f.metadata["help"], show_default=True))
+            for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def command(app_: typer.Typer, name: str, configs: dict[str, type] = {}, params: list[inspect.Parameter] = ()):
+    """Register `fn(**params, **{key: config})` as a command whose options mirror the configs' fields.
+
+    `configs` maps the keyword `fn` receives to a config class; the key is the option prefix unless it
+    is the command's own config (prefix ''). ArchsaeError becomes a one-line message and exit status 2.
+    """
+    def deco(fn: Callable) -> Callable:
+        prefixes = {key: "" if i == 0 else key + "_" for i, key in enumerate(configs)}
+        sig = list(params) + [p for key, cls in configs.items() for p in _config_params(cls, prefixes[key])]
+
+        @functools.wraps(fn)
+        def wrapper(**kw):
+            try:
+                built = {key: cls(**{f.name: kw.pop(prefixes[key] + f.name) for f in dataclasses.fields(cls)
+                                     if "help" in f.metadata}) for key, cls in configs.items()}
+                result = fn(**kw, **built)
+            except ArchsaeError as e:
+                typer.echo(f"archsae {name}: error: {e}", err=True)
+                raise typer.Exit(2)
+            except KeyboardInterrupt:
+                typer.echo(f"archsae {name}: interrupted; run the same command again to resume", err=True)
+                raise typer.Exit(130)
+            if result:
+                typer.echo(result)
+
+        wrapper.__signature__ = inspect.Signature(sig)
+        app_.command(name)(wrapper)
+        return fn
+    return deco
+
+
+def _param(name: str, annotation, default, help: str, *flags: str) -> inspect.Parameter:
+    opt = typer.Option(default, *flags, help=help) if flags or default is not ... else typer.Argument(..., help=help)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=opt)
+
+
+IMAGES = _param("images", Optional[Path], None, "image folder (class subfolders or flat); default: the demo set",
+                "--images")
+
+
+@command(app, "extract", {"extract": ExtractConfig, "demo": DemoConfig}, [RUN_OPTION, IMAGES])
+def extract_cmd(run: Path, images: Optional[Path], extract: ExtractConfig, demo: DemoConfig) -> str:
+    """Images -> token activations -> RUN/store (resumes an interrupted extraction)."""
+    from .data import build_demo, list_images
+    from .extract import extract as do_extract
+
+    items = list_images(images) if images else build_demo(run / "images", demo)
+    store = do_extract(items, run / "store", extract)
+    return f"{store.n} tokens of d = {store.d} in {store.root}"
+
+
+@command(store_app, "import", {"extract": ExtractConfig},
+         [_param("file", Path, ..., "an (n, d) matrix: .npy or .safetensors"), RUN_OPTION])
+def store_import_cmd(file: Path, run: Path, extract: ExtractConfig) -> str:
+    """Make RUN/store from an existing (n, d) activation matrix (only shard/dtype/holdout options apply)."""
+    from .store import import_matrix
+
+    store = import_matrix(file, run / "store", extract.shard_tokens, extract.dtype, extract.holdout_every)
+    return f"{store.n} tokens of d = {store.d} in {store.root}"
+
+
+@command(store_app, "verify", {}, [RUN_OPTION])
+def store_verify_cmd(run: Path) -> str:
+    """Check every shard of RUN/store against its sha256."""
+    from .store import ActivationStore
+
+    store = ActivationStore(run / "store")
+    store.verify()
+    return f"{store.n_shards} shards OK"
+
+
+@command(app, "distill", {"distill": DistillConfig}, [RUN_OPTION])
+def distill_cmd(run: Path, distill: DistillConfig) -> str:
+    """k-means of the standardised activations into n' centroids C -> RUN/centroids/seed{seed}."""
+    from .distill import centroids_path, distill as do_distill
+    from .store import ActivationStore
+
+    out = centroids_path(run, distill.seed)
+    c = do_distill(ActivationStore(run / "store"), distill, out)
+    return f"C {tuple(c.shape)} in {out}"
+
+
+@command(app, "train", {"train": TrainConfig},
+         [RUN_OPTION, _param("name", str, "", "model folder under RUN/models; default {method}-s{seed}", "--name")])
+def train_cmd(run: Path, name: str, train: TrainConfig) -> str:
+    """Train one SAE (TopK or RA-SAE) on RUN/store -> RUN/models/NAME (resumes from its checkpoint)."""
+    from .distill import centroids_path, load_centroids
+    from .store import ActivationStore
+    from .train import train as do_train
+
+    store = ActivationStore(run / "store")
+    candidates = load_centroids(centroids_path(run, train.kmeans_seed)) if train.method == "ra-sae" else None
+    out = run / "models" / (name or f"{train.method}-s{train.seed}")
+    do_train(store, train, out, candidates)
+    return f"model in {out}"
+
+
+@command(app, "evaluate", {"evaluate": EvaluateConfig}, [RUN_OPTION])
+def evaluate_cmd(run: Path, evaluate: EvaluateConfig) -> str:
+    """Metrics of every model in RUN/models on held-out tokens -> RUN/metrics.json."""
+    from .evaluate import evaluate as do_evaluate
+    from .store import ActivationStore
+
+    results = do_evaluate(ActivationStore(run / "store"), run / "models", evaluate, run / "metrics.json")
+    lines = [f"{'model':<16}{'R2':>8}{'dead':>8}{'L0':>8}{'OOD':>8}{'stab.':>8}"]
+    for n, m in results.items():
+        stab = f"{m['stability']:8.4f}" if m["stability"] is not None else f"{'-':>8}"
+        lines.append(f"{n:<16}{m['r2']:8.4f}{m['dead_codes']:8.4f}{m['l0']:8.2f}{m['ood']:8.4f}{stab}")
+    return "\n".join(lines + [f"written to {run / 'metrics.json'}"])
+
+
+@command(app, "report", {"report": ReportConfig}, [RUN_OPTION])
+def report_cmd(run: Path, report: ReportConfig) -> str:
+    """One HTML page of RUN: configuration, metrics, concept galleries -> RUN/report/index.html."""
+    from .report import write_report
+
+    return f"report: {write_report(run, report)}"
+
+
+@command(app, "run", {}, [
+    _param("out", Path, Path("archsae-run"), "run directory", "--out"), IMAGES,
+    _param("quick", bool, False, "a small configuration for smoke tests (~3 min on 2 cores)", "--quick"),
+    _param("model", str, ExtractConfig.model, "timm model name (default: embedded EfficientNet-Lite0)", "--model"),
+    _param("n_images", int, 0, "demo images (0 = the configuration's default)", "--n-images"),
+])
+def run_cmd(out: Path, images: Optional[Path], quick: bool, model: str, n_images: int) -> str:
+    """The whole job on the defaults: demo images -> extract -> distill -> train -> evaluate -> report."""
+    from .pipeline import run as do_run
+
+    cfg = RunConfig.quick() if quick else RunConfig()
+    cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, model=model))
+    if n_images:
+        cfg = dataclasses.replace(cfg, demo=dataclasses.replace(cfg.demo, n_images=n_images))
+    return f"report: {do_run(out, cfg, images).resolve()}"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

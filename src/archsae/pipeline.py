@@ -1,0 +1,54 @@
+"""`archsae run`: every step on one configuration into one run directory.
+
+Layout of a run directory:
+  run.json                 the resolved RunConfig (+ the image folder)
+  images/                  the demo set, when no image folder is given
+  store/                   the activation store
+  centroids/seed{s}.*      k-means candidates C, one per k-means seed
+  models/{method}-s{s}/    one folder per trained SAE
+  metrics.json, evaluate.json
+  report/index.html
+Each step reuses a finished result of the same configuration, so a killed run is resumed by re-running it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from .config import RunConfig, to_dict
+from .data import build_demo, list_images
+from .distill import centroids_path, distill
+from .errors import ArchsaeError
+from .evaluate import evaluate
+from .extract import extract
+from .files import read_json, write_json
+from .report import write_report
+from .train import train
+
+METHODS = ("topk", "ra-sae")
+
+
+def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | None = None) -> Path:
+    """Run demo/images -> extract -> distill -> train (TopK and RA-SAE, `cfg.n_runs` independently
+    initialised runs each) -> evaluate -> report. Returns the report's path.
+
+    Raises ArchsaeError if `run_dir` holds a run of another configuration, or on any step's bad input.
+    """
+    run_dir = Path(run_dir)
+    resolved = {"config": to_dict(cfg), "images": str(Path(images).resolve()) if images else None}
+    if (run_dir / "run.json").exists() and read_json(run_dir / "run.json") != resolved:
+        raise ArchsaeError(f"{run_dir} holds a run of another configuration; choose another --out")
+    write_json(run_dir / "run.json", resolved)
+    items = list_images(images) if images else build_demo(run_dir / "images", cfg.demo)
+    store = extract(items, run_dir / "store", cfg.extract)
+    for r in range(cfg.n_runs):
+        kmeans_seed = cfg.distill.seed + r
+        candidates = distill(store, replace(cfg.distill, seed=kmeans_seed), centroids_path(run_dir, kmeans_seed))
+        for method in METHODS:
+            tcfg = replace(cfg.train, method=method, seed=cfg.train.seed + r,
+                           centroids_seed=kmeans_seed if method == "ra-sae" else -1)
+            train(store, tcfg, run_dir / "models" / f"{method}-s{tcfg.seed}",
+                  candidates if method == "ra-sae" else None)
+    evaluate(store, run_dir / "models", cfg.evaluate, run_dir / "metrics.json")
+    return write_report(run_dir, cfg.report)

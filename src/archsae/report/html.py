@@ -1,0 +1,74 @@
+"""Render the run directory's results as one HTML page (Jinja2) with PNG figures beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
+
+from ..config import ReportConfig  # noqa: E402
+from ..files import atomic_write, read_json, save_image, write_text  # noqa: E402
+from ..sae import load_sae  # noqa: E402
+from ..store import ActivationStore  # noqa: E402
+from .gallery import concept_gallery  # noqa: E402
+
+METRICS = [("r2", "R² ↑"), ("dead_codes", "dead codes ↓"), ("l0", "L0"), ("ood", "OOD ↓"), ("stability", "stability ↑")]
+
+
+def _training_curves(models_dir: Path, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for log in sorted(models_dir.glob("*/log.jsonl")):
+        rows = [json.loads(l) for l in log.read_text().splitlines()]
+        ax.plot([r["tokens"] for r in rows], [r["r2"] for r in rows], label=log.parent.name)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("train R² (batch)")
+    ax.set_ylim(bottom=max(-0.1, ax.get_ylim()[0]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Path:
+    """Write `run_dir/report/index.html`: configuration, metrics table (metrics.json), training curves,
+    and for the first run of each method its most used concepts with top images and heatmaps.
+    Raises ArchsaeError if the store, models or metrics.json are missing."""
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    metrics = read_json(run_dir / "metrics.json")
+    store = ActivationStore(run_dir / "store")
+    config = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    methods: dict[str, list[str]] = {}
+    for name, m in metrics.items():
+        methods.setdefault(m["method"], []).append(name)
+    summary = {method: {key: _mean([metrics[n][key] for n in names]) for key, _ in METRICS}
+               for method, names in methods.items()}
+    galleries = []
+    for method, names in methods.items():
+        name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
+        model, _, _ = load_sae(run_dir / "models" / name)
+        concepts = concept_gallery(model, store, cfg.n_concepts, cfg.n_images)
+        for c in concepts:
+            if c.strip is not None:
+                c.file = f"concepts/{name}_{c.index}.png"
+                save_image(out / c.file, c.strip)
+        galleries.append({"name": name, "method": method, "concepts": concepts})
+    _training_curves(run_dir / "models", out / "training.png")
+    env = Environment(loader=PackageLoader("archsae", "report/templates"), autoescape=select_autoescape())
+    html = env.get_template("report.html.j2").render(
+        run_dir=str(run_dir.resolve()), config=json.dumps(config, indent=2), metrics=metrics, columns=METRICS,
+        summary=summary, galleries=galleries, store=store.meta["header"], n_tokens=store.n,
+        evaluation=read_json(run_dir / "evaluate.json") if (run_dir / "evaluate.json").exists() else {})
+    write_text(out / "index.html", html)
+    return out / "index.html"
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
