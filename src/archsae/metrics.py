@@ -71,14 +71,14 @@ def ood_score(D, A) -> float:
 
 
 def match_atoms(D1, D2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The signed permutation between two dictionaries (k, d) that maximises the summed |cos|.
+    """The signed (partial) permutation between dictionaries (k1, d) and (k2, d) maximising the summed |cos|.
 
-    Returns (rows, cols, cos): atom rows[i] of D1 matches atom cols[i] of D2 with signed cosine cos[i].
-    Hungarian matching on |cos| with scipy's linear_sum_assignment. Raises ValueError on shape mismatch.
+    Returns (rows, cols, cos), min(k1, k2) pairs: atom rows[i] of D1 matches atom cols[i] of D2 with
+    signed cosine cos[i]. Hungarian matching on |cos| (scipy's linear_sum_assignment).
+    Raises ValueError if d differs.
     """
     D1, D2 = _unit(_t(D1)), _unit(_t(D2))
-    if D1.shape != D2.shape:
-        raise ValueError(f"dictionaries must share shape (k, d); got {tuple(D1.shape)} and {tuple(D2.shape)}")
+    _check_2d("D2", D2, D1.shape[1])
     cos = (D1 @ D2.T).numpy()
     rows, cols = linear_sum_assignment(np.abs(cos), maximize=True)
     return rows, cols, cos[rows, cols]
@@ -88,5 +88,8 @@ def stability(D1, D2) -> float:
     """max over signed permutations P of (1/k) Tr(D1^T P D2), unit atoms (eqs. 2/7).
 
     In [0, 1]: 1 = the same dictionary up to order and sign; random directions in high d score near 0.
+    Raises ValueError unless both are (k, d).
     """
+    if np.shape(D1) != np.shape(D2):
+        raise ValueError(f"dictionaries must share shape (k, d); got {tuple(np.shape(D1))} and {tuple(np.shape(D2))}")
     return float(np.abs(match_atoms(D1, D2)[2]).mean())

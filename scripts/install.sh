@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install everything archsae needs on a fresh Debian machine of this kind (run as root):
+# the demo's Debian package, then a virtual environment in .venv with archsae and its test tools.
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -d /usr/share/tuxpaint/stamps ]; then
+  # The demo set's photo stamps (GPL-2): used from the installed files, never committed.
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# One pip command: torch pinned to the CPU wheel on disk, torchvision 0.28.0 beside timm (otherwise pip
+# pulls a newer CUDA torch), then archsae itself in editable mode with its test extra.
+.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 torchvision==0.28.0 timm -e ".[test]"

@@ -1,0 +1,48 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any hub download fails fast instead of hanging
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from archsae.config import DemoConfig, ExtractConfig
+from archsae.data import build_demo
+from archsae.extract import extract
+from archsae.store import StoreWriter
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory):
+    """24 demo images (real stamps and photos)."""
+    return build_demo(tmp_path_factory.mktemp("demo"), DemoConfig(n_images=24, seed=3))
+
+
+@pytest.fixture(scope="session")
+def demo_store(demo_images, tmp_path_factory):
+    """A real EfficientNet-Lite0 store of the 24 demo images, 5 images per shard."""
+    return extract(demo_images, tmp_path_factory.mktemp("store") / "store",
+                   ExtractConfig(shard_tokens=5 * 49, batch_size=8))
+
+
+def planted_data(n: int = 12_000, d: int = 64, n_base: int = 12, seed: int = 0):
+    """Tokens made of 1 or 2 planted atoms with positive weights; the atoms come in +/- pairs so the
+    data is centred and standardisation only rescales the atom directions. Returns (A (n, d), atoms (2*n_base, d))."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n_base, d))
+    atoms = np.concatenate([base, -base])
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    codes = np.zeros((n, len(atoms)))
+    for row in range(n):
+        active = rng.choice(len(atoms), size=1 + int(rng.random() < 0.4), replace=False)
+        codes[row, active] = rng.uniform(1.0, 2.0, size=len(active))
+    acts = codes @ atoms + 0.01 * rng.normal(size=(n, d))
+    return acts.astype(np.float32), atoms.astype(np.float32)
+
+
+def write_store(root, acts: np.ndarray, shard_tokens: int = 2000):
+    from archsae.store import import_matrix
+    path = root.parent / f"{root.name}.npy"
+    np.save(path, acts)
+    return import_matrix(path, root, shard_tokens=shard_tokens)

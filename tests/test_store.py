@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import archsae.extract as extract_module
+from archsae.config import ExtractConfig
+from archsae.errors import ArchsaeError
+from archsae.extract import extract
+from archsae.store import ActivationStore, StoreWriter, import_matrix
+
+
+def _read_all(store):
+    shards = [store.read_shard(i) for i in range(store.n_shards)]
+    return (torch.cat([s.acts_md for s in shards]), torch.cat([s.image_m for s in shards]),
+            torch.cat([s.pos_m for s in shards]))
+
+
+def test_round_trip_keeps_values_provenance_and_exact_statistics(tmp_path):
+    rng = np.random.default_rng(0)
+    header = {"model": "m", "layer": "l", "token_kind": "spatial", "d": 6, "dtype": "float32", "grid": [2, 2],
+              "tokens_per_image": 4, "holdout_every": 3, "images": [{"path": f"{i}.png", "label": "x"} for i in range(7)]}
+    writer = StoreWriter(tmp_path / "s", header, images_per_shard=2)
+    acts = rng.normal(3.0, 2.0, size=(7 * 4, 6)).astype(np.float32)
+    image, pos = np.repeat(np.arange(7), 4), np.tile(np.arange(4), 7)
+    for i in range(7):  # one image at a time: 2 images per shard, 4 shards, the last with one image
+        writer.add(acts[4 * i:4 * i + 4], image[4 * i:4 * i + 4], pos[4 * i:4 * i + 4], n_images=1)
+    store = writer.finish()
+    got_acts, got_image, got_pos = _read_all(store)
+    assert store.n_shards == 4 and store.n == 28
+    assert torch.equal(got_acts, torch.from_numpy(acts))
+    assert got_image.tolist() == image.tolist() and got_pos.tolist() == pos.tolist()
+    np.testing.assert_allclose(store.mean_d.numpy(), acts.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(store.std_d.numpy(), acts.astype(np.float64).std(0), rtol=1e-6)
+    # held out: images 0, 3, 6 (every 3rd)
+    assert store.n_split("heldout") == 12 and store.n_split("train") == 16
+    assert set(store.read_shard(1, "heldout").image_m.tolist()) == {3}
+    assert torch.equal(store.image_tokens(5).acts_md, torch.from_numpy(acts[20:24]))
+    store.verify()
+
+
+def test_batches_cover_the_train_split_once_per_epoch_and_depend_only_on_seed(tmp_path):
+    acts = np.arange(60 * 2, dtype=np.float32).reshape(60, 2)
+    store = import_matrix(_save(tmp_path, acts), tmp_path / "s", shard_tokens=7, holdout_every=5)
+    epoch = torch.cat(list(store.batches(4, seed=1, epoch=0, shuffle_shards=2)))
+    train_rows = acts[np.arange(60) % 5 != 0]
+    assert len(epoch) == len(train_rows) // 4 * 4
+    assert len(set(epoch[:, 0].tolist())) == len(epoch)  # no duplicates
+    assert set(epoch[:, 0].tolist()) <= set(train_rows[:, 0].tolist())
+    again = torch.cat(list(store.batches(4, seed=1, epoch=0, shuffle_shards=2)))
+    other = torch.cat(list(store.batches(4, seed=1, epoch=1, shuffle_shards=2)))
+    assert torch.equal(epoch, again) and not torch.equal(epoch, other)
+
+
+def _save(tmp_path, array, name="acts.npy"):
+    np.save(tmp_path / name, array)
+    return tmp_path / name
+
+
+def test_import_rejects_nan_and_wrong_shape_and_writes_nothing_complete(tmp_path):
+    bad = np.ones((10, 3), dtype=np.float32)
+    bad[7, 1] = np.nan
+    with pytest.raises(ArchsaeError, match="NaN/Inf"):
+        import_matrix(_save(tmp_path, bad), tmp_path / "s")
+    with pytest.raises(ArchsaeError, match="no activation store"):  # nothing was written
+        ActivationStore(tmp_path / "s")
+    with pytest.raises(ArchsaeError, match="2-D"):
+        import_matrix(_save(tmp_path, np.ones(5), "flat.npy"), tmp_path / "t")
+
+
+def test_corrupt_shard_is_reported(tmp_path):
+    store = import_matrix(_save(tmp_path, np.ones((20, 3), np.float32)), tmp_path / "s", shard_tokens=10)
+    path = store.root / store.meta["shards"][1]["file"]
+    path.write_bytes(path.read_bytes()[:-8] + b"garbage!")
+    with pytest.raises(ArchsaeError, match="corrupt"):
+        store.verify()
+
+
+def test_interrupted_extraction_resumes_to_the_uninterrupted_store(demo_images, demo_store, tmp_path, monkeypatch):
+    cfg = ExtractConfig(shard_tokens=5 * 49, batch_size=8)
+    real_load = extract_module.load_image
+    calls = {"n": 0}
+
+    def dying_load(path):
+        calls["n"] += 1
+        if calls["n"] == 15:  # the probe image, then images 0..12: dies mid-way through the third shard
+            raise KeyboardInterrupt
+        return real_load(path)
+
+    monkeypatch.setattr(extract_module, "load_image", dying_load)
+    with pytest.raises(KeyboardInterrupt):
+        extract(demo_images, tmp_path / "store", cfg)
+    partial = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert not partial["complete"] and len(partial["shards"]) == 2
+    monkeypatch.setattr(extract_module, "load_image", real_load)
+    resumed = extract(demo_images, tmp_path / "store", cfg)
+    assert resumed.n == demo_store.n == 24 * 49
+    for a, b in zip(_read_all(resumed), _read_all(demo_store)):
+        assert torch.equal(a, b)
+    assert resumed.meta["mean"] == demo_store.meta["mean"] and resumed.meta["std"] == demo_store.meta["std"]
+
+
+def test_extract_into_a_store_of_another_configuration_is_refused(demo_images, demo_store):
+    with pytest.raises(ArchsaeError, match="another configuration"):
+        extract(demo_images, demo_store.root, ExtractConfig(shard_tokens=5 * 49, batch_size=8, holdout_every=3))
