@@ -31,13 +31,14 @@ def _config_params(cls: type, prefix: str = "") -> list[inspect.Parameter]:
             for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
-def command(app_: typer.Typer, name: str, configs: dict[str, type] = {}, params: list[inspect.Parameter] = ()):
+def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list[inspect.Parameter]):
     """Register `fn(**params, **{key: config})` as a command whose options mirror the configs' fields.
 
     `configs` maps the keyword `fn` receives to a config class; the key is the option prefix unless it
     is the command's own config (prefix ''). ArchsaeError becomes a one-line message and exit status 2.
     """
     def deco(fn: Callable) -> Callable:
+        # The first config's options are the command's own (--k); the others carry their key (--demo-seed).
         prefixes = {key: "" if i == 0 else key + "_" for i, key in enumerate(configs)}
         sig = list(params) + [p for key, cls in configs.items() for p in _config_params(cls, prefixes[key])]
 

@@ -1,0 +1,81 @@
+"""The command line: --help everywhere; bad input gives one line, exit 2, and no result."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from archsae.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("cmd", [[], ["extract"], ["store", "import"], ["store", "verify"], ["distill"],
+                                 ["train"], ["evaluate"], ["report"], ["run"]])
+def test_every_command_has_help(cmd):
+    result = invoke(*cmd, "--help")
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def _error(result, pattern):
+    assert result.exit_code == 2, result.output
+    assert pattern in result.output and "Traceback" not in result.output
+
+
+def test_bad_image_folders(tmp_path):
+    _error(invoke("extract", "--run", tmp_path / "r", "--images", tmp_path / "missing"), "does not exist")
+    (tmp_path / "empty").mkdir()
+    _error(invoke("extract", "--run", tmp_path / "r", "--images", tmp_path / "empty"), "holds no images")
+    folder = tmp_path / "imgs" / "cats"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(folder / "ok.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    _error(invoke("extract", "--run", tmp_path / "r", "--images", tmp_path / "imgs"), "cannot read image")
+    assert not (tmp_path / "r" / "store").exists()
+
+
+def test_bad_matrices_and_settings(tmp_path):
+    np.save(tmp_path / "nan.npy", np.full((20, 4), np.nan, np.float32))
+    _error(invoke("store", "import", tmp_path / "nan.npy", "--run", tmp_path / "a"), "NaN/Inf")
+    np.save(tmp_path / "flat.npy", np.ones(20, np.float32))
+    _error(invoke("store", "import", tmp_path / "flat.npy", "--run", tmp_path / "b"), "expected a 2-D")
+    np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))
+    assert invoke("store", "import", tmp_path / "ok.npy", "--run", tmp_path / "c").exit_code == 0
+    _error(invoke("distill", "--run", tmp_path / "c", "--n-centroids", 0), "n' (n_centroids) must be >= 1")
+    _error(invoke("distill", "--run", tmp_path / "c", "--n-centroids", 5000, "--max-points", 10_000),
+           "at least n' = 5000")
+    _error(invoke("train", "--run", tmp_path / "c", "--k", 8, "--top-k", 16), "must be >= top_k")
+    _error(invoke("train", "--run", tmp_path / "c", "--delta", -1), "delta must be >= 0")
+    _error(invoke("train", "--run", tmp_path / "c", "--method", "ra-sae"), "run `archsae distill`")
+    _error(invoke("evaluate", "--run", tmp_path / "c"), "no trained models")
+    _error(invoke("train", "--run", tmp_path / "missing"), "no activation store")
+    assert not list((tmp_path / "c").glob("models/*/model.safetensors"))
+
+
+def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
+    """The real console script, end to end on the quick configuration."""
+    exe = Path(sys.executable).with_name("archsae")
+    out = subprocess.run([str(exe), "run", "--quick", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {m["method"] for m in metrics.values()} == {"topk", "ra-sae"}
+    for name, m in metrics.items():
+        for key in ("r2", "dead_codes", "l0", "ood", "stability"):
+            assert np.isfinite(m[key]), (name, key)
+        assert 0 < m["r2"] < 1 and 0 <= m["dead_codes"] <= 1
+    html = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "topk-s0" in html and "ra-sae-s0" in html
+    strips = list((tmp_path / "run" / "report" / "concepts").glob("*.png"))
+    assert len(strips) == 2 * 16
+    assert Image.open(strips[0]).size == (8 * 160, 160)
