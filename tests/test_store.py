@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import numpy as np
@@ -5,11 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import archsae.extract as extract_module
 from archsae.config import ExtractConfig
 from archsae.errors import ArchsaeError
 from archsae.extract import extract
 from archsae.store import ActivationStore, StoreWriter, import_matrix
+
+# The module, not the `archsae.extract` function the package re-exports under the same name.
+extract_module = importlib.import_module("archsae.extract")
 
 
 def _read_all(store):
