@@ -49,8 +49,7 @@ class Backbone:
             if side * side != n_patch:
                 raise ArchsaeError(f"layer {self.layer or 'forward_features'} gives {n_patch} patch tokens, "
                                    "not a square grid; choose another --layer")
-            pos = torch.arange(-self.num_prefix, n_patch)
-            pos[: self.num_prefix] = -1 - torch.arange(self.num_prefix)
+            pos = torch.cat([-1 - torch.arange(self.num_prefix), torch.arange(n_patch)])
             keep = slice(0, n) if self.prefix_tokens else slice(self.num_prefix, n)
             return out[:, keep], pos[keep], (side, side)
         raise ArchsaeError(f"layer {self.layer!r} outputs shape {tuple(out.shape)}; expected (B, C, H, W) or (B, N, D)")
