@@ -5,12 +5,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np
 import pytest
-import torch
 
 from archsae.config import DemoConfig, ExtractConfig
 from archsae.data import build_demo
 from archsae.extract import extract
-from archsae.store import StoreWriter
 
 
 @pytest.fixture(scope="session")

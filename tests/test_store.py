@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from archsae.config import ExtractConfig
 from archsae.errors import ArchsaeError

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .errors import ArchsaeError
 from .files import read_json, write_json, write_safetensors, write_text
-from .sae import SAE, build_sae, load_sae, save_sae
+from .sae import SAE, build_sae, load_sae, sae_config, save_sae
 from .store import ActivationStore
 
 LOG_EVERY = 10  # steps
@@ -67,7 +66,7 @@ def train(store: ActivationStore, cfg: TrainConfig, out_dir: str | Path,
     a model of another configuration, or the store has fewer train tokens than one batch.
     """
     out_dir = Path(out_dir)
-    config = {"train": asdict(cfg), "d": store.d, "store": str(store.root), **(info or {})}
+    config = sae_config(cfg, store.d, store=str(store.root), **(info or {}))
     if (out_dir / "config.json").exists():
         if read_json(out_dir / "config.json") != config:
             raise ArchsaeError(f"{out_dir} holds a model of another configuration; use another name or delete it")
@@ -134,6 +133,6 @@ def train(store: ActivationStore, cfg: TrainConfig, out_dir: str | Path,
                     _save_checkpoint(ckpt, model, opt, done)
                 bar.update(1)
     bar.close()
-    save_sae(model, cfg, out_dir, **{k: v for k, v in config.items() if k not in ("train", "d")})
+    save_sae(model, out_dir, config)
     ckpt.unlink(missing_ok=True)
     return model.eval()

@@ -2,6 +2,6 @@
 
 from .activations import TopK
 from .dictionary import ArchetypalDictionary, FreeDictionary
-from .model import SAE, build_sae, load_sae, save_sae
+from .model import SAE, build_sae, load_sae, sae_config, save_sae
 
-__all__ = ["SAE", "ArchetypalDictionary", "FreeDictionary", "TopK", "build_sae", "load_sae", "save_sae"]
+__all__ = ["SAE", "ArchetypalDictionary", "FreeDictionary", "TopK", "build_sae", "load_sae", "sae_config", "save_sae"]

@@ -70,12 +70,16 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
     return SAE(d, dictionary, TopK(cfg.top_k), enc_gen)
 
 
-def save_sae(model: SAE, cfg: TrainConfig, out_dir: str | Path, **info) -> None:
-    """Write `model.safetensors` and `config.json` (the TrainConfig, d, and `info`) atomically."""
+def sae_config(cfg: TrainConfig, d: int, **info) -> dict:
+    """The content of a model folder's `config.json`: the TrainConfig, d, and provenance `info`."""
+    return {"train": asdict(cfg), "d": d, **info}
+
+
+def save_sae(model: SAE, out_dir: str | Path, config: dict) -> None:
+    """Write `model.safetensors` and `config.json` (`config` from `sae_config`) atomically."""
     out_dir = Path(out_dir)
-    d = model.b_pre.shape[0]
     write_safetensors(out_dir / "model.safetensors", model.state_dict())
-    write_json(out_dir / "config.json", {"train": asdict(cfg), "d": d, **info})
+    write_json(out_dir / "config.json", config)
 
 
 def load_sae(model_dir: str | Path) -> tuple[SAE, TrainConfig, dict]:
