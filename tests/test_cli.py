@@ -54,7 +54,7 @@ def test_bad_matrices_and_settings(tmp_path):
            "at least n' = 5000")
     _error(invoke("train", "--run", tmp_path / "c", "--k", 8, "--top-k", 16), "must be >= top_k")
     _error(invoke("train", "--run", tmp_path / "c", "--delta", -1), "delta must be >= 0")
-    _error(invoke("train", "--run", tmp_path / "c", "--method", "ra-sae"), "run `archsae distill`")
+    _error(invoke("train", "--run", tmp_path / "c", "--method", "ra-topk"), "run `archsae distill`")
     _error(invoke("evaluate", "--run", tmp_path / "c"), "no trained models")
     _error(invoke("train", "--run", tmp_path / "missing"), "no activation store")
     assert not list((tmp_path / "c").glob("models/*/model.safetensors"))
@@ -69,13 +69,13 @@ def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
     import json
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert {m["method"] for m in metrics.values()} == {"topk", "ra-sae"}
+    assert {m["method"] for m in metrics.values()} == {"topk", "ra-topk"}
     for name, m in metrics.items():
         for key in ("r2", "dead_codes", "l0", "ood", "stability"):
             assert np.isfinite(m[key]), (name, key)
         assert 0 < m["r2"] < 1 and 0 <= m["dead_codes"] <= 1
     html = (tmp_path / "run" / "report" / "index.html").read_text()
-    assert "topk-s0" in html and "ra-sae-s0" in html
+    assert "topk-s0" in html and "ra-topk-s0" in html
     strips = list((tmp_path / "run" / "report" / "concepts").glob("*.png"))
     assert len(strips) == 2 * 16
     assert Image.open(strips[0]).size == (8 * 160, 160)

@@ -45,7 +45,7 @@ def test_ra_sae_recovers_planted_atoms_and_keeps_its_constraints(planted, tmp_pa
     store, atoms = planted
     sample = store.standardise(store.sample(8000, seed=0, split="train")).numpy()
     candidates = torch.from_numpy(kmeans(sample, 96, seed=0))
-    cfg = TrainConfig(method="ra-sae", delta=0.05, **CFG)
+    cfg = TrainConfig(method="ra-topk", delta=0.05, **CFG)
     model = train(store, cfg, tmp_path / "ra", candidates)
     score = recovery(model.atoms().detach(), atoms)
     assert score > 0.95 and score > _random_level(atoms, CFG["k"]) + 0.3
@@ -111,6 +111,6 @@ def test_bad_settings_are_user_errors():
     with pytest.raises(ArchsaeError, match="delta"):
         TrainConfig(delta=-0.1)
     with pytest.raises(ArchsaeError, match="candidates"):
-        build_sae(TrainConfig(method="ra-sae", k=8, top_k=2), d=5)
+        build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5)
     with pytest.raises(ArchsaeError, match=r"\(n', 5\)"):
-        build_sae(TrainConfig(method="ra-sae", k=8, top_k=2), d=5, candidates_nd=torch.randn(10, 4))
+        build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5, candidates_nd=torch.randn(10, 4))

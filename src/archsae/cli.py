@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import typer
 
-from .config import (DemoConfig, DistillConfig, EvaluateConfig, ExtractConfig, ReportConfig, RunConfig,
+from .config import (METHODS, DemoConfig, DistillConfig, EvaluateConfig, ExtractConfig, ReportConfig, RunConfig,
                      TrainConfig)
 from .errors import ArchsaeError
 
@@ -24,29 +25,52 @@ RUN_OPTION = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation
                                default=typer.Option(Path("archsae-run"), "--run", help="run directory"))
 
 
-def _config_params(cls: type, prefix: str = "") -> list[inspect.Parameter]:
-    return [inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=type(f.default),
-                              default=typer.Option(f.default, "--" + (prefix + f.name).replace("_", "-"),
-                                                   help=f.metadata["help"], show_default=True))
-            for f in dataclasses.fields(cls) if "help" in f.metadata]
+def _config_params(cls: type, prefix: str = "", repeatable: bool = False) -> list[inspect.Parameter]:
+    params = []
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        kind, default, help = type(f.default), f.default, f.metadata["help"]
+        if repeatable and kind is not bool:
+            kind, default, help = List[kind], [default], help + " [repeat to sweep]"
+        params.append(inspect.Parameter(
+            prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+            default=typer.Option(default, "--" + (prefix + f.name).replace("_", "-"), help=help, show_default=True)))
+    return params
 
 
-def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list[inspect.Parameter]):
+def sweep(cls: type, values: dict[str, object]) -> list:
+    """Every configuration of the cartesian product of the repeated options (lists) in `values`;
+    a method 'all' stands for the 12 methods."""
+    lists = {name: (v if isinstance(v, list) else [v]) for name, v in values.items()}
+    if "all" in lists.get("method", []):
+        lists["method"] = list(METHODS)
+    return [cls(**dict(zip(lists, combo))) for combo in itertools.product(*lists.values())]
+
+
+def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list[inspect.Parameter],
+            repeatable: bool = False):
     """Register `fn(**params, **{key: config})` as a command whose options mirror the configs' fields.
 
     `configs` maps the keyword `fn` receives to a config class; the key is the option prefix unless it
-    is the command's own config (prefix ''). ArchsaeError becomes a one-line message and exit status 2.
+    is the command's own config (prefix ''). With `repeatable`, the command's own options may be
+    repeated and `fn` receives the list of configurations of their product (a sweep).
+    ArchsaeError becomes a one-line message and exit status 2.
     """
     def deco(fn: Callable) -> Callable:
         # The first config's options are the command's own (--k); the others carry their key (--demo-seed).
         prefixes = {key: "" if i == 0 else key + "_" for i, key in enumerate(configs)}
-        sig = list(params) + [p for key, cls in configs.items() for p in _config_params(cls, prefixes[key])]
+        sig = list(params) + [p for i, (key, cls) in enumerate(configs.items())
+                              for p in _config_params(cls, prefixes[key], repeatable and i == 0)]
 
         @functools.wraps(fn)
         def wrapper(**kw):
             try:
-                built = {key: cls(**{f.name: kw.pop(prefixes[key] + f.name) for f in dataclasses.fields(cls)
-                                     if "help" in f.metadata}) for key, cls in configs.items()}
+                built = {}
+                for i, (key, cls) in enumerate(configs.items()):
+                    values = {f.name: kw.pop(prefixes[key] + f.name) for f in dataclasses.fields(cls)
+                              if "help" in f.metadata}
+                    built[key] = sweep(cls, values) if repeatable and i == 0 else cls(**values)
                 result = fn(**kw, **built)
             except ArchsaeError as e:
                 typer.echo(f"archsae {name}: error: {e}", err=True)
@@ -114,19 +138,34 @@ def distill_cmd(run: Path, distill: DistillConfig) -> str:
     return f"C {tuple(c.shape)} in {out}"
 
 
-@command(app, "train", {"train": TrainConfig},
-         [RUN_OPTION, _param("name", str, "", "model folder under RUN/models; default {method}-s{seed}", "--name")])
-def train_cmd(run: Path, name: str, train: TrainConfig) -> str:
-    """Train one SAE (TopK or RA-SAE) on RUN/store -> RUN/models/NAME (resumes from its checkpoint)."""
+@command(app, "train", {"train": TrainConfig}, [
+    RUN_OPTION, _param("name", str, "", "model folder under RUN/models when training one model; "
+                       "default {method}[-{swept option}{value}...]-s{seed}", "--name"),
+    _param("device", str, "", "torch device (cpu, cuda, cuda:1); default: this rank's GPU if any, else cpu",
+           "--device")], repeatable=True)
+def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> str:
+    """Train SAEs on RUN/store -> RUN/models/NAME, resuming from checkpoints.
+
+    Repeat an option to sweep it: --method topk --method ra-topk --seed 0 --seed 1 trains 4 models, all in one pass of the store.
+
+    Data parallel: torchrun --nproc-per-node N -m archsae train ... splits each batch over N processes.
+    """
     from .distill import centroids_path, load_centroids
     from .store import ActivationStore
-    from .train import train as do_train
+    from .train import Job, train_many
 
+    if name and len(train) > 1:
+        raise ArchsaeError(f"--name names one model, but the options describe {len(train)}; drop --name")
+    swept = [f.name for f in dataclasses.fields(TrainConfig)
+             if f.name not in ("method", "seed") and len({getattr(c, f.name) for c in train}) > 1]
     store = ActivationStore(run / "store")
-    candidates = load_centroids(centroids_path(run, train.kmeans_seed)) if train.method == "ra-sae" else None
-    out = run / "models" / (name or f"{train.method}-s{train.seed}")
-    do_train(store, train, out, candidates)
-    return f"model in {out}"
+    jobs = []
+    for cfg in train:
+        candidates = load_centroids(centroids_path(run, cfg.kmeans_seed)) if cfg.archetypal else None
+        auto = "-".join([cfg.method] + [f"{f.replace('_', '')}{getattr(cfg, f)}" for f in swept] + [f"s{cfg.seed}"])
+        jobs.append(Job(cfg, run / "models" / (name or auto), candidates))
+    train_many(store, jobs, device or None)
+    return "\n".join(f"model in {job.out_dir}" for job in jobs)
 
 
 @command(app, "evaluate", {"evaluate": EvaluateConfig}, [RUN_OPTION])

@@ -7,6 +7,7 @@ options from these, so the help text lives in one place.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -74,36 +75,74 @@ class DistillConfig:
         _check(self.n_iter >= 1, f"n_iter must be >= 1, got {self.n_iter}")
 
 
+SPARSITIES = ("topk", "batchtopk", "jumprelu", "relu")
+DICTIONARY_PREFIXES = {"": "free", "a-": "archetypal, delta = 0", "ra-": "relaxed archetypal"}
+METHODS = tuple(prefix + s for prefix in DICTIONARY_PREFIXES for s in SPARSITIES)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """One SAE: a TopK encoder with a free or an archetypal dictionary."""
+    """One SAE: a sparsity mechanism with a free, archetypal (A-SAE) or relaxed archetypal (RA-SAE) dictionary."""
 
-    method: str = opt("topk", "topk (free unit-norm dictionary) or ra-sae (D = W C + Lambda)")
+    method: str = opt("topk", "sparsity topk|batchtopk|jumprelu|relu, prefixed a- (A-SAE: D = W C) or ra- "
+                              "(RA-SAE: D = W C + Lambda); no prefix = free unit-norm atoms. 'all' = all 12")
     k: int = opt(2560, "dictionary size (number of atoms)")
-    top_k: int = opt(32, "active codes per token (TopK)")
-    delta: float = opt(0.01, "RA-SAE: bound on ||Lambda_i||, standardised units; 0 = A-SAE")
-    w_init: str = opt("permuted", "RA-SAE: W init: permuted (seeded), identity (the paper's) or random")
-    centroids_seed: int = opt(-1, "RA-SAE: seed of the k-means C to use; -1 = the run's seed")
-    seed: int = opt(0, "seed of the encoder, W and the data order")
+    top_k: int = opt(32, "topk/batchtopk: active codes per token (batchtopk: on average over the batch)")
+    l1: float = opt(3e-4, "relu: L1 coefficient (sets the sparsity)")
+    l0: float = opt(3e-3, "jumprelu: L0 coefficient (sets the sparsity)")
+    bandwidth: float = opt(1e-2, "jumprelu: bandwidth of the Silverman kernel of the threshold's gradient")
+    delta: float = opt(0.01, "ra-: bound on ||Lambda_i||, standardised units (or x mean ||A|| if delta_relative)")
+    delta_relative: bool = opt(False, "ra-: delta is a fraction of the mean norm of the standardised activations")
+    w_init: str = opt("permuted", "a-/ra-: W init: permuted (seeded), identity (the paper's) or random")
+    w_support: int = opt(64, "a-/ra-: candidates per row of W (its start and nearest neighbours); 0 = dense W")
+    centroids_seed: int = opt(-1, "a-/ra-: seed of the k-means C to use; -1 = the run's seed")
+    aux_k: int = opt(256, "topk/batchtopk: dead codes in the AuxK loss (Gao et al. 2025); 0 = no AuxK")
+    aux_coeff: float = opt(1 / 32, "topk/batchtopk: weight of the AuxK loss")
+    dead_tokens: int = opt(50_000, "a code silent for this many training tokens counts as dead (AuxK, logs)")
+    seed: int = opt(0, "seed of the encoder and W")
+    data_seed: int = opt(0, "seed of the data order (models trained in one pass share it)")
     epochs: float = opt(4.0, "passes over the training tokens")
-    batch_size: int = opt(1024, "tokens per step")
+    batch_size: int = opt(1024, "tokens per step (over all streams and ranks)")
     lr: float = opt(1e-3, "peak Adam learning rate")
     warmup_steps: int = opt(50, "linear warmup steps, then cosine decay to 10% of lr")
     checkpoint_every: int = opt(100, "steps between checkpoints")
-    shuffle_shards: int = opt(4, "shards mixed in the shuffle buffer (memory = this x shard size)")
+    shuffle_shards: int = opt(4, "shards mixed in the shuffle buffer of each stream (memory = this x shard size)")
+    streams: int = opt(0, "data streams (disjoint shard sets, one micro-batch each per step); 0 = DDP world size")
+    amp: bool = opt(True, "CUDA only: bf16 autocast (ignored on CPU)")
 
     def __post_init__(self) -> None:
-        _check(self.method in ("topk", "ra-sae"), f"method must be 'topk' or 'ra-sae', got {self.method!r}")
+        _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
         _check(self.k >= self.top_k, f"k ({self.k}) must be >= top_k ({self.top_k}): TopK keeps top_k of k codes")
-        _check(self.delta >= 0, f"delta must be >= 0 (0 = A-SAE), got {self.delta}")
+        _check(self.l1 >= 0 and self.l0 >= 0, f"l1 and l0 must be >= 0, got {self.l1}, {self.l0}")
+        _check(self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth}")
+        _check(self.delta >= 0, f"delta must be >= 0, got {self.delta}")
+        _check(not self.method.startswith("ra-") or self.delta > 0,
+               f"{self.method} needs delta > 0; for delta = 0 use a-{self.sparsity} (A-SAE)")
         _check(self.w_init in ("permuted", "identity", "random"),
                f"w_init must be permuted, identity or random, got {self.w_init!r}")
+        _check(self.w_support >= 0, f"w_support must be >= 0 (0 = dense W), got {self.w_support}")
+        _check(self.aux_k >= 0 and self.aux_coeff >= 0, "aux_k and aux_coeff must be >= 0")
+        _check(self.dead_tokens >= 1, f"dead_tokens must be >= 1, got {self.dead_tokens}")
         _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.shuffle_shards >= 1, f"shuffle_shards must be >= 1, got {self.shuffle_shards}")
+        _check(self.streams >= 0, f"streams must be >= 0 (0 = world size), got {self.streams}")
+
+    @property
+    def sparsity(self) -> str:
+        return self.method.split("-")[-1]
+
+    @property
+    def archetypal(self) -> bool:
+        return self.method.startswith(("a-", "ra-"))
+
+    @property
+    def effective_delta(self) -> float:
+        """delta as set for ra- methods; 0 for a- (A-SAE) and free dictionaries."""
+        return self.delta if self.method.startswith("ra-") else 0.0
 
     @property
     def kmeans_seed(self) -> int:
@@ -139,7 +178,12 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
+    methods: tuple = opt(("topk", "ra-topk"), "methods trained (see TrainConfig.method)")
     n_runs: int = opt(2, "independently initialised runs per method (stability needs 2)")
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            _check(method in METHODS, f"method must be one of {', '.join(METHODS)}; got {method!r}")
 
     @classmethod
     def quick(cls) -> "RunConfig":
@@ -147,14 +191,14 @@ class RunConfig:
         return cls(
             demo=DemoConfig(n_images=160),
             distill=DistillConfig(n_centroids=256, max_points=20_000, n_iter=10),
-            train=TrainConfig(k=512, top_k=16, epochs=3.0, batch_size=512, warmup_steps=5),
+            train=TrainConfig(k=512, top_k=16, epochs=3.0, batch_size=512, warmup_steps=5, dead_tokens=10_000),
             evaluate=EvaluateConfig(max_tokens=5_000),
         )
 
 
 def to_dict(cfg: Any) -> dict:
-    """A configuration as a JSON-ready dict."""
-    return dataclasses.asdict(cfg)
+    """A configuration as a JSON-ready dict (tuples become lists, as JSON reads them back)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def from_dict(cls: type[T], data: dict) -> T:
@@ -166,5 +210,7 @@ def from_dict(cls: type[T], data: dict) -> T:
     kwargs = {}
     for key, value in data.items():
         default = names[key].default
-        kwargs[key] = from_dict(type(default), value) if dataclasses.is_dataclass(default) else value
+        if dataclasses.is_dataclass(default):
+            value = from_dict(type(default), value)
+        kwargs[key] = tuple(value) if isinstance(default, tuple) else value
     return cls(**kwargs)

@@ -5,7 +5,7 @@ Layout of a run directory:
   images/                  the demo set, when no image folder is given
   store/                   the activation store
   centroids/seed{s}.*      k-means candidates C, one per k-means seed
-  models/{method}-s{s}/    one folder per trained SAE
+  models/{method}-s{s}/    one folder per trained SAE (method as in TrainConfig, e.g. ra-topk)
   metrics.json, evaluate.json
   report/index.html
 Each step reuses a finished result of the same configuration, so a killed run is resumed by re-running it.
@@ -24,14 +24,11 @@ from .evaluate import evaluate
 from .extract import extract
 from .files import read_json, write_json
 from .report import write_report
-from .train import train
-
-METHODS = ("topk", "ra-sae")
-
+from .train import Job, train_many
 
 def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | None = None) -> Path:
-    """Run demo/images -> extract -> distill -> train (TopK and RA-SAE, `cfg.n_runs` independently
-    initialised runs each) -> evaluate -> report. Returns the report's path.
+    """Run demo/images -> extract -> distill -> train (each of `cfg.methods`, `cfg.n_runs` independently
+    initialised runs each, all in one pass of the store) -> evaluate -> report. Returns the report's path.
 
     Raises ArchsaeError if `run_dir` holds a run of another configuration, or on any step's bad input.
     """
@@ -42,13 +39,16 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
     write_json(run_dir / "run.json", resolved)
     items = list_images(images) if images else build_demo(run_dir / "images", cfg.demo)
     store = extract(items, run_dir / "store", cfg.extract)
+    jobs = []
     for r in range(cfg.n_runs):
+        # Runs differ in every initialisation seed: encoder, W, and the k-means of C.
         kmeans_seed = cfg.distill.seed + r
-        candidates = distill(store, replace(cfg.distill, seed=kmeans_seed), centroids_path(run_dir, kmeans_seed))
-        for method in METHODS:
-            tcfg = replace(cfg.train, method=method, seed=cfg.train.seed + r,
-                           centroids_seed=kmeans_seed if method == "ra-sae" else -1)
-            train(store, tcfg, run_dir / "models" / f"{method}-s{tcfg.seed}",
-                  candidates if method == "ra-sae" else None)
+        candidates = None
+        for method in cfg.methods:
+            tcfg = replace(cfg.train, method=method, seed=cfg.train.seed + r, centroids_seed=kmeans_seed)
+            if tcfg.archetypal and candidates is None:
+                candidates = distill(store, replace(cfg.distill, seed=kmeans_seed), centroids_path(run_dir, kmeans_seed))
+            jobs.append(Job(tcfg, run_dir / "models" / f"{method}-s{tcfg.seed}", candidates if tcfg.archetypal else None))
+    train_many(store, jobs)
     evaluate(store, run_dir / "models", cfg.evaluate, run_dir / "metrics.json")
     return write_report(run_dir, cfg.report)

@@ -178,9 +178,12 @@ class ActivationStore:
     def n_shards(self) -> int:
         return len(self.meta["shards"])
 
-    def n_split(self, split: str) -> int:
-        held = sum(s["n_heldout"] for s in self.meta["shards"])
-        return {"train": self.n - held, "heldout": held, "all": self.n}[split]
+    def n_split(self, split: str, stream: int = 0, n_streams: int = 1) -> int:
+        """Tokens of a split ("train", "heldout", "all") in the shards of one stream (see `batches`)."""
+        shards = self.meta["shards"][stream::n_streams]
+        held = sum(s["n_heldout"] for s in shards)
+        n = sum(s["n"] for s in shards)
+        return {"train": n - held, "heldout": held, "all": n}[split]
 
     def verify(self) -> None:
         """Check every shard's sha256 against store.json; raise ArchsaeError naming a corrupt shard."""
@@ -207,14 +210,17 @@ class ActivationStore:
         """(A - mean) / std element-wise with the store's statistics (Fel et al. 2025, Sec. 5)."""
         return (acts_nd - self.mean_d) / self.std_d
 
-    def batches(self, batch_size: int, seed: int, epoch: int, split: str = "train",
-                shuffle_shards: int = 4) -> Iterator[torch.Tensor]:
-        """Shuffled raw batches (batch_size, d) for one epoch, a deterministic function of (seed, epoch).
+    def batches(self, batch_size: int, seed: int, epoch: int, split: str = "train", shuffle_shards: int = 4,
+                stream: int = 0, n_streams: int = 1) -> Iterator[torch.Tensor]:
+        """Shuffled raw batches (batch_size, d) for one epoch, a deterministic function of (seed, epoch, stream).
 
-        A shuffle buffer of `shuffle_shards` shards bounds memory; the last partial batch is dropped.
+        Stream s of n_streams reads only shards s, s + n_streams, ... (so DDP ranks read disjoint shards),
+        in an order shuffled per epoch. A shuffle buffer of `shuffle_shards` shards bounds memory; the
+        last partial batch is dropped.
         """
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(self.n_shards)
+        rng = np.random.default_rng([seed, epoch, stream])
+        shards = np.arange(stream, self.n_shards, n_streams)
+        order = shards[rng.permutation(len(shards))]
         carry = torch.empty(0, self.d)
         for g in range(0, len(order), shuffle_shards):
             buf = torch.cat([carry] + [self.read_shard(int(i), split).acts_md for i in order[g:g + shuffle_shards]])

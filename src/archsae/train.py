@@ -1,29 +1,43 @@
-"""The training loop: streamed shuffled batches, Adam, warmup + cosine, checkpoints, exact resume.
+"""The training loop: streamed shuffled batches, Adam, warmup + cosine, AuxK, checkpoints, exact resume,
+many models per pass of the store, and data parallelism over processes (torchrun / torch.distributed).
 
 A model folder holds `config.json` (written first), `log.jsonl` (one JSON line per logged step),
-`checkpoint.safetensors` while training (model + Adam state + step, one atomic file), and at the end
-`model.safetensors`. Data order is a function of (seed, epoch) and the learning rate of the step, so a
-run killed and resumed from its checkpoint ends with the same weights as an uninterrupted one.
+`checkpoint.safetensors` while training (model + Adam state + dead-code counters + step, one atomic
+file), and at the end `model.safetensors`.
+
+Data: a step's batch is `streams` micro-batches, one from each data stream (a fixed, disjoint set of
+shards, see `ActivationStore.batches`). One process runs every stream's micro-batch and accumulates the
+gradients; under torchrun each rank runs the streams r, r + world, ... and the gradients are summed
+over ranks (all-reduce). Either way a step's gradient is the mean over the same global batch, so a
+2-process run equals a 1-process run with `streams=2` up to float summation order. Data order is a
+function of (data_seed, epoch, stream), so a run killed and resumed from its checkpoint ends with the
+same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from tqdm import tqdm
 
 from .config import TrainConfig
 from .errors import ArchsaeError
 from .files import read_json, write_json, write_safetensors, write_text
-from .sae import SAE, build_sae, load_sae, sae_config, save_sae
+from .sae import SAE, BatchTopK, build_sae, load_sae, sae_config, save_sae
 from .store import ActivationStore
 
 LOG_EVERY = 10  # steps
+CALIBRATION_TOKENS = 16_384  # BatchTopK inference threshold; mean activation norm for a relative delta
+# Configurations trained in one pass of the store must agree on these (they define the batches).
+DATA_FIELDS = ("data_seed", "batch_size", "epochs", "shuffle_shards", "streams")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -34,105 +48,246 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _save_checkpoint(path: Path, model: SAE, opt: torch.optim.Optimizer, step: int) -> None:
-    state = opt.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for i, s in state["state"].items():
-        for key, value in s.items():
-            tensors[f"optim.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    write_safetensors(path, tensors, metadata={"step": str(step), "param_groups": json.dumps(state["param_groups"])})
+@dataclass
+class Job:
+    """One SAE to train: its configuration, its folder, the candidates C (n', d) of archetypal methods,
+    and provenance written into its config.json."""
+
+    cfg: TrainConfig
+    out_dir: Path
+    candidates_nd: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
 
 
-def _load_checkpoint(path: Path, model: SAE, opt: torch.optim.Optimizer) -> int:
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, i, name = key.split(".", 2)
-            state.setdefault(int(i), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    return int(meta["step"])
+@dataclass(frozen=True)
+class World:
+    """This process's place among data-parallel processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> "World":
+        """Join torchrun's process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1."""
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
 
 
-def train(store: ActivationStore, cfg: TrainConfig, out_dir: str | Path,
-          candidates_nd: torch.Tensor | None = None, info: dict | None = None) -> SAE:
+def default_device() -> torch.device:
+    """CUDA (this rank's local GPU under torchrun) when present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+class _Trainer:
+    """One model's optimiser, counters, log and checkpoint within a pass."""
+
+    def __init__(self, job: Job, store: ActivationStore, total: int, n_streams: int, device: torch.device,
+                 world: World, act_norm: float | None):
+        cfg = self.cfg = job.cfg
+        self.out_dir, self.total, self.n_streams, self.world = job.out_dir, total, n_streams, world
+        delta = cfg.delta * act_norm if cfg.delta_relative and cfg.method.startswith("ra-") else None
+        info = {**job.info, **({"delta_abs": delta} if delta is not None else {})}
+        self.config = sae_config(cfg, store.d, store=str(store.root), **info)
+        self.done = False
+        if (self.out_dir / "config.json").exists():
+            if read_json(self.out_dir / "config.json") != self.config:
+                raise ArchsaeError(f"{self.out_dir} holds a model of another configuration; "
+                                   "use another name or delete it")
+            if (self.out_dir / "model.safetensors").exists():
+                self.model, self.done = load_sae(self.out_dir)[0], True
+                return
+        self.model = build_sae(cfg, store.d, job.candidates_nd, delta).to(device).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.since_fired = torch.zeros(cfg.k, dtype=torch.int64, device=device)  # tokens since each code fired
+        self.ckpt, self.log_path = self.out_dir / "checkpoint.safetensors", self.out_dir / "log.jsonl"
+        self.start = self._load_checkpoint() if self.ckpt.exists() else 0
+        if world.rank == 0:
+            write_json(self.out_dir / "config.json", self.config)
+            # Keep the log equal to an uninterrupted run's: drop lines written after the checkpoint.
+            lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
+            write_text(self.log_path, "".join(l + "\n" for l in lines if json.loads(l)["step"] < self.start))
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        # loss, sse, sst, l0, tokens; kept on the device so a step never waits for a .item()
+        self.window = torch.zeros(5, dtype=torch.float64, device=self.since_fired.device)
+        self.fired = torch.zeros(self.cfg.k, dtype=torch.bool, device=self.since_fired.device)
+        self.t0 = time.perf_counter()
+
+    def step(self, step: int, micro_batches: list[torch.Tensor]) -> None:
+        """One optimiser step on this rank's micro-batches (standardised, on the model's device)."""
+        cfg, model = self.cfg, self.model
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, self.total, cfg)
+        self.opt.zero_grad(set_to_none=True)
+        dead = self.since_fired >= cfg.dead_tokens
+        aux_k = cfg.aux_k if cfg.sparsity in ("topk", "batchtopk") else 0
+        fired = torch.zeros_like(self.fired)
+        for x in micro_batches:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and x.is_cuda):
+                out = model.losses(x, dead, aux_k, cfg.aux_coeff)
+            (out.loss / self.n_streams).backward()
+            fired |= out.fired_k
+            self.window += torch.stack([out.loss.detach() / self.n_streams, out.sse, out.sst, out.l0,
+                                        torch.tensor(len(x), device=x.device)]).double()
+        if self.world.size > 1:
+            fired = self._all_reduce_grads_and(fired)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        self.opt.step()
+        model.project_()
+        self.since_fired += cfg.batch_size
+        self.since_fired[fired] = 0
+        self.fired |= fired
+        self._after_step(step + 1)
+
+    def _all_reduce_grads_and(self, fired_k: torch.Tensor) -> torch.Tensor:
+        """Sum the gradients over ranks (each rank's loss is already divided by the global stream count)
+        in one flat buffer, and OR the fired masks; returns the global fired mask."""
+        params = list(self.model.parameters())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+                         + [fired_k.to(params[0].dtype)])
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        return flat[offset:] > 0
+
+    def _after_step(self, done: int) -> None:
+        if done % LOG_EVERY == 0 or done == self.total:
+            if self.world.size > 1:
+                dist.all_reduce(self.window)
+            loss, sse, sst, l0, tokens = self.window.tolist()
+            now = time.perf_counter()
+            if self.world.rank == 0:
+                steps = tokens / self.cfg.batch_size
+                row = {"step": done - 1, "tokens": done * self.cfg.batch_size, "loss": loss / steps,
+                       "r2": 1 - sse / sst, "l0": l0 / tokens, "dead_fraction": 1 - self.fired.float().mean().item(),
+                       "dead_codes_aux": int((self.since_fired >= self.cfg.dead_tokens).sum()),
+                       "lr": lr_at(done - 1, self.total, self.cfg), "tokens_per_s": tokens / (now - self.t0)}
+                with self.log_path.open("a") as log:
+                    log.write(json.dumps(row) + "\n")
+                self.last = row
+            self._reset_window()
+        if done % self.cfg.checkpoint_every == 0 and done < self.total and self.world.rank == 0:
+            self._save_checkpoint(done)
+
+    def _save_checkpoint(self, step: int) -> None:
+        state = self.opt.state_dict()
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors["train.since_fired"] = self.since_fired
+        for i, s in state["state"].items():
+            for key, value in s.items():
+                tensors[f"optim.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        write_safetensors(self.ckpt, {k: v.cpu() for k, v in tensors.items()},
+                          metadata={"step": str(step), "param_groups": json.dumps(state["param_groups"])})
+
+    def _load_checkpoint(self) -> int:
+        device = self.since_fired.device
+        with safe_open(self.ckpt, framework="pt", device=str(device)) as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.since_fired.copy_(tensors["train.since_fired"])
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, i, name = key.split(".", 2)
+                state.setdefault(int(i), {})[name] = value.cpu() if name == "step" else value
+        self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        return int(meta["step"])
+
+    def finish(self, calibration_nd: torch.Tensor) -> SAE:
+        """Calibrate BatchTopK's inference threshold, save the model (rank 0), drop the checkpoint."""
+        model = self.model.eval()
+        if isinstance(model.activation, BatchTopK):
+            with torch.no_grad():
+                model.activation.calibrate(model.encoder(calibration_nd - model.b_pre))
+        if self.world.rank == 0:
+            save_sae(model, self.out_dir, self.config)
+            self.ckpt.unlink(missing_ok=True)
+        return model
+
+
+def train(store: ActivationStore, cfg: TrainConfig, out_dir: str | Path, candidates_nd: torch.Tensor | None = None,
+          info: dict | None = None, device: torch.device | str | None = None) -> SAE:
     """Train one SAE on the store's train split (standardised element-wise) into `out_dir`.
 
-    `candidates_nd` (n', d) is C for RA-SAE. A finished model of the same configuration is loaded, not
-    retrained; an interrupted one resumes from its checkpoint. Raises ArchsaeError if `out_dir` holds
-    a model of another configuration, or the store has fewer train tokens than one batch.
+    `candidates_nd` (n', d) is C for archetypal methods. A finished model of the same configuration is
+    loaded, not retrained; an interrupted one resumes from its checkpoint. Raises ArchsaeError if
+    `out_dir` holds a model of another configuration, or the store is too small for one batch.
     """
-    out_dir = Path(out_dir)
-    config = sae_config(cfg, store.d, store=str(store.root), **(info or {}))
-    if (out_dir / "config.json").exists():
-        if read_json(out_dir / "config.json") != config:
-            raise ArchsaeError(f"{out_dir} holds a model of another configuration; use another name or delete it")
-        if (out_dir / "model.safetensors").exists():
-            return load_sae(out_dir)[0]
-    steps_per_epoch = store.n_split("train") // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ArchsaeError(f"the store has {store.n_split('train')} train tokens, fewer than one batch "
-                           f"({cfg.batch_size}); lower --batch-size or extract more images")
-    total = math.ceil(cfg.epochs * steps_per_epoch)
-    model = build_sae(cfg, store.d, candidates_nd)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    write_json(out_dir / "config.json", config)
-    ckpt, log_path = out_dir / "checkpoint.safetensors", out_dir / "log.jsonl"
-    start = _load_checkpoint(ckpt, model, opt) if ckpt.exists() else 0
-    # Keep the log equal to an uninterrupted run's: drop lines written after the checkpoint.
-    lines = log_path.read_text().splitlines() if log_path.exists() else []
-    write_text(log_path, "".join(l + "\n" for l in lines if json.loads(l)["step"] < start))
+    return train_many(store, [Job(cfg, Path(out_dir), candidates_nd, info or {})], device)[0]
 
-    fired = torch.zeros(cfg.k, dtype=torch.bool)
-    window = {"loss": 0.0, "sse": 0.0, "sst": 0.0, "l0": 0.0, "n": 0, "t": time.perf_counter()}
-    bar = tqdm(total=total, initial=start, desc=f"train {out_dir.name}", unit="step")
-    with log_path.open("a") as log:
-        for epoch in range(math.ceil(total / steps_per_epoch)):
-            if (epoch + 1) * steps_per_epoch <= start:
-                continue  # whole epoch already done: skip without reading it
-            for i, raw in enumerate(store.batches(cfg.batch_size, cfg.seed, epoch, "train", cfg.shuffle_shards)):
-                step = epoch * steps_per_epoch + i
-                if step < start:
-                    continue
-                if step >= total:
-                    break
-                x = store.standardise(raw)
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, cfg)
-                x_hat, codes = model(x)
-                loss = (x_hat - x).pow(2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                model.project_()
-                with torch.no_grad():
-                    fired |= (codes > 0).any(0)
-                    window["loss"] += loss.item()
-                    window["sse"] += (x_hat - x).pow(2).sum().item()
-                    window["sst"] += (x - x.mean(0)).pow(2).sum().item()
-                    window["l0"] += (codes > 0).sum().item()
-                    window["n"] += len(x)
-                done = step + 1
-                if done % LOG_EVERY == 0 or done == total:
-                    now = time.perf_counter()
-                    steps = window["n"] / cfg.batch_size
-                    log.write(json.dumps({
-                        "step": step, "tokens": done * cfg.batch_size, "loss": window["loss"] / steps,
-                        "r2": 1 - window["sse"] / window["sst"], "l0": window["l0"] / window["n"],
-                        "dead_fraction": 1 - fired.float().mean().item(), "lr": lr_at(step, total, cfg),
-                        "tokens_per_s": window["n"] / (now - window["t"])}) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{window['loss'] / steps:.3f}", r2=f"{1 - window['sse'] / window['sst']:.3f}")
-                    fired.zero_()
-                    window.update(loss=0.0, sse=0.0, sst=0.0, l0=0.0, n=0, t=now)
-                if done % cfg.checkpoint_every == 0 and done < total:
-                    _save_checkpoint(ckpt, model, opt, done)
-                bar.update(1)
+
+def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | str | None = None) -> list[SAE]:
+    """Train every job; jobs that agree on the data fields (DATA_FIELDS) share one pass of the store, so a
+    sweep over seeds, deltas, sparsities or dictionaries reads the data once. Returns the models in order.
+    Under torchrun the processes split each batch (see the module docstring)."""
+    if len({job.out_dir.resolve() for job in jobs}) != len(jobs):
+        raise ArchsaeError("two configurations would be written to the same model folder; give each its own name")
+    device = torch.device(device) if device is not None else default_device()
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(tuple(getattr(job.cfg, f) for f in DATA_FIELDS), []).append(i)
+    models: list[SAE] = [None] * len(jobs)  # type: ignore[list-item]
+    for indices in groups.values():
+        for i, model in zip(indices, _train_pass(store, [jobs[i] for i in indices], device)):
+            models[i] = model
+    return models
+
+
+def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -> list[SAE]:
+    cfg = jobs[0].cfg
+    world = World.from_env(device)
+    n_streams = cfg.streams or world.size
+    if n_streams % world.size or cfg.batch_size % n_streams:
+        raise ArchsaeError(f"streams ({n_streams}) must be a multiple of the number of processes ({world.size}) "
+                           f"and divide batch_size ({cfg.batch_size})")
+    if n_streams > store.n_shards:
+        raise ArchsaeError(f"the store has {store.n_shards} shards, fewer than the {n_streams} data streams; "
+                           "lower --streams or re-extract with a smaller --shard-tokens")
+    micro = cfg.batch_size // n_streams
+    steps_per_epoch = min(store.n_split("train", s, n_streams) // micro for s in range(n_streams))
+    if steps_per_epoch == 0:
+        raise ArchsaeError(f"a data stream of the store has fewer train tokens than one micro-batch ({micro}); "
+                           "lower --batch-size or extract more images")
+    total = math.ceil(cfg.epochs * steps_per_epoch)
+    mean_d, std_d = store.mean_d.to(device), store.std_d.to(device)
+    calibration = store.standardise(store.sample(CALIBRATION_TOKENS, cfg.data_seed, "train")).to(device)
+    act_norm = calibration.norm(dim=1).mean().item()
+    trainers = [_Trainer(job, store, total, n_streams, device, world, act_norm) for job in jobs]
+    active = [t for t in trainers if not t.done]
+    start = min((t.start for t in active), default=total)
+    names = active[0].out_dir.name if len(active) == 1 else f"{len(active)} models"
+    bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", disable=world.rank > 0 or not active)
+    my_streams = range(world.rank, n_streams, world.size)
+    for epoch in range(math.ceil(total / steps_per_epoch)):
+        if not active or (epoch + 1) * steps_per_epoch <= start:
+            continue  # whole epoch already done: skip without reading it
+        streams = [store.batches(micro, cfg.data_seed, epoch, "train", cfg.shuffle_shards, s, n_streams)
+                   for s in my_streams]
+        for i, raws in enumerate(zip(*streams)):
+            step = epoch * steps_per_epoch + i
+            if i >= steps_per_epoch or step >= total:
+                break
+            if step < start:
+                continue
+            xs = [((r.pin_memory() if device.type == "cuda" else r).to(device, non_blocking=True) - mean_d) / std_d
+                  for r in raws]
+            for t in active:
+                if step >= t.start:
+                    t.step(step, xs)
+            if world.rank == 0 and hasattr(active[0], "last"):
+                bar.set_postfix(loss=f"{active[0].last['loss']:.3f}", r2=f"{active[0].last['r2']:.3f}")
+            bar.update(1)
     bar.close()
-    save_sae(model, out_dir, config)
-    ckpt.unlink(missing_ok=True)
-    return model.eval()
+    models = [t.model if t.done else t.finish(calibration) for t in trainers]
+    if world.size > 1:
+        dist.barrier()  # every rank returns only once rank 0 has written the models
+    return models

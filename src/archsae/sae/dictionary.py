@@ -7,6 +7,7 @@ Each dictionary builds D with `forward()` (once per step) and restores its const
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,26 +31,63 @@ class FreeDictionary(nn.Module):
         self.weight /= self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def _initial_columns(k: int, n_prime: int, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """The candidate each atom starts on (identity / permuted init), (k,) int64."""
+    if mode == "identity":
+        return torch.arange(k) % n_prime
+    if mode == "permuted":
+        blocks = [torch.randperm(n_prime, generator=generator) for _ in range(-(-k // n_prime))]
+        return torch.cat(blocks)[:k]
+    raise ValueError(f"unknown W init {mode!r}")
+
+
+def _dirichlet(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    w = -torch.rand(*shape, generator=generator).clamp_min(1e-12).log()  # flat Dirichlet via exponentials
+    return w / w.sum(1, keepdim=True)
+
+
 def init_weights(k: int, n_prime: int, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """A row-stochastic W (k, n').
+    """A dense row-stochastic W (k, n').
 
     identity: atom i starts as C_{i mod n'} (the paper's eye(k, n'), extended so k > n' has no zero atom);
     permuted: atom i starts as C_{pi(i)}, pi a seeded permutation (repeated blocks when k > n');
     random: rows drawn from a flat Dirichlet (seeded).
     """
     if mode == "random":
-        w = -torch.rand(k, n_prime, generator=generator).clamp_min(1e-12).log()
-        return w / w.sum(1, keepdim=True)
-    if mode == "identity":
-        cols = torch.arange(k) % n_prime
-    elif mode == "permuted":
-        blocks = [torch.randperm(n_prime, generator=generator) for _ in range(-(-k // n_prime))]
-        cols = torch.cat(blocks)[:k]
-    else:
-        raise ValueError(f"unknown W init {mode!r}")
+        return _dirichlet((k, n_prime), generator)
     w = torch.zeros(k, n_prime)
-    w[torch.arange(k), cols] = 1.0
+    w[torch.arange(k), _initial_columns(k, n_prime, mode, generator)] = 1.0
     return w
+
+
+def nearest_candidates(candidates_nd: torch.Tensor, cols_k: torch.Tensor, m: int, chunk: int = 1024) -> torch.Tensor:
+    """(k, m) int64: for each atom, its starting candidate cols_k[i] then that candidate's m - 1 nearest
+    other candidates (Euclidean), in chunks of `chunk` atoms."""
+    out = []
+    sq = candidates_nd.pow(2).sum(1)
+    for cols in cols_k.split(chunk):
+        dist = sq[cols, None] - 2 * candidates_nd[cols] @ candidates_nd.T + sq[None, :]
+        dist[torch.arange(len(cols)), cols] = -float("inf")  # the atom's own candidate comes first
+        out.append(dist.topk(m, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+def init_support(k: int, n_prime: int, m: int, mode: str, candidates_nd: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sparse row-stochastic W as (support (k, m) int64 candidate indices, weights (k, m)).
+
+    identity / permuted: atom i starts exactly on the same candidate as with a dense W, and may move
+    within the convex hull of that candidate and its m - 1 nearest neighbours; random: m seeded random
+    candidates per atom with flat-Dirichlet weights.
+    """
+    if mode == "random":
+        support = torch.cat([torch.rand(len(rows), n_prime, generator=generator).topk(m, dim=1).indices
+                             for rows in torch.arange(k).split(1024)])
+        return support, _dirichlet((k, m), generator)
+    support = nearest_candidates(candidates_nd, _initial_columns(k, n_prime, mode, generator), m)
+    weights = torch.zeros(k, m)
+    weights[:, 0] = 1.0
+    return support, weights
 
 
 class ArchetypalDictionary(nn.Module):
@@ -57,29 +95,54 @@ class ArchetypalDictionary(nn.Module):
 
     C (n', d) fixed candidates (k-means centroids of the activations), W (k, n') row-stochastic
     (W >= 0, W 1 = 1), ||Lambda_i||_2 <= delta. With delta = 0 there is no Lambda at all, so the
-    constraint is exact and no 0/0 arises. As in the authors' implementation, D is multiplied by a learned
-    positive scalar exp(log_scale) (it changes no atom's direction); we start it at 1 / mean ||C_i|| so the
-    initial atoms have unit mean norm like a free dictionary's, instead of spending the first steps
-    shrinking codes against centroids of norm ~ sqrt(d) in standardised units.
+    constraint is exact and no 0/0 arises.
+
+    `support` = m > 0 keeps only m candidates per row of W (the atom's starting candidate and its
+    nearest neighbours; see `init_support`): W is stored as (k, m) weights over a fixed (k, m) index
+    buffer, and D is built by gathering, which costs k m d instead of k n' d and holds k m instead of
+    k n' parameters (+ Adam state). support = 0 (or >= n') is the paper's dense W.
+
+    As in the authors' implementation, D is multiplied by a learned positive scalar exp(log_scale) (it
+    changes no atom's direction); we start it at 1 / mean ||C_i|| so the initial atoms have unit mean
+    norm like a free dictionary's, instead of spending the first steps shrinking codes against
+    centroids of norm ~ sqrt(d) in standardised units.
     """
 
-    def __init__(self, candidates_nd: torch.Tensor, k: int, delta: float, w_init: str, generator: torch.Generator):
+    def __init__(self, candidates_nd: torch.Tensor, k: int, delta: float, w_init: str, generator: torch.Generator,
+                 support: int = 0):
         super().__init__()
         if delta < 0:
             raise ValueError(f"delta must be >= 0, got {delta}")
+        n_prime, d = candidates_nd.shape
         self.register_buffer("candidates", candidates_nd.float().contiguous())
-        self.weights = nn.Parameter(init_weights(k, candidates_nd.shape[0], w_init, generator))
-        self.delta = float(delta)
-        self.relax = nn.Parameter(torch.zeros(k, candidates_nd.shape[1])) if delta > 0 else None
-        mean_norm = candidates_nd.float().norm(dim=1).mean().clamp_min(1e-12)
+        if 0 < support < n_prime:
+            idx, weights = init_support(k, n_prime, support, w_init, self.candidates, generator)
+            self.register_buffer("support", idx)
+        else:
+            weights, self.support = init_weights(k, n_prime, w_init, generator), None
+        self.weights = nn.Parameter(weights)
+        # delta is a buffer, so a model saved with a delta resolved from a relative setting reloads as is.
+        self.register_buffer("delta", torch.tensor(float(delta)))
+        self.relax = nn.Parameter(torch.zeros(k, d)) if delta > 0 else None
+        mean_norm = self.candidates.norm(dim=1).mean().clamp_min(1e-12)
         self.log_scale = nn.Parameter(-mean_norm.log().reshape(()))
 
     @property
     def k(self) -> int:
         return self.weights.shape[0]
 
+    def dense_weights(self) -> torch.Tensor:
+        """W as a dense (k, n') matrix (for analysis; training never builds it when W is sparse)."""
+        if self.support is None:
+            return self.weights.detach()
+        w = torch.zeros(self.k, len(self.candidates), device=self.weights.device)
+        return w.scatter_add_(1, self.support, self.weights.detach())
+
     def forward(self) -> torch.Tensor:
-        atoms = self.weights @ self.candidates
+        if self.support is None:
+            atoms = self.weights @ self.candidates
+        else:
+            atoms = F.embedding_bag(self.support, self.candidates, per_sample_weights=self.weights, mode="sum")
         if self.relax is not None:
             atoms = atoms + self.relax
         return atoms * self.log_scale.exp()

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, from_dict
 from ..errors import ArchsaeError
 from ..files import read_json, write_json, write_safetensors
-from .activations import TopK
+from .activations import BatchTopK, JumpReLU, ReLU, TopK
 from .dictionary import ArchetypalDictionary, FreeDictionary
+
+
+@dataclass
+class StepOutput:
+    """One training forward pass: `loss` (scalar, with grad) and detached statistics."""
+
+    loss: torch.Tensor  # mse + sparsity penalty + aux_coeff * AuxK loss
+    sse: torch.Tensor  # sum of squared errors over the batch
+    sst: torch.Tensor  # sum of squares of the batch around its own mean (R^2 = 1 - sse / sst)
+    l0: torch.Tensor  # number of nonzero codes in the batch
+    fired_k: torch.Tensor  # bool (k,): codes nonzero on at least one token of the batch
 
 
 class SAE(nn.Module):
     """A sparse autoencoder over d-dimensional activations with a k-atom dictionary.
 
-    `encode(x_nd) -> codes_nk`, `decode(codes_nk) -> x_hat_nd`, `forward(x_nd) -> (x_hat_nd, codes_nk)`;
-    all float32. Call `project_()` after each optimiser step to restore the dictionary's constraint.
+    Z = s(W_enc (x - b) + b_enc), x_hat = Z D + b, with s a sparsity mechanism (activations.py) and D a
+    dictionary (dictionary.py). `encode(x_nd) -> codes_nk`, `decode(codes_nk) -> x_hat_nd`,
+    `forward(x_nd) -> (x_hat_nd, codes_nk)`; all float32. `losses` is the training forward pass. Call
+    `project_()` after each optimiser step to restore the dictionary's constraint.
+
+    With TopK the training pass is sparse: pre-activations are computed without autograd, and only the
+    top_k chosen codes are recomputed with it (so the encoder's backward costs n top_k d, not n k d), and
+    decoding gathers the top_k atoms of each token (n top_k d instead of n k d).
     """
 
     def __init__(self, d: int, dictionary: nn.Module, activation: nn.Module, generator: torch.Generator):
@@ -34,6 +52,10 @@ class SAE(nn.Module):
             self.encoder.weight.uniform_(-bound, bound, generator=generator)
             self.encoder.bias.zero_()
         self.b_pre = nn.Parameter(torch.zeros(d))
+
+    @property
+    def k(self) -> int:
+        return self.dictionary.k
 
     def atoms(self) -> torch.Tensor:
         """The dictionary D (k, d) as used by the decoder."""
@@ -54,20 +76,84 @@ class SAE(nn.Module):
     def project_(self) -> None:
         self.dictionary.project_()
 
+    def _chosen(self, xc_nd: torch.Tensor, idx_nm: torch.Tensor) -> torch.Tensor:
+        """relu of the pre-activations at idx (n, m), with autograd through the m chosen encoder rows only."""
+        rows_nmd = F.embedding(idx_nm, self.encoder.weight)
+        return torch.relu(torch.bmm(rows_nmd, xc_nd.unsqueeze(2)).squeeze(2) + self.encoder.bias[idx_nm])
 
-def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = None) -> SAE:
-    """An SAE as `cfg` describes; RA-SAE needs the candidates C (n', d). Seeds come from `cfg.seed`."""
+    def losses(self, x_nd: torch.Tensor, dead_k: torch.Tensor | None = None, aux_k: int = 0,
+               aux_coeff: float = 1 / 32) -> StepOutput:
+        """The training objective on a batch x (n, d): mean squared error per element + the activation's
+        sparsity penalty + `aux_coeff` * AuxK (Gao et al. 2025, App. A.2): the residual x - x_hat
+        reconstructed by the `aux_k` largest pre-activations among the dead codes `dead_k` (bool (k,)).
+        """
+        atoms_kd = self.atoms()  # D built once per step
+        xc_nd = x_nd - self.b_pre
+        sparse = isinstance(self.activation, TopK)
+        if sparse:
+            with torch.no_grad():
+                pre_nk = F.linear(xc_nd, self.encoder.weight, self.encoder.bias)
+                idx_nm = pre_nk.topk(self.activation.top_k, dim=1).indices
+            vals_nm = self._chosen(xc_nd, idx_nm)
+            x_hat = F.embedding_bag(idx_nm, atoms_kd, per_sample_weights=vals_nm.to(atoms_kd.dtype), mode="sum")
+            x_hat = x_hat + self.b_pre
+            penalty = x_nd.new_zeros(())
+            active = vals_nm > 0
+            fired_k = torch.zeros(self.k, dtype=torch.bool, device=x_nd.device).index_fill_(0, idx_nm[active], True)
+        else:
+            pre_nk = self.encoder(xc_nd)
+            codes_nk = self.activation(pre_nk)
+            x_hat = codes_nk @ atoms_kd + self.b_pre
+            penalty = self.activation.penalty(pre_nk, codes_nk, atoms_kd.norm(dim=1))
+            active = codes_nk > 0
+            fired_k = active.any(0)
+        err = x_hat - x_nd
+        mse = err.pow(2).mean()
+        loss = mse + penalty
+        if aux_k > 0 and dead_k is not None and dead_k.any():
+            with torch.no_grad():
+                m = min(aux_k, int(dead_k.sum()))
+                idx_nm = pre_nk.detach().masked_fill(~dead_k, -torch.inf).topk(m, dim=1).indices
+            vals_nm = self._chosen(xc_nd, idx_nm) if sparse else torch.relu(pre_nk.gather(1, idx_nm))
+            e_hat = F.embedding_bag(idx_nm, atoms_kd, per_sample_weights=vals_nm.to(atoms_kd.dtype), mode="sum")
+            residual = (x_nd - x_hat).detach()
+            loss = loss + aux_coeff * (e_hat - residual).pow(2).mean()
+        with torch.no_grad():
+            return StepOutput(loss=loss, sse=err.pow(2).sum(), sst=(x_nd - x_nd.mean(0)).pow(2).sum(),
+                              l0=active.sum(), fired_k=fired_k)
+
+
+def build_activation(cfg: TrainConfig, k: int) -> nn.Module:
+    """The sparsity mechanism `cfg.sparsity` with its hyper-parameters."""
+    if cfg.sparsity == "topk":
+        return TopK(cfg.top_k)
+    if cfg.sparsity == "batchtopk":
+        return BatchTopK(cfg.top_k)
+    if cfg.sparsity == "jumprelu":
+        return JumpReLU(k, cfg.l0, cfg.bandwidth)
+    return ReLU(cfg.l1)
+
+
+def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = None,
+              delta: float | None = None) -> SAE:
+    """An SAE as `cfg` describes: any sparsity with a free or an (relaxed) archetypal dictionary.
+
+    Archetypal methods need the candidates C (n', d). `delta` is the absolute bound on ||Lambda_i|| when
+    it was resolved from `cfg.delta_relative` (default: cfg.effective_delta). Seeds come from `cfg.seed`.
+    Raises ArchsaeError for missing or mis-shaped candidates.
+    """
     enc_gen = torch.Generator().manual_seed(cfg.seed)
     dict_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    if cfg.method == "topk":
+    if not cfg.archetypal:
         dictionary = FreeDictionary(cfg.k, d, dict_gen)
     else:
         if candidates_nd is None:
-            raise ArchsaeError("ra-sae needs k-means candidates C: run `archsae distill` first")
+            raise ArchsaeError(f"{cfg.method} needs k-means candidates C: run `archsae distill` first")
         if candidates_nd.ndim != 2 or candidates_nd.shape[1] != d:
             raise ArchsaeError(f"candidates C have shape {tuple(candidates_nd.shape)}; expected (n', {d})")
-        dictionary = ArchetypalDictionary(candidates_nd, cfg.k, cfg.delta, cfg.w_init, dict_gen)
-    return SAE(d, dictionary, TopK(cfg.top_k), enc_gen)
+        delta = cfg.effective_delta if delta is None else delta
+        dictionary = ArchetypalDictionary(candidates_nd, cfg.k, delta, cfg.w_init, dict_gen, cfg.w_support)
+    return SAE(d, dictionary, build_activation(cfg, cfg.k), enc_gen)
 
 
 def sae_config(cfg: TrainConfig, d: int, **info) -> dict:
