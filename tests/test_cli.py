@@ -31,32 +31,32 @@ def _error(result, pattern):
 
 
 def test_bad_image_folders(tmp_path):
-    _error(invoke("extract", "--run", tmp_path / "r", "--images", tmp_path / "missing"), "does not exist")
+    _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "missing"), "does not exist")
     (tmp_path / "empty").mkdir()
-    _error(invoke("extract", "--run", tmp_path / "r", "--images", tmp_path / "empty"), "holds no images")
+    _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "empty"), "holds no images")
     folder = tmp_path / "imgs" / "cats"
     folder.mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(folder / "ok.png")
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
-    _error(invoke("extract", "--run", tmp_path / "r", "--images", tmp_path / "imgs"), "cannot read image")
+    _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "imgs"), "cannot read image")
     assert not (tmp_path / "r" / "store").exists()
 
 
 def test_bad_matrices_and_settings(tmp_path):
     np.save(tmp_path / "nan.npy", np.full((20, 4), np.nan, np.float32))
-    _error(invoke("store", "import", tmp_path / "nan.npy", "--run", tmp_path / "a"), "NaN/Inf")
+    _error(invoke("store", "import", tmp_path / "nan.npy", "--run-dir", tmp_path / "a"), "NaN/Inf")
     np.save(tmp_path / "flat.npy", np.ones(20, np.float32))
-    _error(invoke("store", "import", tmp_path / "flat.npy", "--run", tmp_path / "b"), "expected a 2-D")
+    _error(invoke("store", "import", tmp_path / "flat.npy", "--run-dir", tmp_path / "b"), "expected a 2-D")
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))
-    assert invoke("store", "import", tmp_path / "ok.npy", "--run", tmp_path / "c").exit_code == 0
-    _error(invoke("distill", "--run", tmp_path / "c", "--n-centroids", 0), "n' (n_centroids) must be >= 1")
-    _error(invoke("distill", "--run", tmp_path / "c", "--n-centroids", 5000, "--max-points", 10_000),
+    assert invoke("store", "import", tmp_path / "ok.npy", "--run-dir", tmp_path / "c").exit_code == 0
+    _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 0), "n' (n_centroids) must be >= 1")
+    _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 5000, "--max-points", 10_000),
            "at least n' = 5000")
-    _error(invoke("train", "--run", tmp_path / "c", "--k", 8, "--top-k", 16), "must be >= top_k")
-    _error(invoke("train", "--run", tmp_path / "c", "--delta", -1), "delta must be >= 0")
-    _error(invoke("train", "--run", tmp_path / "c", "--method", "ra-topk"), "run `archsae distill`")
-    _error(invoke("evaluate", "--run", tmp_path / "c"), "no trained models")
-    _error(invoke("train", "--run", tmp_path / "missing"), "no activation store")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 16), "must be >= top_k")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--delta", -1), "delta must be >= 0")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--method", "ra-topk"), "run `archsae distill`")
+    _error(invoke("evaluate", "--run-dir", tmp_path / "c"), "no trained models")
+    _error(invoke("train", "--run-dir", tmp_path / "missing"), "no activation store")
     assert not list((tmp_path / "c").glob("models/*/model.safetensors"))
 
 

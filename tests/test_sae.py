@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -114,3 +115,100 @@ def test_bad_settings_are_user_errors():
         build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5)
     with pytest.raises(ArchsaeError, match=r"\(n', 5\)"):
         build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5, candidates_nd=torch.randn(10, 4))
+
+
+def _dense_losses(model, x):
+    """The training loss written the plain way: dense codes, D built explicitly, plain autograd."""
+    x_hat, _ = model(x)
+    return (x_hat - x).pow(2).mean()
+
+
+@pytest.mark.parametrize("method,support", [("topk", 0), ("ra-topk", 8), ("ra-topk", 0)])
+def test_sparse_training_pass_equals_dense_autograd(method, support):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=method, k=64, top_k=4, w_support=support, delta=0.1)
+    sparse, dense = (build_sae(cfg, 32, torch.randn(100, 32).mul(3)) for _ in range(2))
+    dense.load_state_dict(sparse.state_dict())
+    x = torch.randn(128, 32)
+    out = sparse.losses(x)
+    out.loss.backward()
+    reference = _dense_losses(dense, x)
+    reference.backward()
+    assert torch.allclose(out.loss, reference, atol=1e-6)
+    for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    assert 0 < int(out.l0) <= 128 * 4  # relu may zero a chosen code, never add one
+
+
+def test_jumprelu_threshold_gradient_is_the_silverman_estimator():
+    from archsae.sae.activations import JumpReLU, silverman_kernel
+
+    grid = torch.linspace(-40, 40, 200_001)
+    assert abs(torch.trapezoid(silverman_kernel(grid), grid).item() - 1) < 1e-4  # a kernel: integrates to 1
+    act = JumpReLU(k=2, l0=0.5, bandwidth=0.01, threshold=0.01)
+    pre = torch.tensor([[0.5, 0.012], [0.003, 0.0101]])
+    z = act(pre)
+    assert torch.equal(z, torch.tensor([[0.5, 0.012], [0.0, 0.0101]]))  # z = pre where pre > theta, else 0
+    (z.sum() + act.penalty(pre, z, None)).backward()
+    # By hand: d/dtheta_j of sum_n z_nj + l0 * mean_n sum_j H = -sum_n (pre_nj + l0 / n) K((pre_nj - theta)/eps) / eps,
+    # and d/dlog(theta) = theta * d/dtheta.
+    k = lambda u: 0.5 * math.exp(-abs(u) / math.sqrt(2)) * math.sin(abs(u) / math.sqrt(2) + math.pi / 4)
+    expected = [-sum((p + 0.5 / 2) * k((p - 0.01) / 0.01) / 0.01 for p in col) * 0.01
+                for col in ([0.5, 0.003], [0.012, 0.0101])]
+    assert torch.allclose(act.log_threshold.grad, torch.tensor(expected), rtol=1e-4)
+
+
+def test_batchtopk_keeps_the_batch_budget_and_calibrates_its_threshold():
+    from archsae.sae.activations import BatchTopK
+
+    act = BatchTopK(top_k=3).train()
+    pre = torch.randn(200, 50)
+    z = act(pre)
+    assert int((z > 0).sum()) == 200 * 3  # exactly n * top_k codes over the batch ...
+    assert (z > 0).sum(1).float().std() > 0  # ... spread unevenly over the tokens
+    act.calibrate(pre)
+    act.eval()
+    assert int((act(pre) > 0).sum()) == 200 * 3 - 1  # the threshold is the budget's smallest value (strict >)
+
+
+def test_auxk_gives_gradient_to_dead_codes_only_through_the_aux_loss():
+    torch.manual_seed(0)
+    model = build_sae(TrainConfig(method="topk", k=40, top_k=2), 16)
+    with torch.no_grad():
+        model.encoder.weight[:10] *= 1e-3  # codes 0-9 never win the top-k: dead, but their pre > 0 sometimes
+        model.encoder.bias[:10] = 1e-3
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[:10] = True
+    x = torch.randn(256, 16)
+    for aux_k, expect_grad in ((0, False), (4, True)):
+        model.zero_grad()
+        out = model.losses(x, dead, aux_k=aux_k)
+        out.loss.backward()
+        assert not out.fired_k[:10].any()
+        assert (model.encoder.weight.grad[:10].abs().sum() > 0) == expect_grad
+        assert (model.dictionary.weight.grad[:10].abs().sum() > 0) == expect_grad
+
+
+@pytest.mark.parametrize("k", [6, 25])
+def test_sparse_support_w_starts_like_the_dense_one_and_stays_row_stochastic(k):
+    from archsae.sae.dictionary import nearest_candidates
+
+    candidates = torch.randn(10, 5)
+    gen = lambda: torch.Generator().manual_seed(1)
+    for mode in ("identity", "permuted"):
+        dense = ArchetypalDictionary(candidates, k, 0.0, mode, gen(), support=0)
+        sparse = ArchetypalDictionary(candidates, k, 0.0, mode, gen(), support=4)
+        assert sparse.weights.shape == (k, 4) and torch.allclose(sparse(), dense())
+        assert torch.equal(sparse.dense_weights(), dense.weights.detach())
+    rand = ArchetypalDictionary(candidates, k, 0.0, "random", gen(), support=4)
+    assert (rand().norm(dim=1) > 0).all() and (rand.dense_weights() > 0).sum(1).eq(4).all()
+    with torch.no_grad():
+        rand.weights.sub_(0.2)
+    rand.project_()
+    assert (rand.weights >= 0).all() and torch.allclose(rand.weights.sum(1), torch.ones(k))
+    # the support is the start candidate, then its nearest others, by brute force
+    cols = torch.tensor([3, 7])
+    dist = torch.cdist(candidates, candidates)
+    for row, col in zip(nearest_candidates(candidates, cols, 4), cols):
+        others = [j for j in dist[col].argsort().tolist() if j != col][:3]
+        assert row.tolist() == [col.item()] + others

@@ -21,8 +21,9 @@ app = typer.Typer(help="Stable, honest concept extraction from vision models wit
 store_app = typer.Typer(help="Activation store utilities.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
+# Not --run: torchrun's own parser takes any prefix of its --run-path option, even after the script name.
 RUN_OPTION = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                               default=typer.Option(Path("archsae-run"), "--run", help="run directory"))
+                               default=typer.Option(Path("archsae-run"), "--run-dir", help="run directory"))
 
 
 def _config_params(cls: type, prefix: str = "", repeatable: bool = False) -> list[inspect.Parameter]:
@@ -45,7 +46,10 @@ def sweep(cls: type, values: dict[str, object]) -> list:
     lists = {name: (v if isinstance(v, list) else [v]) for name, v in values.items()}
     if "all" in lists.get("method", []):
         lists["method"] = list(METHODS)
-    return [cls(**dict(zip(lists, combo))) for combo in itertools.product(*lists.values())]
+    configs = [cls(**dict(zip(lists, combo))) for combo in itertools.product(*lists.values())]
+    if hasattr(cls, "canonical"):  # drop combinations that differ only in fields their method ignores
+        configs = list(dict.fromkeys(c.canonical() for c in configs))
+    return configs
 
 
 def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list[inspect.Parameter],
@@ -156,13 +160,15 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
 
     if name and len(train) > 1:
         raise ArchsaeError(f"--name names one model, but the options describe {len(train)}; drop --name")
-    swept = [f.name for f in dataclasses.fields(TrainConfig)
-             if f.name not in ("method", "seed") and len({getattr(c, f.name) for c in train}) > 1]
+    # Fields that take several values among the models that use them name the folders.
+    swept = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("method", "seed")
+             and len({getattr(c, f.name) for c in train if f.name not in c.unused_fields()}) > 1]
     store = ActivationStore(run / "store")
     jobs = []
     for cfg in train:
         candidates = load_centroids(centroids_path(run, cfg.kmeans_seed)) if cfg.archetypal else None
-        auto = "-".join([cfg.method] + [f"{f.replace('_', '')}{getattr(cfg, f)}" for f in swept] + [f"s{cfg.seed}"])
+        tags = [f"{f.replace('_', '')}{getattr(cfg, f)}" for f in swept if f not in cfg.unused_fields()]
+        auto = "-".join([cfg.method, *tags, f"s{cfg.seed}"])
         jobs.append(Job(cfg, run / "models" / (name or auto), candidates))
     train_many(store, jobs, device or None)
     return "\n".join(f"model in {job.out_dir}" for job in jobs)
@@ -195,13 +201,15 @@ def report_cmd(run: Path, report: ReportConfig) -> str:
     _param("quick", bool, False, "a small configuration for smoke tests (~3 min on 2 cores)", "--quick"),
     _param("model", str, ExtractConfig.model, "timm model name (default: embedded EfficientNet-Lite0)", "--model"),
     _param("n_images", int, 0, "demo images (0 = the configuration's default)", "--n-images"),
+    _param("method", List[str], list(RunConfig.methods), "methods to train, repeatable; 'all' = all 12", "--method"),
 ])
-def run_cmd(out: Path, images: Optional[Path], quick: bool, model: str, n_images: int) -> str:
+def run_cmd(out: Path, images: Optional[Path], quick: bool, model: str, n_images: int, method: list[str]) -> str:
     """The whole job on the defaults: demo images -> extract -> distill -> train -> evaluate -> report."""
     from .pipeline import run as do_run
 
     cfg = RunConfig.quick() if quick else RunConfig()
-    cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, model=model))
+    methods = METHODS if "all" in method else tuple(method)
+    cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, model=model), methods=methods)
     if n_images:
         cfg = dataclasses.replace(cfg, demo=dataclasses.replace(cfg.demo, n_images=n_images))
     return f"report: {do_run(out, cfg, images).resolve()}"

@@ -87,9 +87,10 @@ class TrainConfig:
     method: str = opt("topk", "sparsity topk|batchtopk|jumprelu|relu, prefixed a- (A-SAE: D = W C) or ra- "
                               "(RA-SAE: D = W C + Lambda); no prefix = free unit-norm atoms. 'all' = all 12")
     k: int = opt(2560, "dictionary size (number of atoms)")
-    top_k: int = opt(32, "topk/batchtopk: active codes per token (batchtopk: on average over the batch)")
-    l1: float = opt(3e-4, "relu: L1 coefficient (sets the sparsity)")
-    l0: float = opt(3e-3, "jumprelu: L0 coefficient (sets the sparsity)")
+    top_k: int = opt(32, "topk/batchtopk: active codes per token (batchtopk: on average over the batch); "
+                         "jumprelu: L0 at the start (sets the initial thresholds)")
+    l1: float = opt(3e-3, "relu: L1 coefficient (sets the sparsity)")
+    l0: float = opt(1e-3, "jumprelu: L0 coefficient (trades L0 against R² from the initial thresholds)")
     bandwidth: float = opt(1e-2, "jumprelu: bandwidth of the Silverman kernel of the threshold's gradient")
     delta: float = opt(0.01, "ra-: bound on ||Lambda_i||, standardised units (or x mean ||A|| if delta_relative)")
     delta_relative: bool = opt(False, "ra-: delta is a fraction of the mean norm of the standardised activations")
@@ -147,6 +148,27 @@ class TrainConfig:
     @property
     def kmeans_seed(self) -> int:
         return self.seed if self.centroids_seed < 0 else self.centroids_seed
+
+    def unused_fields(self) -> set[str]:
+        """The fields this method ignores (e.g. l1 for topk, delta for a- and free dictionaries)."""
+        unused = set()
+        if self.sparsity != "relu":
+            unused.add("l1")
+        if self.sparsity != "jumprelu":
+            unused |= {"l0", "bandwidth"}
+        if self.sparsity not in ("topk", "batchtopk"):
+            unused |= {"aux_k", "aux_coeff"} | ({"top_k"} if self.sparsity == "relu" else set())
+        if not self.archetypal:
+            unused |= {"w_init", "w_support", "centroids_seed"}
+        if not self.method.startswith("ra-"):
+            unused |= {"delta", "delta_relative"}
+        return unused
+
+    def canonical(self) -> "TrainConfig":
+        """This configuration with the fields its method ignores at their defaults (so a sweep over l1
+        trains one topk model, not one per l1 value)."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{name: fields[name].default for name in self.unused_fields()})
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,21 +42,24 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     """Metrics of every model under `models_dir` on up to `cfg.max_tokens` held-out tokens.
 
     Per model: R^2 (eq. 5, per-feature mean, standardised space), dead codes (eq. 6), mean L0,
-    OOD score (eq. 9), and stability (eq. 2) against the other runs of its method (mean over pairs;
-    runs of a method differ in every seed: encoder, W and k-means). Written to `out` (metrics.json)
-    with the configuration beside it (evaluate.json).
+    OOD score (eq. 9), and stability (eq. 2) against the other runs of its group (mean over pairs). A
+    group is the models whose configurations differ only in their seeds (encoder, W, k-means); its
+    label is the first one's folder name without its `-s{seed}`. Written to `out` (metrics.json) with
+    the configuration beside it (evaluate.json).
     """
     acts = store.standardise(store.sample(cfg.max_tokens, cfg.seed, "heldout"))
     loaded = {name: load_sae(path) for name, path in find_models(models_dir).items()}
-    results, atoms = {}, {}
+    results, atoms, labels = {}, {}, {}
     for name, (model, tcfg, _) in loaded.items():
         acts_hat, codes = reconstruct(model, acts)
         atoms[name] = model.atoms().detach()
-        results[name] = {"method": tcfg.method, "seed": tcfg.seed, "k": tcfg.k,
+        key = json.dumps(asdict(replace(tcfg.canonical(), seed=0, centroids_seed=-1)), sort_keys=True)
+        labels.setdefault(key, re.sub(r"-s\d+$", "", name))
+        results[name] = {"method": tcfg.method, "group": labels[key], "seed": tcfg.seed, "k": tcfg.k,
                          "r2": metrics.r2(acts, acts_hat), "dead_codes": metrics.dead_codes(codes),
                          "l0": metrics.l0(codes), "ood": metrics.ood_score(atoms[name], acts)}
-    for method in {r["method"] for r in results.values()}:
-        names = [n for n, r in results.items() if r["method"] == method]
+    for group in {r["group"] for r in results.values()}:
+        names = [n for n, r in results.items() if r["group"] == group]
         for name in names:
             others = [metrics.stability(atoms[name], atoms[o]) for o in names
                       if o != name and atoms[o].shape == atoms[name].shape]

@@ -31,11 +31,11 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .errors import ArchsaeError
 from .files import read_json, write_json, write_safetensors, write_text
-from .sae import SAE, BatchTopK, build_sae, load_sae, sae_config, save_sae
+from .sae import SAE, BatchTopK, JumpReLU, build_sae, load_sae, sae_config, save_sae
 from .store import ActivationStore
 
 LOG_EVERY = 10  # steps
-CALIBRATION_TOKENS = 16_384  # BatchTopK inference threshold; mean activation norm for a relative delta
+CALIBRATION_TOKENS = 16_384  # JumpReLU initial and BatchTopK inference thresholds; relative delta
 # Configurations trained in one pass of the store must agree on these (they define the batches).
 DATA_FIELDS = ("data_seed", "batch_size", "epochs", "shuffle_shards", "streams")
 
@@ -87,9 +87,11 @@ class _Trainer:
     """One model's optimiser, counters, log and checkpoint within a pass."""
 
     def __init__(self, job: Job, store: ActivationStore, total: int, n_streams: int, device: torch.device,
-                 world: World, act_norm: float | None):
+                 world: World, calibration_nd: torch.Tensor):
         cfg = self.cfg = job.cfg
         self.out_dir, self.total, self.n_streams, self.world = job.out_dir, total, n_streams, world
+        self.calibration_nd = calibration_nd  # standardised train tokens, the same for every rank
+        act_norm = calibration_nd.norm(dim=1).mean().item()
         delta = cfg.delta * act_norm if cfg.delta_relative and cfg.method.startswith("ra-") else None
         info = {**job.info, **({"delta_abs": delta} if delta is not None else {})}
         self.config = sae_config(cfg, store.d, store=str(store.root), **info)
@@ -102,10 +104,13 @@ class _Trainer:
                 self.model, self.done = load_sae(self.out_dir)[0], True
                 return
         self.model = build_sae(cfg, store.d, job.candidates_nd, delta).to(device).train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)  # 10x faster on CPU too
         self.since_fired = torch.zeros(cfg.k, dtype=torch.int64, device=device)  # tokens since each code fired
         self.ckpt, self.log_path = self.out_dir / "checkpoint.safetensors", self.out_dir / "log.jsonl"
         self.start = self._load_checkpoint() if self.ckpt.exists() else 0
+        if self.start == 0 and isinstance(self.model.activation, JumpReLU):
+            with torch.no_grad():
+                self.model.activation.init_thresholds(self.model.encoder(calibration_nd - self.model.b_pre), cfg.top_k)
         if world.rank == 0:
             write_json(self.out_dir / "config.json", self.config)
             # Keep the log equal to an uninterrupted run's: drop lines written after the checkpoint.
@@ -202,12 +207,12 @@ class _Trainer:
         self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
         return int(meta["step"])
 
-    def finish(self, calibration_nd: torch.Tensor) -> SAE:
+    def finish(self) -> SAE:
         """Calibrate BatchTopK's inference threshold, save the model (rank 0), drop the checkpoint."""
         model = self.model.eval()
         if isinstance(model.activation, BatchTopK):
             with torch.no_grad():
-                model.activation.calibrate(model.encoder(calibration_nd - model.b_pre))
+                model.activation.calibrate(model.encoder(self.calibration_nd - model.b_pre))
         if self.world.rank == 0:
             save_sae(model, self.out_dir, self.config)
             self.ckpt.unlink(missing_ok=True)
@@ -260,12 +265,12 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
     total = math.ceil(cfg.epochs * steps_per_epoch)
     mean_d, std_d = store.mean_d.to(device), store.std_d.to(device)
     calibration = store.standardise(store.sample(CALIBRATION_TOKENS, cfg.data_seed, "train")).to(device)
-    act_norm = calibration.norm(dim=1).mean().item()
-    trainers = [_Trainer(job, store, total, n_streams, device, world, act_norm) for job in jobs]
+    trainers = [_Trainer(job, store, total, n_streams, device, world, calibration) for job in jobs]
     active = [t for t in trainers if not t.done]
     start = min((t.start for t in active), default=total)
     names = active[0].out_dir.name if len(active) == 1 else f"{len(active)} models"
-    bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", disable=world.rank > 0 or not active)
+    quiet = {"disable": True} if world.rank > 0 or not active else {}  # an explicit False would override TQDM_DISABLE
+    bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", **quiet)
     my_streams = range(world.rank, n_streams, world.size)
     for epoch in range(math.ceil(total / steps_per_epoch)):
         if not active or (epoch + 1) * steps_per_epoch <= start:
@@ -287,7 +292,7 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
                 bar.set_postfix(loss=f"{active[0].last['loss']:.3f}", r2=f"{active[0].last['r2']:.3f}")
             bar.update(1)
     bar.close()
-    models = [t.model if t.done else t.finish(calibration) for t in trainers]
+    models = [t.model if t.done else t.finish() for t in trainers]
     if world.size > 1:
         dist.barrier()  # every rank returns only once rank 0 has written the models
     return models

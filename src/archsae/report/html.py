@@ -21,7 +21,7 @@ METRICS = [("r2", "R² ↑"), ("dead_codes", "dead codes ↓"), ("l0", "L0"), ("
 
 
 def _training_curves(models_dir: Path, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     for log in sorted(models_dir.glob("*/log.jsonl")):
         rows = [json.loads(l) for l in log.read_text().splitlines()]
         ax.plot([r["tokens"] for r in rows], [r["r2"] for r in rows], label=log.parent.name)
@@ -29,7 +29,7 @@ def _training_curves(models_dir: Path, out: Path) -> None:
     ax.set_ylabel("train R² (batch)")
     ax.set_ylim(bottom=max(-0.1, ax.get_ylim()[0]))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 8 else 1)
     fig.tight_layout()
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
@@ -37,20 +37,20 @@ def _training_curves(models_dir: Path, out: Path) -> None:
 
 def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Path:
     """Write `run_dir/report/index.html`: configuration, metrics table (metrics.json), training curves,
-    and for the first run of each method its most used concepts with top images and heatmaps.
+    and for the first run of each group (see `evaluate`) its most used concepts with top images and heatmaps.
     Raises ArchsaeError if the store, models or metrics.json are missing."""
     run_dir = Path(run_dir)
     out = run_dir / "report"
     metrics = read_json(run_dir / "metrics.json")
     store = ActivationStore(run_dir / "store")
     config = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    methods: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     for name, m in metrics.items():
-        methods.setdefault(m["method"], []).append(name)
-    summary = {method: {key: _mean([metrics[n][key] for n in names]) for key, _ in METRICS}
-               for method, names in methods.items()}
+        groups.setdefault(m["group"], []).append(name)
+    summary = {group: {key: _mean([metrics[n][key] for n in names]) for key, _ in METRICS}
+               for group, names in groups.items()}
     galleries = []
-    for method, names in methods.items():
+    for group, names in groups.items():
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
         model, _, _ = load_sae(run_dir / "models" / name)
         concepts = concept_gallery(model, store, cfg.n_concepts, cfg.n_images)
@@ -58,7 +58,7 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
             if c.strip is not None:
                 c.file = f"concepts/{name}_{c.index}.png"
                 save_image(out / c.file, c.strip)
-        galleries.append({"name": name, "method": method, "concepts": concepts})
+        galleries.append({"name": name, "group": group, "concepts": concepts})
     _training_curves(run_dir / "models", out / "training.png")
     env = Environment(loader=PackageLoader("archsae", "report/templates"), autoescape=select_autoescape())
     html = env.get_template("report.html.j2").render(

@@ -152,7 +152,8 @@ class ArchetypalDictionary(nn.Module):
         """W <- relu(W), rows renormalised to sum 1 (an all-zero row becomes uniform); Lambda_i scaled to norm <= delta."""
         w = self.weights.clamp_(min=0)
         sums = w.sum(1, keepdim=True)
-        w.copy_(torch.where(sums > 0, w / sums.clamp_min(1e-30), torch.full_like(w, 1.0 / w.shape[1])))
+        # In place (W can hold 0.5 G entries): an all-zero row gets 0 / tiny + 1 / n = uniform.
+        w.div_(sums.clamp_min(1e-30)).add_((sums == 0).to(w.dtype) / w.shape[1])
         if self.relax is not None:
             norms = self.relax.norm(dim=1, keepdim=True)
             self.relax *= (self.delta / norms.clamp_min(1e-30)).clamp(max=1.0)

@@ -17,6 +17,30 @@ from .activations import BatchTopK, JumpReLU, ReLU, TopK
 from .dictionary import ArchetypalDictionary, FreeDictionary
 
 
+class _ChosenPre(torch.autograd.Function):
+    """pre[n, j] = <xc_n, W_enc[idx_nj]> + b_enc[idx_nj] for the chosen codes only, given their values
+    (gathered from a no-grad dense pass). The backward touches only the chosen rows: n m d work instead
+    of the dense encoder's n k d."""
+
+    @staticmethod
+    def forward(ctx, xc_nd, weight_kd, bias_k, idx_nm, pre_nm):
+        ctx.save_for_backward(xc_nd, weight_kd, idx_nm)
+        return pre_nm.clone()
+
+    @staticmethod
+    def backward(ctx, grad_nm):
+        xc_nd, weight_kd, idx_nm = ctx.saved_tensors
+        (n, m), k = idx_nm.shape, weight_kd.shape[0]
+        grad_x = F.embedding_bag(idx_nm, weight_kd, per_sample_weights=grad_nm.to(weight_kd.dtype), mode="sum")
+        rows = torch.arange(n, device=idx_nm.device).repeat_interleave(m)
+        sparse_kn = torch.sparse_coo_tensor(torch.stack([idx_nm.flatten(), rows]), grad_nm.flatten().to(xc_nd.dtype),
+                                            (k, n), check_invariants=False)
+        grad_w = torch.sparse.mm(sparse_kn, xc_nd)
+        grad_b = torch.zeros(k, dtype=grad_nm.dtype, device=grad_nm.device).index_add_(0, idx_nm.flatten(),
+                                                                                       grad_nm.flatten())
+        return grad_x.to(xc_nd.dtype), grad_w.to(weight_kd.dtype), grad_b.to(weight_kd.dtype), None, None
+
+
 @dataclass
 class StepOutput:
     """One training forward pass: `loss` (scalar, with grad) and detached statistics."""
@@ -76,10 +100,10 @@ class SAE(nn.Module):
     def project_(self) -> None:
         self.dictionary.project_()
 
-    def _chosen(self, xc_nd: torch.Tensor, idx_nm: torch.Tensor) -> torch.Tensor:
-        """relu of the pre-activations at idx (n, m), with autograd through the m chosen encoder rows only."""
-        rows_nmd = F.embedding(idx_nm, self.encoder.weight)
-        return torch.relu(torch.bmm(rows_nmd, xc_nd.unsqueeze(2)).squeeze(2) + self.encoder.bias[idx_nm])
+    def _chosen(self, xc_nd: torch.Tensor, pre_nk: torch.Tensor, idx_nm: torch.Tensor) -> torch.Tensor:
+        """relu of the pre-activations at idx (n, m), with autograd through the m chosen codes only."""
+        return torch.relu(_ChosenPre.apply(xc_nd, self.encoder.weight, self.encoder.bias, idx_nm,
+                                           pre_nk.gather(1, idx_nm)))
 
     def losses(self, x_nd: torch.Tensor, dead_k: torch.Tensor | None = None, aux_k: int = 0,
                aux_coeff: float = 1 / 32) -> StepOutput:
@@ -94,7 +118,7 @@ class SAE(nn.Module):
             with torch.no_grad():
                 pre_nk = F.linear(xc_nd, self.encoder.weight, self.encoder.bias)
                 idx_nm = pre_nk.topk(self.activation.top_k, dim=1).indices
-            vals_nm = self._chosen(xc_nd, idx_nm)
+            vals_nm = self._chosen(xc_nd, pre_nk, idx_nm)
             x_hat = F.embedding_bag(idx_nm, atoms_kd, per_sample_weights=vals_nm.to(atoms_kd.dtype), mode="sum")
             x_hat = x_hat + self.b_pre
             penalty = x_nd.new_zeros(())
@@ -114,7 +138,7 @@ class SAE(nn.Module):
             with torch.no_grad():
                 m = min(aux_k, int(dead_k.sum()))
                 idx_nm = pre_nk.detach().masked_fill(~dead_k, -torch.inf).topk(m, dim=1).indices
-            vals_nm = self._chosen(xc_nd, idx_nm) if sparse else torch.relu(pre_nk.gather(1, idx_nm))
+            vals_nm = self._chosen(xc_nd, pre_nk, idx_nm) if sparse else torch.relu(pre_nk.gather(1, idx_nm))
             e_hat = F.embedding_bag(idx_nm, atoms_kd, per_sample_weights=vals_nm.to(atoms_kd.dtype), mode="sum")
             residual = (x_nd - x_hat).detach()
             loss = loss + aux_coeff * (e_hat - residual).pow(2).mean()

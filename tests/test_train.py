@@ -1,0 +1,164 @@
+"""Training at scale: every method in one pass, sweeps, exact resume of a group, DDP, CUDA."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from archsae import metrics
+from archsae.config import METHODS, TrainConfig
+from archsae.distill import kmeans
+from archsae.sae import load_sae
+from archsae.store import ActivationStore
+from archsae.train import Job, train, train_many
+from conftest import planted_data, write_store
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    acts, atoms = planted_data()
+    store = write_store(tmp_path_factory.mktemp("planted") / "store", acts)
+    sample = store.standardise(store.sample(8000, seed=0, split="train")).numpy()
+    candidates = torch.from_numpy(kmeans(sample, 96, seed=0))
+    return store, atoms / store.std_d.numpy(), candidates
+
+
+def recovery(learned, planted) -> float:
+    """Mean over planted atoms of the best |cos| with a learned atom."""
+    return float(np.abs(metrics.match_atoms(planted, learned)[2]).mean())
+
+
+BASE = TrainConfig(k=48, top_k=2, l1=3e-2, l0=1e-1, delta=0.05, w_support=16, epochs=6, batch_size=256, lr=3e-3,
+                   warmup_steps=20, aux_k=8, dead_tokens=2000)
+
+
+def test_all_twelve_methods_train_in_one_pass_and_recover_planted_atoms(planted, tmp_path, monkeypatch):
+    store, atoms, candidates = planted
+    reads = {"n": 0}
+    real_read = ActivationStore.read_shard
+
+    def counting_read(self, *args, **kwargs):
+        reads["n"] += 1
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActivationStore, "read_shard", counting_read)
+    jobs = [Job(replace(BASE, method=m), tmp_path / m, candidates) for m in METHODS]
+    models = train_many(store, jobs)
+    # One pass: each epoch reads each shard once (+ one sampling pass for the calibration tokens).
+    assert reads["n"] == (BASE.epochs + 1) * store.n_shards
+    acts = store.standardise(store.sample(3000, seed=1, split="heldout"))
+    for job, model in zip(jobs, models):
+        with torch.no_grad():
+            acts_hat, codes = model(acts)
+        score, r2 = recovery(model.atoms().detach(), atoms), metrics.r2(acts, acts_hat)
+        assert score > 0.85 and r2 > 0.85, (job.cfg.method, score, r2)  # random atoms score ~0.4
+        assert metrics.l0(codes) < 8, job.cfg.method  # sparse: planted tokens hold 1 or 2 atoms
+        if job.cfg.archetypal:
+            w = model.dictionary.weights.detach()
+            assert (w >= 0).all() and torch.allclose(w.sum(1), torch.ones(len(w)), atol=1e-5)
+            assert (model.dictionary.relax is None) == job.cfg.method.startswith("a-")
+
+
+def test_a_model_trained_in_a_group_equals_the_same_model_trained_alone(planted, tmp_path):
+    store, _, candidates = planted
+    cfgs = [replace(BASE, method="ra-batchtopk", epochs=1), replace(BASE, method="jumprelu", epochs=1, seed=3)]
+    grouped = train_many(store, [Job(c, tmp_path / f"g{i}", candidates) for i, c in enumerate(cfgs)])
+    for i, cfg in enumerate(cfgs):
+        alone = train(store, cfg, tmp_path / f"a{i}", candidates)
+        for (name, a), b in zip(grouped[i].state_dict().items(), alone.state_dict().values()):
+            assert torch.equal(a, b), (cfg.method, name)
+
+
+def test_a_killed_group_resumes_to_the_uninterrupted_models(planted, tmp_path, monkeypatch):
+    """Two models with different checkpoint steps (15 and 20) die at step 25; the resumed pass restarts
+    at step 15, and each model continues from its own checkpoint, AuxK dead-code counters included."""
+    store, _, candidates = planted
+    cfgs = [replace(BASE, method="topk", epochs=2, batch_size=512, checkpoint_every=15, dead_tokens=300),
+            replace(BASE, method="ra-topk", epochs=2, batch_size=512, checkpoint_every=20, dead_tokens=300)]
+    full = train_many(store, [Job(c, tmp_path / f"full{i}", candidates) for i, c in enumerate(cfgs)])
+    real_batches = ActivationStore.batches
+    seen = {"n": 0}
+
+    def dying_batches(self, *args, **kwargs):
+        for batch in real_batches(self, *args, **kwargs):
+            seen["n"] += 1
+            if seen["n"] == 25:
+                raise KeyboardInterrupt
+            yield batch
+
+    jobs = [Job(c, tmp_path / f"resumed{i}", candidates) for i, c in enumerate(cfgs)]
+    monkeypatch.setattr(ActivationStore, "batches", dying_batches)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(store, jobs)
+    monkeypatch.setattr(ActivationStore, "batches", real_batches)
+    resumed = train_many(store, jobs)
+    for i in range(2):
+        for (name, a), b in zip(full[i].state_dict().items(), resumed[i].state_dict().values()):
+            assert torch.equal(a, b), (cfgs[i].method, name)
+        log = lambda p: [json.loads(l) for l in (p / "log.jsonl").read_text().splitlines()]
+        rows_full, rows_resumed = log(tmp_path / f"full{i}"), log(tmp_path / f"resumed{i}")
+        assert [r["step"] for r in rows_full] == [r["step"] for r in rows_resumed]
+        assert [r["dead_codes_aux"] for r in rows_full] == [r["dead_codes_aux"] for r in rows_resumed]
+
+
+def test_relative_delta_is_resolved_against_the_mean_activation_norm(planted, tmp_path):
+    store, _, candidates = planted
+    cfg = replace(BASE, method="ra-topk", delta=0.02, delta_relative=True, epochs=1)
+    model = train(store, cfg, tmp_path / "rel", candidates)
+    calibration = store.standardise(store.sample(16_384, cfg.data_seed, "train"))
+    expected = 0.02 * calibration.norm(dim=1).mean().item()
+    info = json.loads((tmp_path / "rel" / "config.json").read_text())
+    assert info["delta_abs"] == pytest.approx(expected, rel=1e-6)
+    norms = model.dictionary.relax.detach().norm(dim=1)
+    assert norms.max() <= expected + 1e-5 and norms.max() > 0.5 * expected  # bound active and respected
+    reloaded, _, _ = load_sae(tmp_path / "rel")
+    assert torch.equal(reloaded.atoms(), model.atoms())
+
+
+def test_two_gloo_processes_under_torchrun_equal_one_process_with_two_streams(planted, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo): each rank reads its own shards and runs half of each batch;
+    the gradients are summed. One process with streams=2 runs the same micro-batches and must end with
+    the same models (TopK with AuxK, and RA-BatchTopK), up to float summation order."""
+    store, _, candidates = planted
+    run = tmp_path / "run"
+    (run / "centroids").mkdir(parents=True)
+    os.symlink(store.root, run / "store")
+    from archsae.files import write_safetensors
+    write_safetensors(run / "centroids" / "seed0.safetensors", {"centroids": candidates})
+    args = ["--k", "48", "--top-k", "2", "--epochs", "2", "--batch-size", "512", "--lr", "3e-3",
+            "--warmup-steps", "5", "--aux-k", "8", "--dead-tokens", "1000", "--delta", "0.05", "--w-support", "16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "archsae", "train", "--run-dir", str(run), "--method", "topk", "--method", "ra-batchtopk", *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = dict(k=48, top_k=2, epochs=2, batch_size=512, lr=3e-3, warmup_steps=5, aux_k=8, dead_tokens=1000,
+               delta=0.05, w_support=16, streams=2)
+    for method in ("topk", "ra-batchtopk"):
+        one = train(store, TrainConfig(method=method, **cfg), tmp_path / f"one-{method}",
+                    candidates if method.startswith("ra") else None)
+        two = load_file(str(run / "models" / f"{method}-s0" / "model.safetensors"))
+        assert json.loads((run / "models" / f"{method}-s0" / "config.json").read_text())["train"]["streams"] == 0
+        for name, a in one.state_dict().items():
+            assert torch.allclose(a, two[name], atol=1e-4, rtol=1e-3), (method, name, (a - two[name]).abs().max())
+    # The tolerance means something: one stream (other batches) ends elsewhere.
+    other = train(store, TrainConfig(method="topk", **{**cfg, "streams": 1}), tmp_path / "one-stream")
+    assert (other.encoder.weight - load_file(str(run / "models" / "topk-s0" / "model.safetensors"))[
+        "encoder.weight"]).abs().max() > 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_with_autocast_matches_cpu_quality(planted, tmp_path):
+    store, atoms, candidates = planted
+    for method in ("topk", "ra-topk"):
+        cfg = replace(BASE, method=method, epochs=4)
+        cpu = train(store, cfg, tmp_path / f"cpu-{method}", candidates, device="cpu")
+        gpu = train(store, cfg, tmp_path / f"gpu-{method}", candidates, device="cuda")
+        assert next(gpu.parameters()).is_cuda
+        assert abs(recovery(gpu.atoms().detach().cpu(), atoms) - recovery(cpu.atoms().detach(), atoms)) < 0.05
