@@ -75,7 +75,8 @@ def main() -> None:
         for times in (1, args.times):
             store_dir = Path(tmp) / f"x{times}" / "store"
             repeat_store(args.store.resolve(), store_dir, times)
-            done = subprocess.run([sys.executable, __file__, "--child", str(store_dir), "--steps", str(args.steps)],
+            done = subprocess.run([sys.executable, __file__, "--store", str(args.store), "--child", str(store_dir),
+                                   "--steps", str(args.steps)],
                                   capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(done.stderr[-2000:])

@@ -79,3 +79,18 @@ def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
     strips = list((tmp_path / "run" / "report" / "concepts").glob("*.png"))
     assert len(strips) == 2 * 16
     assert Image.open(strips[0]).size == (8 * 160, 160)
+
+
+def test_train_sweep_trains_each_distinct_model_once_with_a_readable_name(tmp_path):
+    from conftest import planted_data
+
+    np.save(tmp_path / "a.npy", planted_data(n=3000)[0])
+    assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "r").exit_code == 0
+    result = invoke("train", "--run-dir", tmp_path / "r", "--method", "topk", "--method", "relu", "--l1", "0.01",
+                    "--l1", "0.03", "--seed", "0", "--seed", "1", "--k", "16", "--top-k", "2", "--epochs", "0.5",
+                    "--batch-size", "256")
+    assert result.exit_code == 0, result.output
+    # l1 only applies to relu: two topk models, not four
+    assert sorted(p.name for p in (tmp_path / "r" / "models").iterdir()) == [
+        "relu-l10.01-s0", "relu-l10.01-s1", "relu-l10.03-s0", "relu-l10.03-s1", "topk-s0", "topk-s1"]
+    _error(invoke("train", "--run-dir", tmp_path / "r", "--seed", "0", "--seed", "1", "--name", "x"), "drop --name")
