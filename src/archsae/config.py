@@ -114,7 +114,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        _check(self.k >= self.top_k, f"k ({self.k}) must be >= top_k ({self.top_k}): TopK keeps top_k of k codes")
+        _check(self.k >= self.top_k or self.sparsity == "relu",
+               f"k ({self.k}) must be >= top_k ({self.top_k}): TopK keeps top_k of k codes")
         _check(self.l1 >= 0 and self.l0 >= 0, f"l1 and l0 must be >= 0, got {self.l1}, {self.l0}")
         _check(self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth}")
         _check(self.delta >= 0, f"delta must be >= 0, got {self.delta}")
