@@ -6,6 +6,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np
 import pytest
 
+from archsae import metrics
+
 from archsae.config import DemoConfig, ExtractConfig
 from archsae.data import build_demo
 from archsae.extract import extract
@@ -44,3 +46,8 @@ def write_store(root, acts: np.ndarray, shard_tokens: int = 2000):
     path = root.parent / f"{root.name}.npy"
     np.save(path, acts)
     return import_matrix(path, root, shard_tokens=shard_tokens)
+
+
+def recovery(learned, planted) -> float:
+    """Mean over planted atoms of the best |cos| with a learned atom."""
+    return float(np.abs(metrics.match_atoms(planted, learned)[2]).mean())

@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from archsae import metrics
 from archsae.config import TrainConfig
 from archsae.distill import kmeans
 from archsae.errors import ArchsaeError
 from archsae.sae import ArchetypalDictionary, build_sae, load_sae
 from archsae.train import train
-from conftest import planted_data, write_store
+from conftest import planted_data, recovery, write_store
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +20,6 @@ def planted(tmp_path_factory):
     # In the standardised space the SAEs see, atom D_i becomes D_i / sigma (the data is centred).
     atoms_std = atoms / store.std_d.numpy()
     return store, atoms_std
-
-
-def recovery(learned, planted) -> float:
-    """Mean over planted atoms of the best |cos| with a learned atom."""
-    return float(np.abs(metrics.match_atoms(planted, learned)[2]).mean())
 
 
 def _random_level(planted, k, seed=0):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,7 +16,7 @@ from archsae.distill import kmeans
 from archsae.sae import load_sae
 from archsae.store import ActivationStore
 from archsae.train import Job, train, train_many
-from conftest import planted_data, write_store
+from conftest import planted_data, recovery, write_store
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +26,6 @@ def planted(tmp_path_factory):
     sample = store.standardise(store.sample(8000, seed=0, split="train")).numpy()
     candidates = torch.from_numpy(kmeans(sample, 96, seed=0))
     return store, atoms / store.std_d.numpy(), candidates
-
-
-def recovery(learned, planted) -> float:
-    """Mean over planted atoms of the best |cos| with a learned atom."""
-    return float(np.abs(metrics.match_atoms(planted, learned)[2]).mean())
 
 
 BASE = TrainConfig(k=48, top_k=2, l1=3e-2, l0=1e-1, delta=0.05, w_support=16, epochs=6, batch_size=256, lr=3e-3,
