@@ -19,7 +19,7 @@ def invoke(*args):
 
 
 @pytest.mark.parametrize("cmd", [[], ["extract"], ["store", "import"], ["store", "verify"], ["distill"],
-                                 ["train"], ["evaluate"], ["report"], ["run"]])
+                                 ["train"], ["evaluate"], ["stability"], ["report"], ["run"]])
 def test_every_command_has_help(cmd):
     result = invoke(*cmd, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
@@ -56,6 +56,27 @@ def test_bad_matrices_and_settings(tmp_path):
     _error(invoke("train", "--run-dir", tmp_path / "c", "--delta", -1), "delta must be >= 0")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--method", "ra-topk"), "run `archsae distill`")
     _error(invoke("evaluate", "--run-dir", tmp_path / "c"), "no trained models")
+    _error(invoke("stability", "--run-dir", tmp_path / "c", "--mode", "together"), "mode must be one of")
+    _error(invoke("stability", "--run-dir", tmp_path / "c", "--runs", 1), "runs must be >= 2")
+    assert not (tmp_path / "c" / "stability").exists()
+
+
+def test_stability_command_sweeps_methods_and_modes(tmp_path):
+    from conftest import planted_data
+
+    np.save(tmp_path / "acts.npy", planted_data(n=3000, d=16, n_base=4)[0])
+    run = tmp_path / "run"
+    assert invoke("store", "import", tmp_path / "acts.npy", "--run-dir", run, "--shard-tokens", 1000).exit_code == 0
+    result = invoke("stability", "--run-dir", run, "--runs", 2, "--mode", "shared", "--mode", "independent",
+                    "--snapshots", 2, "--k", 8, "--top-k", 2, "--w-support", 4, "--epochs", 1, "--batch-size", 256,
+                    "--warmup-steps", 2, "--distill-n-centroids", 16, "--distill-max-points", 2000,
+                    "--max-tokens", 200, "--null-points", 1000)
+    assert result.exit_code == 0, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith(("topk", "ra-topk"))]
+    assert len(lines) == 4  # topk and ra-topk (the default methods) in 2 modes
+    shared_ra = next(l for l in lines if l.startswith("ra-topk") and "shared" in l)
+    assert shared_ra.split()[2] == "1.000"  # t = 0 column
+    assert {p.name for p in (run / "stability").glob("*.png")} == {"trajectories.png", "stability_r2.png"}
     _error(invoke("train", "--run-dir", tmp_path / "missing"), "no activation store")
     assert not list((tmp_path / "c").glob("models/*/model.safetensors"))
 
@@ -71,9 +92,11 @@ def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {m["method"] for m in metrics.values()} == {"topk", "ra-topk"}
     for name, m in metrics.items():
-        for key in ("r2", "dead_codes", "l0", "ood", "stability"):
+        for key in ("r2", "dead_codes", "l0", "ood", "stability", "max_cosine", "stable_rank", "effective_rank",
+                    "coherence", "connectivity", "negative_interference", "plausibility"):
             assert np.isfinite(m[key]), (name, key)
-        assert 0 < m["r2"] < 1 and 0 <= m["dead_codes"] <= 1
+        assert 0 < m["r2"] < 1 and 0 <= m["dead_codes"] <= 1 and m["stability"] <= m["max_cosine"] <= 1
+        assert 1 <= m["effective_rank"] <= 512 and -1 <= m["plausibility"] <= 1
     html = (tmp_path / "run" / "report" / "index.html").read_text()
     assert "topk-s0" in html and "ra-topk-s0" in html
     strips = list((tmp_path / "run" / "report" / "concepts").glob("*.png"))

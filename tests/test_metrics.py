@@ -43,3 +43,104 @@ def test_stability_of_independent_random_dictionaries_is_low_and_shapes_are_chec
     assert 0 < metrics.stability(D1, D2) < 0.25
     with pytest.raises(ValueError, match="shape"):
         metrics.stability(D1, D2[:10])
+
+
+def test_token_metrics_are_the_same_in_chunks(monkeypatch):
+    rng = np.random.default_rng(0)
+    A, A_hat = rng.normal(size=(2, 1000, 8))
+    Z = np.where(rng.random((1000, 6)) < 0.2, rng.random((1000, 6)), 0.0)
+    whole = (metrics.r2(A, A_hat), metrics.connectivity(Z), metrics.negative_interference(Z, rng.normal(size=(6, 8))))
+    monkeypatch.setattr(metrics, "CHUNK", 7)
+    rng = np.random.default_rng(0)
+    A, A_hat = rng.normal(size=(2, 1000, 8))
+    Z = np.where(rng.random((1000, 6)) < 0.2, rng.random((1000, 6)), 0.0)
+    chunked = (metrics.r2(A, A_hat), metrics.connectivity(Z), metrics.negative_interference(Z, rng.normal(size=(6, 8))))
+    assert chunked == pytest.approx(whole, rel=1e-9)
+
+
+def test_max_cosine_on_a_hand_case_and_never_below_stability():
+    D1 = np.array([[1.0, 0.0], [0.6, 0.8]])
+    D2 = np.array([[0.0, -2.0], [1.0, 0.0]])
+    # atom 0 of D1 best |cos| 1 (D2_1); atom 1: |cos| 0.8 with D2_0, 0.6 with D2_1 -> (1 + 0.8) / 2
+    assert metrics.max_cosine(D1, D2) == pytest.approx(0.9)
+    # one-to-one: D1_0-D2_1 (1) and D1_1-D2_0 (0.8) -> also 0.9 here; a crowded case differs:
+    D3 = np.array([[1.0, 0.0], [1.0, 0.01]])
+    assert metrics.max_cosine(D3, D1) == pytest.approx(1.0, abs=1e-4)
+    assert metrics.stability(D3, D1) < 0.85 <= metrics.max_cosine(D3, D1)
+
+
+def test_ranks_on_orthonormal_and_collinear_atoms():
+    eye = np.eye(4, 6) * np.array([[1.0], [3.0], [0.5], [2.0]])  # orthogonal atoms of any norm
+    assert metrics.stable_rank(eye) == pytest.approx(4.0)
+    assert metrics.effective_rank(eye) == pytest.approx(4.0)
+    line = np.outer([1.0, -2.0, 3.0], [1.0, 1.0, 0.0])
+    assert metrics.stable_rank(line) == pytest.approx(1.0)
+    assert metrics.effective_rank(line) == pytest.approx(1.0)
+    # singular values of unit atoms e1, e1, e2: sqrt(2), 1 -> stable rank 3 / 2
+    D = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert metrics.stable_rank(D) == pytest.approx(1.5)
+    p = np.array([2**0.5, 1.0]) / (2**0.5 + 1)
+    assert metrics.effective_rank(D) == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_coherence_on_a_hand_case():
+    D = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [-3.0, 4.0, 0.0]])
+    # |cos| pairs: (0,1) 0, (0,2) 0.6, (1,2) 0.8; an atom with itself does not count
+    assert metrics.coherence(D) == pytest.approx(0.8)
+    assert metrics.coherence(np.eye(3)) == 0.0
+    with pytest.raises(ValueError):
+        metrics.coherence(np.ones((1, 3)))
+
+
+def test_connectivity_on_a_hand_case():
+    Z = np.array([[1.0, 2.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]])
+    # co-firing pairs (with self): (0,0) (0,1) (1,0) (1,1) (2,2) = 5 of 16; code 3 is dead
+    assert metrics.connectivity(Z) == pytest.approx(1 - 5 / 16)
+    assert metrics.connectivity(np.ones((2, 4))) == 0.0
+    assert metrics.connectivity(np.zeros((2, 4))) == 1.0
+
+
+def test_negative_interference_on_a_hand_case():
+    D = np.array([[1.0, 0.0], [-0.5, 3**0.5 / 2], [0.0, 5.0]])  # cos(0,1) = -0.5, cos(0,2) = 0, cos(1,2) > 0
+    Z = np.array([[1.0, 2.0, 1.0], [1.0, 1.0, 0.0]])
+    # Z^T Z (0,1) = 2 + 1 = 3; -(3 * -0.5) = 1.5; the rest is <= 0 -> [[0, 1.5, 0], [1.5, 0, 0], [0, 0, 0]]
+    assert metrics.negative_interference(Z, D) == pytest.approx(1.5)
+    assert metrics.negative_interference(Z, np.eye(3)) == 0.0  # orthogonal atoms never interfere
+    with pytest.raises(ValueError, match="shape"):
+        metrics.negative_interference(Z, np.eye(4))
+
+
+def test_plausibility_is_signed_and_hits_its_ends():
+    D = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # atoms (k, d); class directions V (c, d) below
+    assert metrics.plausibility(D, np.array([[1.0, 0, 0], [0, 3.0, 0]])) == pytest.approx(1.0)
+    assert metrics.plausibility(np.array([[1.0, 0, 0]]), np.array([[-1.0, 0, 0]])) == pytest.approx(-1.0)
+    # v = (1, 1, 0)/sqrt2: best atom cos 1/sqrt2; v = e3: 0 -> mean 1/(2 sqrt2)
+    assert metrics.plausibility(D, np.array([[1.0, 1.0, 0], [0, 0, 1.0]])) == pytest.approx(0.5 / 2**0.5)
+
+
+def test_code_correlation_is_one_for_permuted_rescaled_codes_and_low_for_unrelated_ones():
+    rng = np.random.default_rng(0)
+    Z = np.where(rng.random((500, 20)) < 0.2, rng.random((500, 20)), 0.0)
+    Z[:, 3] = 0  # a dead code: correlation 0 with everything, in both
+    perm = rng.permutation(20)
+    assert metrics.code_correlation(Z, Z[:, perm] * rng.uniform(1, 5, 20)) == pytest.approx(19 / 20)
+    assert metrics.code_correlation(Z, rng.permutation(Z)) < 0.2
+
+
+def test_matching_equals_scipys_exact_assignment_in_float64():
+    from scipy.optimize import linear_sum_assignment
+
+    D1, D2 = np.random.default_rng(1).normal(size=(2, 300, 20))
+    u1, u2 = D1 / np.linalg.norm(D1, axis=1, keepdims=True), D2 / np.linalg.norm(D2, axis=1, keepdims=True)
+    cos = u1 @ u2.T
+    rows, cols = linear_sum_assignment(np.abs(cos), maximize=True)
+    assert metrics.stability(D1, D2) == pytest.approx(np.abs(cos[rows, cols]).mean(), rel=1e-6)
+
+
+def test_a_shared_mean_direction_inflates_cosine_stability_and_projecting_it_out_removes_it():
+    rng = np.random.default_rng(0)
+    mean = 5 * rng.normal(size=256)
+    D1, D2 = rng.normal(size=(2, 64, 256)) + mean  # unrelated atoms around the same far-away mean
+    assert metrics.stability(D1, D2) > 0.9
+    projected = metrics.stability(metrics.project_out(D1, mean), metrics.project_out(D2, mean))
+    assert projected == pytest.approx(metrics.stability_null(64, 256), abs=0.05)

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 import typer
 
 from .config import (METHODS, DemoConfig, DistillConfig, EvaluateConfig, ExtractConfig, ReportConfig, RunConfig,
-                     TrainConfig)
+                     StabilityConfig, TrainConfig)
 from .errors import ArchsaeError
 
 app = typer.Typer(help="Stable, honest concept extraction from vision models with (archetypal) SAEs.",
@@ -26,13 +26,22 @@ RUN_OPTION = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation
                                default=typer.Option(Path("archsae-run"), "--run-dir", help="run directory"))
 
 
-def _config_params(cls: type, prefix: str = "", repeatable: bool = False) -> list[inspect.Parameter]:
+def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
+                   defaults: dict | None = None) -> list[inspect.Parameter]:
     params = []
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             continue
         kind, default, help = type(f.default), f.default, f.metadata["help"]
-        if repeatable and kind is not bool:
+        if defaults and f.name in defaults:  # this command's own default (a list: several values)
+            params.append(inspect.Parameter(
+                prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=List[kind],
+                default=typer.Option(defaults[f.name], "--" + (prefix + f.name).replace("_", "-"),
+                                     help=help + " [repeat to sweep]", show_default=True)))
+            continue
+        if kind is tuple:  # a field holding several values: a repeatable option
+            kind, default = List[type(default[0])], list(default)
+        elif repeatable and kind is not bool:
             kind, default, help = List[kind], [default], help + " [repeat to sweep]"
         params.append(inspect.Parameter(
             prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
@@ -53,28 +62,32 @@ def sweep(cls: type, values: dict[str, object]) -> list:
 
 
 def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list[inspect.Parameter],
-            repeatable: bool = False):
+            swept: str = "", defaults: dict | None = None):
     """Register `fn(**params, **{key: config})` as a command whose options mirror the configs' fields.
 
-    `configs` maps the keyword `fn` receives to a config class; the key is the option prefix unless it
-    is the command's own config (prefix ''). With `repeatable`, the command's own options may be
-    repeated and `fn` receives the list of configurations of their product (a sweep).
-    ArchsaeError becomes a one-line message and exit status 2.
+    `configs` maps the keyword `fn` receives to a config class; the key is the option prefix (--demo-seed)
+    except for the command's own config (the first) and the `swept` one, whose options are plain (--k).
+    The `swept` config's options may be repeated, and `fn` receives the list of configurations of their
+    product (a sweep); `defaults` replaces some of its fields' defaults. ArchsaeError becomes a one-line
+    message and exit status 2.
     """
     def deco(fn: Callable) -> Callable:
-        # The first config's options are the command's own (--k); the others carry their key (--demo-seed).
-        prefixes = {key: "" if i == 0 else key + "_" for i, key in enumerate(configs)}
-        sig = list(params) + [p for i, (key, cls) in enumerate(configs.items())
-                              for p in _config_params(cls, prefixes[key], repeatable and i == 0)]
+        prefixes = {key: "" if i == 0 or key == swept else key + "_" for i, key in enumerate(configs)}
+        sig = list(params) + [p for key, cls in configs.items()
+                              for p in _config_params(cls, prefixes[key], key == swept,
+                                                      defaults if key == swept else None)]
+        assert len({p.name for p in sig}) == len(sig), f"{name}: two options share a name"
 
         @functools.wraps(fn)
         def wrapper(**kw):
             try:
                 built = {}
-                for i, (key, cls) in enumerate(configs.items()):
+                for key, cls in configs.items():
                     values = {f.name: kw.pop(prefixes[key] + f.name) for f in dataclasses.fields(cls)
                               if "help" in f.metadata}
-                    built[key] = sweep(cls, values) if repeatable and i == 0 else cls(**values)
+                    values = {k: tuple(v) if isinstance(getattr(cls, k, None), tuple) else v
+                              for k, v in values.items()}
+                    built[key] = sweep(cls, values) if key == swept else cls(**values)
                 result = fn(**kw, **built)
             except ArchsaeError as e:
                 typer.echo(f"archsae {name}: error: {e}", err=True)
@@ -146,7 +159,7 @@ def distill_cmd(run: Path, distill: DistillConfig) -> str:
     RUN_OPTION, _param("name", str, "", "model folder under RUN/models when training one model; "
                        "default {method}[-{swept option}{value}...]-s{seed}", "--name"),
     _param("device", str, "", "torch device (cpu, cuda, cuda:1); default: this rank's GPU if any, else cpu",
-           "--device")], repeatable=True)
+           "--device")], swept="train")
 def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> str:
     """Train SAEs on RUN/store -> RUN/models/NAME, resuming from checkpoints.
 
@@ -186,6 +199,35 @@ def evaluate_cmd(run: Path, evaluate: EvaluateConfig) -> str:
         stab = f"{m['stability']:8.4f}" if m["stability"] is not None else f"{'-':>8}"
         lines.append(f"{n:<16}{m['r2']:8.4f}{m['dead_codes']:8.4f}{m['l0']:8.2f}{m['ood']:8.4f}{stab}")
     return "\n".join(lines + [f"written to {run / 'metrics.json'}"])
+
+
+@command(app, "stability", {"stability": StabilityConfig, "train": TrainConfig, "distill": DistillConfig},
+         [RUN_OPTION, _param("device", str, "", "torch device; default: a GPU if any, else cpu", "--device")],
+         swept="train", defaults={"method": ["topk", "ra-topk"]})
+def stability_cmd(run: Path, device: str, stability: StabilityConfig, train: list[TrainConfig],
+                  distill: DistillConfig) -> str:
+    """Train --runs runs of each configuration under each --mode on RUN/store, and measure their
+    stability along training -> RUN/stability/ (results.json, plots; `archsae report` shows them).
+
+    The training options give the configurations (repeat one to sweep it, e.g. --method topk --method
+    ra-topk --top-k 16 --top-k 32); the mode sets each run's seeds (from --seed), k-means seed, W
+    initialisation and token subset; --distill-* options set the k-means of C.
+    """
+    from .report.plots import stability_plots
+    from .stability import run_stability
+    from .store import ActivationStore
+
+    results = run_stability(run, ActivationStore(run / "store"), train, stability, distill, device or None)
+    stability_plots(results, run / "stability")
+    lines = [f"{'configuration':<28}{'mode':<13}{'t=0':>7}{'final':>7}{'-kmeans':>8}{'proj.':>7}{'codes':>7}{'R2':>7}"]
+    for g in results["groups"]:
+        proj = f"{g['final_projected']:7.3f}" if g["final_projected"] is not None else f"{'-':>7}"
+        name = g["label"] + (" (uncentred)" if g["space"] == "uncentred" else "")
+        lines.append(f"{name:<28}{g['mode']:<13}{g['t0']:7.3f}{g['final']:7.3f}{g['final_minus_null']['kmeans']:8.3f}"
+                     f"{proj}{g['code_correlation']:7.3f}{g['r2']:7.3f}")
+    nulls = ", ".join(f"k-space {key}: random {v['random']:.3f}, k-means {v['kmeans']:.3f}"
+                      for key, v in results["nulls"].items())
+    return "\n".join(lines + [f"nulls: {nulls}", f"written to {run / 'stability'}"])
 
 
 @command(app, "report", {"report": ReportConfig}, [RUN_OPTION])

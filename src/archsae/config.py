@@ -67,8 +67,11 @@ class DistillConfig:
     seed: int = opt(0, "k-means seed")
     max_points: int = opt(100_000, "train tokens sampled for k-means (bounded memory)")
     n_iter: int = opt(20, "k-means iterations")
+    subset: float = opt(1.0, "fraction of the train tokens k-means samples from (seeded by subset_seed)")
+    subset_seed: int = opt(0, "seed of the token subset, when subset < 1")
 
     def __post_init__(self) -> None:
+        _check(0 < self.subset <= 1, f"subset must be in (0, 1], got {self.subset}")
         _check(self.n_centroids >= 1, f"n' (n_centroids) must be >= 1, got {self.n_centroids}")
         _check(self.max_points >= self.n_centroids,
                f"max_points ({self.max_points}) must be >= n_centroids ({self.n_centroids})")
@@ -102,6 +105,11 @@ class TrainConfig:
     dead_tokens: int = opt(50_000, "a code silent for this many training tokens counts as dead (AuxK, logs)")
     seed: int = opt(0, "seed of the encoder and W")
     data_seed: int = opt(0, "seed of the data order (models trained in one pass share it)")
+    subset: float = opt(1.0, "fraction of the train tokens this model sees (seeded by subset_seed); 1 = all")
+    subset_seed: int = opt(0, "seed of the token subset, when subset < 1")
+    centre: bool = opt(True, "train on (A - mean) / std; --no-centre: on A / std, the uncentred space")
+    snapshot_every: int = opt(0, "steps between copies of the dictionary kept in snapshots/ (and at step 0 "
+                                 "and the end), for stability along training; 0 = none")
     epochs: float = opt(4.0, "passes over the training tokens")
     batch_size: int = opt(1024, "tokens per step (over all streams and ranks)")
     lr: float = opt(1e-3, "peak Adam learning rate")
@@ -132,6 +140,8 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.shuffle_shards >= 1, f"shuffle_shards must be >= 1, got {self.shuffle_shards}")
         _check(self.streams >= 0, f"streams must be >= 0 (0 = world size), got {self.streams}")
+        _check(0 < self.subset <= 1, f"subset must be in (0, 1], got {self.subset}")
+        _check(self.snapshot_every >= 0, f"snapshot_every must be >= 0, got {self.snapshot_every}")
 
     @property
     def sparsity(self) -> str:
@@ -163,6 +173,8 @@ class TrainConfig:
             unused |= {"w_init", "w_support", "centroids_seed"}
         if not self.method.startswith("ra-"):
             unused |= {"delta", "delta_relative"}
+        if self.subset == 1:
+            unused.add("subset_seed")
         return unused
 
     def canonical(self) -> "TrainConfig":
@@ -181,6 +193,37 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+STABILITY_MODES = {
+    "independent": "each run its own k-means seed, W initialisation and encoder seed (the default)",
+    "shared": "the paper's: one C, W = identity, only the encoder seed differs",
+    "perturbed": "independent seeds, and each run (k-means included) on its own subset of the train tokens",
+}
+
+
+@dataclass(frozen=True)
+class StabilityConfig:
+    """`archsae stability`: R runs of each configuration under each initialisation mode, compared along training."""
+
+    mode: tuple = opt(("independent", "shared"), "initialisation modes: " + "; ".join(
+        f"{m} = {h}" for m, h in STABILITY_MODES.items()) + " [repeat for several]")
+    runs: int = opt(4, "runs per configuration and mode (the paper: 4)")
+    snapshots: int = opt(8, "dictionaries kept along training, besides the initial one")
+    perturb_subset: float = opt(0.9, "perturbed mode: fraction of the train tokens each run sees")
+    uncentred: bool = opt(False, "also train every run on uncentred data (A / std) to measure how cosine "
+                                 "stability depends on the data mean (Brzozowski & Chung 2026)")
+    max_tokens: int = opt(10_000, "held-out tokens for R² and the code-correlation matching")
+    null_points: int = opt(30_000, "train tokens of the k-means null (two k-means dictionaries of k atoms)")
+
+    def __post_init__(self) -> None:
+        for mode in self.mode:
+            _check(mode in STABILITY_MODES, f"mode must be one of {', '.join(STABILITY_MODES)}; got {mode!r}")
+        _check(len(self.mode) >= 1, "give at least one --mode")
+        _check(self.runs >= 2, f"stability compares runs: runs must be >= 2, got {self.runs}")
+        _check(self.snapshots >= 1, f"snapshots must be >= 1, got {self.snapshots}")
+        _check(0 < self.perturb_subset < 1, f"perturb_subset must be in (0, 1), got {self.perturb_subset}")
+        _check(self.max_tokens >= 2 and self.null_points >= 1, "max_tokens must be >= 2 and null_points >= 1")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import metrics
-from .config import EvaluateConfig, to_dict
+from .config import EvaluateConfig, TrainConfig, to_dict
 from .errors import ArchsaeError
 from .files import write_json
 from .sae import SAE, load_sae
@@ -20,7 +21,7 @@ from .store import ActivationStore
 
 @torch.no_grad()
 def reconstruct(model: SAE, acts_nd: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A_hat (n, d), Z (n, k)) for standardised activations, in chunks."""
+    """(A_hat (n, d), Z (n, k)) for activations in the model's own space, in chunks."""
     atoms = model.atoms()
     hats, codes = [], []
     for a in acts_nd.split(chunk):
@@ -28,6 +29,11 @@ def reconstruct(model: SAE, acts_nd: torch.Tensor, chunk: int = 4096) -> tuple[t
         hats.append(model.decode(z, atoms))
         codes.append(z)
     return torch.cat(hats), torch.cat(codes)
+
+
+def model_space(store: ActivationStore, cfg: TrainConfig) -> torch.Tensor:
+    """The shift (d,) from the centred standardised space to the space `cfg` trained in (0 if centred)."""
+    return torch.zeros(store.d) if cfg.centre else store.mean_d / store.std_d
 
 
 def find_models(models_dir: str | Path) -> dict[str, Path]:
@@ -38,33 +44,76 @@ def find_models(models_dir: str | Path) -> dict[str, Path]:
     return found
 
 
-def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig, out: str | Path) -> dict:
-    """Metrics of every model under `models_dir` on up to `cfg.max_tokens` held-out tokens.
+def class_directions(store: ActivationStore) -> tuple[torch.Tensor | None, str]:
+    """The classifier head's class directions (c, d) mapped into the standardised space (v * std,
+    DESIGN.md), when the store holds the pooled-feature space the head reads (its model's
+    forward_features); else None. Returns (V, where they came from or why there are none)."""
+    config = store.header.get("config", {})
+    if not config.get("model") or config.get("layer") or not config.get("pretrained", True):
+        return None, "no pretrained classifier head reads this store's layer"
+    from .models import load_backbone
 
-    Per model: R^2 (eq. 5, per-feature mean, standardised space), dead codes (eq. 6), mean L0,
-    OOD score (eq. 9), and stability (eq. 2) against the other runs of its group (mean over pairs). A
-    group is the models whose configurations differ only in their seeds (encoder, W, k-means); its
-    label is the first one's folder name without its `-s{seed}`. Written to `out` (metrics.json) with
-    the configuration beside it (evaluate.json).
+    try:
+        heads = load_backbone(config["model"], pretrained=True).head_directions()
+    except ArchsaeError as e:
+        return None, f"head of {config['model']} unavailable: {e}"
+    if heads is None or heads.shape[1] != store.d:
+        return None, f"{config['model']} has no linear head over d = {store.d} features"
+    return heads.float() * store.std_d, f"head of {config['model']} ({heads.shape[0]} classes), v * std"
+
+
+def group_label(cfg: TrainConfig, name: str, labels: dict[str, str]) -> str:
+    """The label of the group of runs `cfg` belongs to: configurations equal but for their seeds share one
+    (the first model's folder name without its -s{seed})."""
+    key = json.dumps(asdict(replace(cfg.canonical(), seed=0, centroids_seed=-1, subset_seed=0)), sort_keys=True)
+    return labels.setdefault(key, re.sub(r"-s\d+$", "", name))
+
+
+def dictionary_metrics(atoms_kd: torch.Tensor, codes_nk: torch.Tensor, acts_nd: torch.Tensor) -> dict[str, float]:
+    """The metrics of one model that need no other run (Fel et al. 2025, eqs. 6, 9-14), codes and atoms
+    on the same held-out tokens."""
+    return {"dead_codes": metrics.dead_codes(codes_nk), "l0": metrics.l0(codes_nk),
+            "ood": metrics.ood_score(atoms_kd, acts_nd), "stable_rank": metrics.stable_rank(atoms_kd),
+            "effective_rank": metrics.effective_rank(atoms_kd), "coherence": metrics.coherence(atoms_kd),
+            "connectivity": metrics.connectivity(codes_nk),
+            "negative_interference": metrics.negative_interference(codes_nk, atoms_kd)}
+
+
+def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig, out: str | Path) -> dict:
+    """The paper's metric suite (its Table 1) for every model under `models_dir`, on up to `cfg.max_tokens`
+    held-out tokens, in the standardised space (an uncentred model is fed A / std and its reconstruction
+    shifted back, which leaves R^2 unchanged).
+
+    Per model: R^2 (eq. 5), dead codes (eq. 6), mean L0, OOD score (eq. 9), stable rank (eq. 10),
+    effective rank (eq. 11), coherence (eq. 12), connectivity (eq. 13), negative interference (eq. 14),
+    plausibility (Sec. 5.2, when the store's model has a classifier head over these features), and
+    stability (eq. 2) and max cosine (eq. 8) against the other runs of its group (mean over pairs). A
+    group is the models whose configurations differ only in their seeds (see `group_label`). Written to
+    `out` (metrics.json) with the configuration beside it (evaluate.json).
     """
     acts = store.standardise(store.sample(cfg.max_tokens, cfg.seed, "heldout"))
-    loaded = {name: load_sae(path) for name, path in find_models(models_dir).items()}
+    heads, heads_from = class_directions(store)
+    found = find_models(models_dir)
     results, atoms, labels = {}, {}, {}
-    for name, (model, tcfg, _) in loaded.items():
-        acts_hat, codes = reconstruct(model, acts)
+    for name, path in tqdm(found.items(), desc="evaluate", unit="model", disable=len(found) < 2):
+        model, tcfg, _ = load_sae(path)
+        shift = model_space(store, tcfg)
+        acts_hat, codes = reconstruct(model, acts + shift)
         atoms[name] = model.atoms().detach()
-        key = json.dumps(asdict(replace(tcfg.canonical(), seed=0, centroids_seed=-1)), sort_keys=True)
-        labels.setdefault(key, re.sub(r"-s\d+$", "", name))
-        results[name] = {"method": tcfg.method, "group": labels[key], "seed": tcfg.seed, "k": tcfg.k,
-                         "r2": metrics.r2(acts, acts_hat), "dead_codes": metrics.dead_codes(codes),
-                         "l0": metrics.l0(codes), "ood": metrics.ood_score(atoms[name], acts)}
+        results[name] = {"method": tcfg.method, "group": group_label(tcfg, name, labels), "seed": tcfg.seed,
+                         "k": tcfg.k, "centre": tcfg.centre, "r2": metrics.r2(acts, acts_hat - shift),
+                         **dictionary_metrics(atoms[name], codes, acts + shift),
+                         "plausibility": metrics.plausibility(atoms[name], heads) if heads is not None else None}
     for group in {r["group"] for r in results.values()}:
         names = [n for n, r in results.items() if r["group"] == group]
         for name in names:
-            others = [metrics.stability(atoms[name], atoms[o]) for o in names
-                      if o != name and atoms[o].shape == atoms[name].shape]
-            results[name]["stability"] = float(np.mean(others)) if others else None
+            others = [o for o in names if o != name and atoms[o].shape == atoms[name].shape]
+            results[name]["stability"] = (float(np.mean([metrics.stability(atoms[name], atoms[o]) for o in others]))
+                                          if others else None)
+            results[name]["max_cosine"] = (float(np.mean([metrics.max_cosine(atoms[name], atoms[o]) for o in others]))
+                                           if others else None)
     write_json(out, results)
     write_json(Path(out).with_name("evaluate.json"),
-               {"config": to_dict(cfg), "held_out_tokens": len(acts), "space": "standardised"})
+               {"config": to_dict(cfg), "held_out_tokens": len(acts), "space": "standardised",
+                "plausibility_directions": heads_from})
     return results

@@ -1,95 +1,262 @@
-"""Dictionary-learning metrics (Fel et al. 2025), pure functions: arrays in, a float out.
+"""The dictionary-learning metrics of Fel et al. 2025 (Sec. 3 and App. B), pure functions: arrays in, a float out.
 
 Shapes: activations A (n, d), reconstructions A_hat (n, d), codes Z (n, k), dictionaries D (k, d) with
-atoms as rows. Inputs may be torch tensors or numpy arrays. Metrics on D normalise the atoms first
-(the paper assumes unit-norm atoms, App. B). Large products are computed in chunks.
+atoms as rows, class directions V (c, d). Inputs may be torch tensors or numpy arrays (memory-mapped
+ones too): token-wise metrics read them CHUNK rows at a time, so memory stays bounded on millions of
+tokens. Metrics on D normalise the atoms first (the paper assumes unit-norm atoms, App. B). Shape
+mismatches raise ValueError.
 """
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
+import scipy.linalg
 import torch
 from scipy.optimize import linear_sum_assignment
 
-CHUNK = 8192
+CHUNK = 8192  # rows per chunk of A, A_hat, Z, and of D in k x k products
 
 
-def _t(x, dtype=torch.float32) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(dtype)
+def _chunks(x, dtype=torch.float32, size: int = CHUNK) -> Iterator[torch.Tensor]:
+    for i in range(0, len(x), size):
+        yield torch.as_tensor(np.asarray(x[i:i + size]) if not torch.is_tensor(x) else x[i:i + size]).to(dtype)
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+def _shape(name: str, x, d: int | None = None) -> tuple[int, int]:
+    shape = tuple(x.shape)
+    if len(shape) != 2 or (d is not None and shape[1] != d):
+        raise ValueError(f"{name} has shape {shape}; expected {'(·, %d)' % d if d is not None else 'a 2-D array'}")
+    return shape  # type: ignore[return-value]
 
 
-def _check_2d(name: str, x: torch.Tensor, d: int | None = None) -> None:
-    if x.ndim != 2 or (d is not None and x.shape[1] != d):
-        want = f"(·, {d})" if d is not None else "2-D"
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {want}")
+def unit_atoms(D) -> torch.Tensor:
+    """D (k, d) as float32 with each row scaled to norm 1 (zero rows stay zero)."""
+    _shape("D", D)
+    D = torch.as_tensor(np.asarray(D) if not torch.is_tensor(D) else D).float()
+    return D / D.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def r2(A, A_hat) -> float:
-    """R^2 = 1 - ||A - A_hat||_F^2 / ||A - mean(A)||_F^2, mean per feature (eq. 5).
+    """R^2 = 1 - ||A - A_hat||_F^2 / ||A - mean(A)||_F^2, mean per feature (Fel et al. 2025, eq. 5).
 
-    1 is a perfect reconstruction; 0 is no better than the per-feature mean; negative is worse.
-    Raises ValueError if the shapes differ.
+    At most 1: 1 is a perfect reconstruction, 0 no better than the per-feature mean, negative worse.
+    Accumulated in float64. Raises ValueError if the shapes differ.
     """
-    A, A_hat = _t(A, torch.float64), _t(A_hat, torch.float64)
-    if A.shape != A_hat.shape:
-        raise ValueError(f"A {tuple(A.shape)} and A_hat {tuple(A_hat.shape)} must have the same shape")
-    sse = sst = 0.0
-    mean = A.mean(0)
-    for i in range(0, len(A), CHUNK):
-        sse += (A[i:i + CHUNK] - A_hat[i:i + CHUNK]).pow(2).sum().item()
-        sst += (A[i:i + CHUNK] - mean).pow(2).sum().item()
+    n, d = _shape("A", A)
+    if tuple(A_hat.shape) != (n, d):
+        raise ValueError(f"A {(n, d)} and A_hat {tuple(A_hat.shape)} must have the same shape")
+    mean = sum(a.sum(0) for a in _chunks(A, torch.float64)) / n
+    sse = sum((a - b).pow(2).sum().item() for a, b in zip(_chunks(A, torch.float64), _chunks(A_hat, torch.float64)))
+    sst = sum((a - mean).pow(2).sum().item() for a in _chunks(A, torch.float64))
     return 1.0 - sse / sst
 
 
 def dead_codes(Z) -> float:
-    """Fraction of codes never active on Z: 1 - (1/k) ||sum_i |Z_i| ||_0 (eq. 6). In [0, 1]; 0 = all used."""
-    Z = _t(Z)
-    _check_2d("Z", Z)
-    return 1.0 - (Z.abs().sum(0) > 0).float().mean().item()
+    """Fraction of codes never active on Z: 1 - (1/k) || sum_i |Z_i| ||_0 (Fel et al. 2025, eq. 6).
+
+    In [0, 1]: 0 = every code fires on some token, 1 = none ever does.
+    """
+    _, k = _shape("Z", Z)
+    fired = torch.zeros(k, dtype=torch.bool)
+    for z in _chunks(Z):
+        fired |= (z != 0).any(0)
+    return 1.0 - fired.float().mean().item()
 
 
 def l0(Z) -> float:
     """Mean number of non-zero codes per token. In [0, k]."""
-    Z = _t(Z)
-    _check_2d("Z", Z)
-    return (Z != 0).float().sum(1).mean().item()
+    n, _ = _shape("Z", Z)
+    return sum((z != 0).sum().item() for z in _chunks(Z)) / n
 
 
 def ood_score(D, A) -> float:
-    """1 - (1/k) sum_i max_j cos(D_i, A_j) (eq. 9). In [0, 2]; 0 = every atom is a data point's direction,
-    large = atoms point away from the data. Raises ValueError on mismatched d."""
-    D, A = _unit(_t(D)), _t(A)
-    _check_2d("A", A, D.shape[1])
+    """OOD = 1 - (1/k) sum_i max_j cos(D_i, A_j) (Fel et al. 2025, eq. 9).
+
+    In [0, 2]: 0 = every atom is the direction of some data point; 1 = atoms orthogonal to all data;
+    up to 2 for atoms opposite to every data point. Raises ValueError if d differs.
+    """
+    D = unit_atoms(D)
+    _shape("A", A, D.shape[1])
     best = torch.full((len(D),), -1.0)
-    for i in range(0, len(A), CHUNK):
-        best = torch.maximum(best, (D @ _unit(A[i:i + CHUNK]).T).max(1).values)
+    for a in _chunks(A):
+        best = torch.maximum(best, (D @ unit_atoms(a).T).max(1).values)
     return 1.0 - best.mean().item()
 
 
-def match_atoms(D1, D2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The signed (partial) permutation between dictionaries (k1, d) and (k2, d) maximising the summed |cos|.
+def cosines(D1, D2) -> torch.Tensor:
+    """The (k1, k2) float32 matrix of cosines between the atoms of D1 (k1, d) and D2 (k2, d).
+    Raises ValueError if d differs."""
+    D1, D2 = unit_atoms(D1), unit_atoms(D2)
+    _shape("D2", D2, D1.shape[1])
+    return D1 @ D2.T
 
-    Returns (rows, cols, cos), min(k1, k2) pairs: atom rows[i] of D1 matches atom cols[i] of D2 with
-    signed cosine cos[i]. Hungarian matching on |cos| (scipy's linear_sum_assignment).
+
+def match_atoms(D1, D2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The signed (partial) permutation between D1 (k1, d) and D2 (k2, d) that maximises the summed |cos|.
+
+    Returns (rows, cols, cos): min(k1, k2) pairs, atom rows[i] of D1 matched to atom cols[i] of D2, with
+    their signed cosine cos[i]. Exact: scipy's `linear_sum_assignment` (Crouse's shortest augmenting
+    path) on the float32 |cos| matrix; 16,384 atoms take a few seconds (benchmarks/README.md).
     Raises ValueError if d differs.
     """
-    D1, D2 = _unit(_t(D1)), _unit(_t(D2))
-    _check_2d("D2", D2, D1.shape[1])
-    cos = (D1 @ D2.T).numpy()
+    cos = cosines(D1, D2).numpy()
     rows, cols = linear_sum_assignment(np.abs(cos), maximize=True)
     return rows, cols, cos[rows, cols]
 
 
 def stability(D1, D2) -> float:
-    """max over signed permutations P of (1/k) Tr(D1^T P D2), unit atoms (eqs. 2/7).
+    """Stability = max over signed permutations P of (1/k) Tr(D1^T P D2), unit atoms (Fel et al. 2025, eqs. 2, 7).
 
-    In [0, 1]: 1 = the same dictionary up to order and sign; random directions in high d score near 0.
-    Raises ValueError unless both are (k, d).
+    In [0, 1]: 1 = the same dictionary up to the order, sign and norm of its atoms; two random
+    dictionaries of k atoms in d dimensions score about sqrt(2 log k / d), not 0 (see `stability_null`).
+    The matching is `match_atoms`. Raises ValueError unless both are (k, d).
     """
-    if np.shape(D1) != np.shape(D2):
-        raise ValueError(f"dictionaries must share shape (k, d); got {tuple(np.shape(D1))} and {tuple(np.shape(D2))}")
+    if tuple(D1.shape) != tuple(D2.shape):
+        raise ValueError(f"dictionaries must share shape (k, d); got {tuple(D1.shape)} and {tuple(D2.shape)}")
     return float(np.abs(match_atoms(D1, D2)[2]).mean())
+
+
+def max_cosine(D1, D2) -> float:
+    """Max cosine = (1/k1) sum_i max_j |cos(D1_i, D2_j)| (Fel et al. 2025, eq. 8): stability without the
+    one-to-one constraint, so several atoms of D1 may claim the same atom of D2.
+
+    In [0, 1], and >= stability(D1, D2): 1 = every atom of D1 appears (up to sign) in D2. Raises ValueError
+    if d differs.
+    """
+    D1, D2 = unit_atoms(D1), unit_atoms(D2)
+    _shape("D2", D2, D1.shape[1])
+    return torch.cat([(d @ D2.T).abs().max(1).values for d in D1.split(CHUNK)]).mean().item()
+
+
+def stability_null(k: int, d: int, seed: int = 0) -> float:
+    """Stability of two independent random dictionaries of k Gaussian atoms in d dimensions: the
+    level a stability score must beat to mean anything (float)."""
+    g = torch.Generator().manual_seed(seed)
+    return stability(torch.randn(k, d, generator=g), torch.randn(k, d, generator=g))
+
+
+def project_out(D, direction_d) -> torch.Tensor:
+    """D (k, d) with the component along `direction_d` (d,) removed from each atom: the atoms as seen
+    once the data-mean direction is discounted (Brzozowski & Chung 2026's check of uncentred cosine)."""
+    D = torch.as_tensor(np.asarray(D) if not torch.is_tensor(D) else D).float()
+    u = torch.as_tensor(np.asarray(direction_d)).float()
+    u = u / u.norm().clamp_min(1e-12)
+    return D - (D @ u)[:, None] * u
+
+
+def stable_rank(D) -> float:
+    """Stable rank = ||D||_F^2 / ||D||_2^2 on unit atoms (Fel et al. 2025, eq. 10).
+
+    In [1, min(k, d)]: 1 = all atoms collinear; min(k, d) = singular values all equal (atoms spread evenly).
+    """
+    D = unit_atoms(D).double()
+    return (D.pow(2).sum() / torch.linalg.matrix_norm(D, ord=2).pow(2)).item()
+
+
+def effective_rank(D) -> float:
+    """Effective rank = exp(-sum_i s_i log s_i), s the singular values of the unit-atom D normalised to
+    sum 1 (Fel et al. 2025, eq. 11; Roy & Vetterli 2007).
+
+    In [1, min(k, d)]: 1 = rank one; min(k, d) = all singular values equal.
+    """
+    s = torch.linalg.svdvals(unit_atoms(D).double())
+    p = s[s > 0] / s.sum()
+    return torch.exp(-(p * p.log()).sum()).item()
+
+
+def coherence(D) -> float:
+    """Coherence = max_{i != j} |<D_i, D_j>| on unit atoms (Fel et al. 2025, eq. 12).
+
+    In [0, 1]: 0 = mutually orthogonal atoms; 1 = two atoms share a direction (up to sign).
+    Raises ValueError if D has fewer than 2 atoms.
+    """
+    D = unit_atoms(D)
+    if len(D) < 2:
+        raise ValueError("coherence needs at least 2 atoms")
+    best = 0.0
+    for i, d in enumerate(D.split(CHUNK)):
+        g = (d @ D.T).abs()
+        g[torch.arange(len(d)), torch.arange(len(d)) + i * CHUNK] = 0  # the atom itself
+        best = max(best, g.max().item())
+    return best
+
+
+def _gram(Z) -> torch.Tensor:
+    """Z^T Z (k, k) in float64, accumulated over chunks of tokens."""
+    _, k = _shape("Z", Z)
+    gram = torch.zeros(k, k, dtype=torch.float64)
+    for z in _chunks(Z, torch.float64):
+        gram += z.T @ z
+    return gram
+
+
+def connectivity(Z) -> float:
+    """Connectivity = 1 - ||Z^T Z||_0 / k^2 (Fel et al. 2025, eq. 13, whose d^2 is a typo for k^2):
+    the fraction of code pairs (i, j) that never fire on the same token (i = j counts: a live code
+    pairs with itself).
+
+    In [0, 1]: 0 = every pair of codes co-fires somewhere (dense, entangled codes); 1 = no code ever
+    fires. Co-firing is counted on the non-zero pattern, so signed codes cannot cancel to a false 0.
+    """
+    _, k = _shape("Z", Z)
+    pairs = torch.zeros(k, k, dtype=torch.bool)
+    for z in _chunks(Z):
+        active = (z != 0).float()
+        pairs |= (active.T @ active) > 0
+    return 1.0 - pairs.sum().item() / k**2
+
+
+def negative_interference(Z, D) -> float:
+    """Negative interference = ||relu(-(Z^T Z) * (D D^T))||_2, the matrix 2-norm (largest singular value)
+    as printed in Fel et al. 2025, eq. 14; * is element-wise, atoms unit-norm.
+
+    >= 0: 0 = no two co-firing codes have atoms at an obtuse angle (their reconstructions never cancel);
+    it grows with how often and how strongly co-active atoms oppose each other (units of Z^2). The matrix
+    is symmetric and non-negative, so its 2-norm is its largest eigenvalue (Perron-Frobenius).
+    Raises ValueError unless Z is (n, k) and D (k, d).
+    """
+    D = unit_atoms(D)
+    _shape("Z", Z, len(D))
+    m = torch.relu(-_gram(Z) * (D.double() @ D.double().T)).numpy()
+    return float(scipy.linalg.eigh(m, eigvals_only=True, subset_by_index=[len(m) - 1, len(m) - 1])[0])
+
+
+def plausibility(D, V) -> float:
+    """Plausibility = (1/c) sum_i max_j <v_i, D_j> over the unit class directions V (c, d) of a classifier
+    head and the unit atoms of D (k, d) (Fel et al. 2025, Sec. 5.2, Table 2).
+
+    In [-1, 1]: 1 = every class direction is an atom of D; about 0 = atoms unrelated to the classes.
+    Signed: an atom pointing away from a class does not explain it. Raises ValueError if d differs.
+    """
+    V, D = unit_atoms(V), unit_atoms(D)
+    _shape("D", D, V.shape[1])
+    return torch.cat([(v @ D.T).max(1).values for v in V.split(CHUNK)]).mean().item()
+
+
+def code_correlation(Z1, Z2) -> float:
+    """Stability of two models measured on their codes rather than their atoms: the mean Pearson
+    correlation of one-to-one matched codes, Z1 (n, k1) and Z2 (n, k2) on the same n tokens.
+
+    The matching maximises the summed correlation (scipy's `linear_sum_assignment`); dead codes (zero
+    variance) correlate 0 with everything. In [-1, 1]: 1 = the codes are the same up to order and
+    positive scale, whatever the atoms; about 0 = unrelated. Unlike decoder cosine it does not depend
+    on where the data's mean sits. Accumulated over chunks of tokens in float64. Raises ValueError if
+    the numbers of tokens differ.
+    """
+    n, k1 = _shape("Z1", Z1)
+    if len(Z2) != n:
+        raise ValueError(f"Z1 and Z2 must hold codes of the same tokens; got {n} and {len(Z2)} rows")
+    _, k2 = _shape("Z2", Z2)
+    s1, s2 = torch.zeros(k1, dtype=torch.float64), torch.zeros(k2, dtype=torch.float64)
+    q1, q2 = torch.zeros_like(s1), torch.zeros_like(s2)
+    cross = torch.zeros(k1, k2, dtype=torch.float64)
+    for a, b in zip(_chunks(Z1, torch.float64), _chunks(Z2, torch.float64)):
+        s1, s2, q1, q2 = s1 + a.sum(0), s2 + b.sum(0), q1 + a.pow(2).sum(0), q2 + b.pow(2).sum(0)
+        cross += a.T @ b
+    cov = cross / n - torch.outer(s1 / n, s2 / n)
+    sd1, sd2 = (q1 / n - (s1 / n) ** 2).clamp_min(0).sqrt(), (q2 / n - (s2 / n) ** 2).clamp_min(0).sqrt()
+    corr = torch.where(torch.outer(sd1, sd2) > 1e-12, cov / torch.outer(sd1, sd2).clamp_min(1e-12), 0.0).numpy()
+    rows, cols = linear_sum_assignment(corr, maximize=True)
+    return float(corr[rows, cols].sum() / max(k1, k2))

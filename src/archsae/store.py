@@ -141,6 +141,19 @@ class Shard:
     pos_m: torch.Tensor  # int64
 
 
+@dataclass(frozen=True)
+class Subset:
+    """A seeded fraction of the tokens: each token of shard i is kept with probability `fraction`, by a
+    draw that depends only on (seed, shard, split) — the data perturbation of the stability protocol."""
+
+    fraction: float
+    seed: int
+
+    def mask(self, shard: int, n: int) -> np.ndarray:
+        """Which of the n tokens of a split of `shard` belong to the subset: bool (n,)."""
+        return np.random.default_rng([self.seed, shard]).random(n) < self.fraction
+
+
 class ActivationStore:
     """A complete store, read lazily. Raises ArchsaeError if missing, incomplete or damaged."""
 
@@ -178,12 +191,15 @@ class ActivationStore:
     def n_shards(self) -> int:
         return len(self.meta["shards"])
 
-    def n_split(self, split: str, stream: int = 0, n_streams: int = 1) -> int:
-        """Tokens of a split ("train", "heldout", "all") in the shards of one stream (see `batches`)."""
-        shards = self.meta["shards"][stream::n_streams]
-        held = sum(s["n_heldout"] for s in shards)
-        n = sum(s["n"] for s in shards)
-        return {"train": n - held, "heldout": held, "all": n}[split]
+    def n_split(self, split: str, stream: int = 0, n_streams: int = 1, subset: Subset | None = None) -> int:
+        """Tokens of a split ("train", "heldout", "all") in the shards of one stream (see `batches`), within
+        `subset` if given (counted without reading the shards)."""
+        total = 0
+        for i in range(stream, self.n_shards, n_streams):
+            s = self.meta["shards"][i]
+            m = {"train": s["n"] - s["n_heldout"], "heldout": s["n_heldout"], "all": s["n"]}[split]
+            total += int(subset.mask(i, m).sum()) if subset else m
+        return total
 
     def verify(self) -> None:
         """Check every shard's sha256 against store.json; raise ArchsaeError naming a corrupt shard."""
@@ -192,8 +208,8 @@ class ActivationStore:
                 raise ArchsaeError(f"shard {s['file']} of {self.root} is corrupt (checksum mismatch); re-extract")
 
     # ---- reading -----------------------------------------------------------------------------
-    def read_shard(self, i: int, split: str = "all") -> Shard:
-        """Shard i as float32 activations with provenance, restricted to a split."""
+    def read_shard(self, i: int, split: str = "all", subset: Subset | None = None) -> Shard:
+        """Shard i as float32 activations with provenance, restricted to a split (and a subset of it)."""
         path = self.root / self.meta["shards"][i]["file"]
         try:
             with safe_open(path, framework="pt") as f:
@@ -204,41 +220,46 @@ class ActivationStore:
             held = image % int(self.header["holdout_every"]) == 0
             keep = held if split == "heldout" else ~held
             acts, image, pos = acts[keep], image[keep], pos[keep]
+        if subset:
+            keep = torch.from_numpy(subset.mask(i, len(acts)))
+            acts, image, pos = acts[keep], image[keep], pos[keep]
         return Shard(acts, image, pos)
 
-    def standardise(self, acts_nd: torch.Tensor) -> torch.Tensor:
-        """(A - mean) / std element-wise with the store's statistics (Fel et al. 2025, Sec. 5)."""
-        return (acts_nd - self.mean_d) / self.std_d
+    def standardise(self, acts_nd: torch.Tensor, centre: bool = True) -> torch.Tensor:
+        """(A - mean) / std element-wise with the store's statistics (Fel et al. 2025, Sec. 5); with
+        centre=False, A / std: the uncentred space, whose mean is `self.mean_d / self.std_d`."""
+        return ((acts_nd - self.mean_d) if centre else acts_nd) / self.std_d
 
     def batches(self, batch_size: int, seed: int, epoch: int, split: str = "train", shuffle_shards: int = 4,
-                stream: int = 0, n_streams: int = 1) -> Iterator[torch.Tensor]:
+                stream: int = 0, n_streams: int = 1, subset: Subset | None = None) -> Iterator[torch.Tensor]:
         """Shuffled raw batches (batch_size, d) for one epoch, a deterministic function of (seed, epoch, stream).
 
         Stream s of n_streams reads only shards s, s + n_streams, ... (so DDP ranks read disjoint shards),
         in an order shuffled per epoch. A shuffle buffer of `shuffle_shards` shards bounds memory; the
-        last partial batch is dropped.
+        last partial batch is dropped. With `subset`, only the tokens of that subset are read.
         """
         rng = np.random.default_rng([seed, epoch, stream])
         shards = np.arange(stream, self.n_shards, n_streams)
         order = shards[rng.permutation(len(shards))]
         carry = torch.empty(0, self.d)
         for g in range(0, len(order), shuffle_shards):
-            buf = torch.cat([carry] + [self.read_shard(int(i), split).acts_md for i in order[g:g + shuffle_shards]])
+            buf = torch.cat([carry] + [self.read_shard(int(i), split, subset).acts_md for i in order[g:g + shuffle_shards]])
             buf = buf[torch.from_numpy(rng.permutation(len(buf)))]
             full = len(buf) // batch_size * batch_size
             yield from buf[:full].split(batch_size)
             carry = buf[full:]
 
-    def sample(self, max_tokens: int, seed: int, split: str = "all") -> torch.Tensor:
-        """Up to `max_tokens` raw tokens (m, d) of a split, a seeded uniform sample without replacement."""
-        total = self.n_split(split)
+    def sample(self, max_tokens: int, seed: int, split: str = "all", subset: Subset | None = None) -> torch.Tensor:
+        """Up to `max_tokens` raw tokens (m, d) of a split (within `subset`), a seeded uniform sample
+        without replacement."""
+        total = self.n_split(split, subset=subset)
         if total == 0:
             raise ArchsaeError(f"the store at {self.root} has no {split} tokens")
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(total, size=min(max_tokens, total), replace=False))
         out, offset = [], 0
         for i in range(self.n_shards):
-            shard = self.read_shard(i, split)
+            shard = self.read_shard(i, split, subset)
             m = len(shard.acts_md)
             local = chosen[(chosen >= offset) & (chosen < offset + m)] - offset
             if len(local):

@@ -3,7 +3,8 @@ many models per pass of the store, and data parallelism over processes (torchrun
 
 A model folder holds `config.json` (written first), `log.jsonl` (one JSON line per logged step),
 `checkpoint.safetensors` while training (model + Adam state + dead-code counters + step, one atomic
-file), and at the end `model.safetensors`.
+file), at the end `model.safetensors`, and with `snapshot_every` the dictionary along training in
+`snapshots/step{step:06d}.safetensors` (atoms (k, d) float32, from step 0 to the last).
 
 Data: a step's batch is `streams` micro-batches, one from each data stream (a fixed, disjoint set of
 shards, see `ActivationStore.batches`). One process runs every stream's micro-batch and accumulates the
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,16 +29,16 @@ import torch.distributed as dist
 from safetensors import safe_open
 from tqdm import tqdm
 
-from .config import TrainConfig
+from .config import TrainConfig, from_dict
 from .errors import ArchsaeError
 from .files import read_json, write_json, write_safetensors, write_text
 from .sae import SAE, BatchTopK, JumpReLU, build_sae, load_sae, sae_config, save_sae
-from .store import ActivationStore
+from .store import ActivationStore, Subset
 
 LOG_EVERY = 10  # steps
 CALIBRATION_TOKENS = 16_384  # JumpReLU initial and BatchTopK inference thresholds; relative delta
 # Configurations trained in one pass of the store must agree on these (they define the batches).
-DATA_FIELDS = ("data_seed", "batch_size", "epochs", "shuffle_shards", "streams")
+DATA_FIELDS = ("data_seed", "batch_size", "epochs", "shuffle_shards", "streams", "subset", "subset_seed", "centre")
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -50,8 +51,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 @dataclass
 class Job:
-    """One SAE to train: its configuration, its folder, the candidates C (n', d) of archetypal methods,
-    and provenance written into its config.json."""
+    """One SAE to train: its configuration, its folder, the candidates C (n', d) of archetypal methods
+    (in the centred standardised space, as `distill` writes them), and provenance for its config.json."""
 
     cfg: TrainConfig
     out_dir: Path
@@ -97,22 +98,33 @@ class _Trainer:
         self.config = sae_config(cfg, store.d, store=str(store.root), **info)
         self.done = False
         if (self.out_dir / "config.json").exists():
-            if read_json(self.out_dir / "config.json") != self.config:
+            stored = read_json(self.out_dir / "config.json")
+            stored["train"] = asdict(from_dict(TrainConfig, stored["train"]))  # fields added since: defaults
+            if stored != self.config:
                 raise ArchsaeError(f"{self.out_dir} holds a model of another configuration; "
                                    "use another name or delete it")
             if (self.out_dir / "model.safetensors").exists():
                 self.model, self.done = load_sae(self.out_dir)[0], True
                 return
-        self.model = build_sae(cfg, store.d, job.candidates_nd, delta).to(device).train()
+        candidates = job.candidates_nd
+        if candidates is not None and not cfg.centre:  # k-means commutes with the shift to the uncentred space
+            candidates = candidates + store.mean_d / store.std_d
+        self.model = build_sae(cfg, store.d, candidates, delta).to(device).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)  # 10x faster on CPU too
         self.since_fired = torch.zeros(cfg.k, dtype=torch.int64, device=device)  # tokens since each code fired
         self.ckpt, self.log_path = self.out_dir / "checkpoint.safetensors", self.out_dir / "log.jsonl"
         self.start = self._load_checkpoint() if self.ckpt.exists() else 0
-        if self.start == 0 and isinstance(self.model.activation, JumpReLU):
+        if self.start == 0:  # data-dependent initialisation, from the calibration tokens
             with torch.no_grad():
-                self.model.activation.init_thresholds(self.model.encoder(calibration_nd - self.model.b_pre), cfg.top_k)
+                if not cfg.archetypal:  # b at the data mean (~0 when centred); archetypal atoms already span it
+                    self.model.b_pre.copy_(calibration_nd.mean(0))
+                if isinstance(self.model.activation, JumpReLU):
+                    self.model.activation.init_thresholds(self.model.encoder(calibration_nd - self.model.b_pre),
+                                                          cfg.top_k)
         if world.rank == 0:
             write_json(self.out_dir / "config.json", self.config)
+            if self.start == 0:
+                self._snapshot(0)
             # Keep the log equal to an uninterrupted run's: drop lines written after the checkpoint.
             lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
             write_text(self.log_path, "".join(l + "\n" for l in lines if json.loads(l)["step"] < self.start))
@@ -179,8 +191,17 @@ class _Trainer:
                     log.write(json.dumps(row) + "\n")
                 self.last = row
             self._reset_window()
+        if self.world.rank == 0 and self.cfg.snapshot_every and (done % self.cfg.snapshot_every == 0
+                                                                   or done == self.total):
+            self._snapshot(done)
         if done % self.cfg.checkpoint_every == 0 and done < self.total and self.world.rank == 0:
             self._save_checkpoint(done)
+
+    def _snapshot(self, step: int) -> None:
+        if self.cfg.snapshot_every:
+            write_safetensors(self.out_dir / "snapshots" / f"step{step:06d}.safetensors",
+                              {"atoms": self.model.atoms().detach().float().cpu()},
+                              metadata={"step": str(step), "tokens": str(step * self.cfg.batch_size)})
 
     def _save_checkpoint(self, step: int) -> None:
         state = self.opt.state_dict()
@@ -258,13 +279,15 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
         raise ArchsaeError(f"the store has {store.n_shards} shards, fewer than the {n_streams} data streams; "
                            "lower --streams or re-extract with a smaller --shard-tokens")
     micro = cfg.batch_size // n_streams
-    steps_per_epoch = min(store.n_split("train", s, n_streams) // micro for s in range(n_streams))
+    subset = Subset(cfg.subset, cfg.subset_seed) if cfg.subset < 1 else None
+    steps_per_epoch = min(store.n_split("train", s, n_streams, subset) // micro for s in range(n_streams))
     if steps_per_epoch == 0:
         raise ArchsaeError(f"a data stream of the store has fewer train tokens than one micro-batch ({micro}); "
                            "lower --batch-size or extract more images")
     total = math.ceil(cfg.epochs * steps_per_epoch)
-    mean_d, std_d = store.mean_d.to(device), store.std_d.to(device)
-    calibration = store.standardise(store.sample(CALIBRATION_TOKENS, cfg.data_seed, "train")).to(device)
+    mean_d, std_d = (store.mean_d if cfg.centre else torch.zeros_like(store.mean_d)).to(device), store.std_d.to(device)
+    calibration = store.standardise(store.sample(CALIBRATION_TOKENS, cfg.data_seed, "train", subset),
+                                    cfg.centre).to(device)
     trainers = [_Trainer(job, store, total, n_streams, device, world, calibration) for job in jobs]
     active = [t for t in trainers if not t.done]
     start = min((t.start for t in active), default=total)
@@ -275,7 +298,7 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
     for epoch in range(math.ceil(total / steps_per_epoch)):
         if not active or (epoch + 1) * steps_per_epoch <= start:
             continue  # whole epoch already done: skip without reading it
-        streams = [store.batches(micro, cfg.data_seed, epoch, "train", cfg.shuffle_shards, s, n_streams)
+        streams = [store.batches(micro, cfg.data_seed, epoch, "train", cfg.shuffle_shards, s, n_streams, subset)
                    for s in my_streams]
         for i, raws in enumerate(zip(*streams)):
             step = epoch * steps_per_epoch + i

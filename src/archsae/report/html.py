@@ -17,7 +17,11 @@ from ..sae import load_sae  # noqa: E402
 from ..store import ActivationStore  # noqa: E402
 from .gallery import concept_gallery  # noqa: E402
 
-METRICS = [("r2", "R² ↑"), ("dead_codes", "dead codes ↓"), ("l0", "L0"), ("ood", "OOD ↓"), ("stability", "stability ↑")]
+# (metrics.json key, column title): the paper's Table 1, in its order.
+METRICS = [("r2", "R² ↑"), ("dead_codes", "dead ↓"), ("l0", "L0"), ("stability", "stability ↑"),
+           ("max_cosine", "max cos ↑"), ("ood", "OOD ↓"), ("stable_rank", "stable rank"),
+           ("effective_rank", "eff. rank"), ("coherence", "coherence ↓"), ("connectivity", "connectivity"),
+           ("negative_interference", "neg. interf. ↓"), ("plausibility", "plausibility ↑")]
 
 
 def _training_curves(models_dir: Path, out: Path) -> None:
@@ -37,7 +41,8 @@ def _training_curves(models_dir: Path, out: Path) -> None:
 
 def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Path:
     """Write `run_dir/report/index.html`: configuration, metrics table (metrics.json), training curves,
-    and for the first run of each group (see `evaluate`) its most used concepts with top images and heatmaps.
+    the stability experiment (stability/, when `archsae stability` ran), and for the first run of each
+    group (see `evaluate`) its most used concepts with top images and heatmaps.
     Raises ArchsaeError if the store, models or metrics.json are missing."""
     run_dir = Path(run_dir)
     out = run_dir / "report"
@@ -47,24 +52,27 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     groups: dict[str, list[str]] = {}
     for name, m in metrics.items():
         groups.setdefault(m["group"], []).append(name)
-    summary = {group: {key: _mean([metrics[n][key] for n in names]) for key, _ in METRICS}
+    summary = {group: {key: _mean([metrics[n].get(key) for n in names]) for key, _ in METRICS}
                for group, names in groups.items()}
     galleries = []
     for group, names in groups.items():
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
-        model, _, _ = load_sae(run_dir / "models" / name)
-        concepts = concept_gallery(model, store, cfg.n_concepts, cfg.n_images)
+        model, tcfg, _ = load_sae(run_dir / "models" / name)
+        concepts = concept_gallery(model, store, cfg.n_concepts, cfg.n_images, tcfg.centre)
         for c in concepts:
             if c.strip is not None:
                 c.file = f"concepts/{name}_{c.index}.png"
                 save_image(out / c.file, c.strip)
         galleries.append({"name": name, "group": group, "concepts": concepts})
     _training_curves(run_dir / "models", out / "training.png")
+    stability = run_dir / "stability" / "results.json"
     env = Environment(loader=PackageLoader("archsae", "report/templates"), autoescape=select_autoescape())
     html = env.get_template("report.html.j2").render(
         run_dir=str(run_dir.resolve()), config=json.dumps(config, indent=2), metrics=metrics, columns=METRICS,
         summary=summary, galleries=galleries, store=store.meta["header"], n_tokens=store.n,
-        evaluation=read_json(run_dir / "evaluate.json") if (run_dir / "evaluate.json").exists() else {})
+        evaluation=read_json(run_dir / "evaluate.json") if (run_dir / "evaluate.json").exists() else {},
+        stability=read_json(stability) if stability.exists() else None,
+        stability_plots=[p.name for p in sorted(stability.parent.glob("*.png"))])
     write_text(out / "index.html", html)
     return out / "index.html"
 

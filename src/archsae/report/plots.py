@@ -1,0 +1,98 @@
+"""The figures of `archsae stability` (matplotlib, PNG), drawn from its results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..files import atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def _name(group: dict) -> str:
+    return group["label"] + (" (uncentred)" if group["space"] == "uncentred" else "")
+
+
+def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
+    """Draw the stability figures into `out_dir` and return their paths:
+
+    - trajectories.png: stability between runs (mean over pairs, min-max shaded) against tokens seen, one
+      panel per initialisation mode; dotted: with the data mean projected out (uncentred runs); grey:
+      the null levels (random and k-means dictionaries of the same k);
+    - stability_r2.png: final stability against R² for every configuration (Fel et al. 2025, Fig. 3);
+    - delta.png, when RA-SAEs with several deltas were trained: stability and R² against delta (Fig. 4).
+    """
+    out_dir, groups, paths = Path(out_dir), results["groups"], []
+    modes = list(dict.fromkeys(g["mode"] for g in groups))
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(_name(g) for g in groups))}
+
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), sharey=True, squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for g in (g for g in groups if g["mode"] == mode):
+            tokens = [r["tokens"] for r in g["trajectory"]]
+            c = colours[_name(g)]
+            ax.plot(tokens, [r["stability"] for r in g["trajectory"]], "o-", ms=3, color=c, label=_name(g))
+            ax.fill_between(tokens, [r["min"] for r in g["trajectory"]], [r["max"] for r in g["trajectory"]],
+                            color=c, alpha=0.15)
+            if g["final_projected"] is not None:
+                ax.plot(tokens, [r["stability_projected"] for r in g["trajectory"]], ":", color=c,
+                        label=_name(g) + ", mean projected out")
+        for key, null in results["nulls"].items():
+            for kind, style in (("random", ":"), ("kmeans", "--")):
+                ax.axhline(null[kind], color="grey", ls=style, lw=1)
+                ax.annotate(f"{kind} null ({key})", (0, null[kind]), xycoords=("axes fraction", "data"),
+                            fontsize=7, color="grey", va="bottom")
+        ax.set_title(f"{mode} initialisation")
+        ax.set_xlabel("tokens seen")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("stability between runs (eq. 2)")
+    axes[0][0].set_ylim(0, 1.02)
+    _save(fig, out_dir / "trajectories.png")
+    paths.append(out_dir / "trajectories.png")
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for marker, mode in zip("os^", modes):
+        for g in (g for g in groups if g["mode"] == mode):
+            ax.scatter(g["r2"], g["final"], marker=marker, color=colours[_name(g)], s=40)
+            params = ", ".join(f"{k}={v}" for k, v in g["params"].items())
+            ax.annotate(f"{_name(g)} {params} [{mode}]", (g["r2"], g["final"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("R² (held-out)")
+    ax.set_ylabel("stability at the end of training")
+    ax.set_title("stability against reconstruction (Fel et al. 2025, Fig. 3)")
+    ax.grid(alpha=0.3)
+    _save(fig, out_dir / "stability_r2.png")
+    paths.append(out_dir / "stability_r2.png")
+
+    relaxed = [g for g in groups if g["method"].startswith("ra-")]
+    if len({g["params"]["delta"] for g in relaxed}) > 1:
+        fig, (ax_s, ax_r) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for mode in modes:
+            for space in ("centred", "uncentred"):
+                rows = sorted((g["params"]["delta"], g["final"], g["r2"]) for g in relaxed
+                              if g["mode"] == mode and g["space"] == space)
+                if rows:
+                    deltas, stab, r2 = zip(*rows)
+                    label = f"{mode}" + (", uncentred" if space == "uncentred" else "")
+                    ax_s.plot(deltas, stab, "o-", label=label)
+                    ax_r.plot(deltas, r2, "o-", label=label)
+        for ax, name in ((ax_s, "stability"), (ax_r, "R² (held-out)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("δ (bound on ‖Λ_i‖)")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle("RA-SAE: stability and R² against δ (Fel et al. 2025, Fig. 4)")
+        _save(fig, out_dir / "delta.png")
+        paths.append(out_dir / "delta.png")
+    return paths

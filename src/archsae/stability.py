@@ -1,0 +1,176 @@
+"""Multi-run stability experiments: can a user tell stability from a shared start on their own model?
+
+Fel et al. 2025 (Sec. 3, Table 1) report that archetypal SAEs are more stable across runs; Brzozowski &
+Chung 2026 answer that their runs share one k-means C with W = identity, so the dictionaries agree before
+training starts, and that cosine between atoms trained on uncentred data is inflated by the data mean.
+`run_stability` trains R runs of each configuration under each initialisation mode (config.STABILITY_MODES),
+keeps each run's dictionary along training (TrainConfig.snapshot_every), and reports:
+
+- stability (eq. 2) between runs at t = 0 and at every kept step: a trajectory against tokens seen, so
+  stabilisation (runs that converge) is told apart from agreement present at the start;
+- for runs trained on uncentred data (A / std), the same with the data-mean direction projected out of
+  the atoms; runs on centred data (the default) are the other side of that comparison;
+- null levels: two random Gaussian dictionaries, and two differently seeded k-means dictionaries of k
+  atoms (agreement any method confined to the data's hull gets for free), and each score minus them;
+- matching by the correlation of the runs' codes on the same held-out tokens (metrics.code_correlation),
+  which does not look at the atoms at all.
+
+Layout under the run directory: `stability/models/{name}/` (one folder per distinct configuration; a free
+dictionary's `shared` and `independent` runs are the same configurations and are trained once),
+and `stability/results.json`, which `report.plots.stability_plots` draws (trajectories, Fel et al. Fig. 3
+and Fig. 4).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from tqdm import tqdm
+
+from . import metrics
+from .config import DistillConfig, StabilityConfig, TrainConfig, to_dict
+from .distill import centroids_path, distill, kmeans
+from .evaluate import reconstruct
+from .files import write_json
+from .sae import load_sae
+from .store import ActivationStore, Subset
+from .train import Job, train_many
+
+
+def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: StabilityConfig,
+               snapshot_every: int) -> TrainConfig:
+    """The training configuration of run `run` of `base` under an initialisation mode (STABILITY_MODES)."""
+    seed = base.seed + run
+    common = dict(seed=seed, centre=centre, snapshot_every=snapshot_every)
+    if mode == "shared":  # one C, W = identity: every run's dictionary starts at the same atoms
+        return replace(base, **common, centroids_seed=base.seed, w_init="identity").canonical()
+    if mode == "perturbed":
+        return replace(base, **common, centroids_seed=seed, subset=cfg.perturb_subset, subset_seed=run).canonical()
+    return replace(base, **common, centroids_seed=seed).canonical()
+
+
+def _label(base: TrainConfig, swept: list[str]) -> str:
+    tags = [f"{f.replace('_', '')}{getattr(base, f)}" for f in swept if f not in base.unused_fields()]
+    return "-".join([base.method, *tags])
+
+
+def _snapshots(model_dir: Path) -> dict[int, torch.Tensor]:
+    out = {}
+    for path in sorted((model_dir / "snapshots").glob("step*.safetensors")):
+        with safe_open(path, framework="pt") as f:
+            out[int(f.metadata()["step"])] = f.get_tensor("atoms")
+    return out
+
+
+def _mean_pairwise(score, items: list) -> tuple[float, float, float]:
+    values = [score(a, b) for a, b in itertools.combinations(items, 2)]
+    return float(np.mean(values)), float(np.min(values)), float(np.max(values))
+
+
+def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[TrainConfig], cfg: StabilityConfig,
+                  distill_cfg: DistillConfig = DistillConfig(), device: str | None = None) -> dict:
+    """Train `cfg.runs` runs of each configuration in `bases` under each of `cfg.mode` (and uncentred
+    twins with `cfg.uncentred`), then measure their stability along training; see the module docstring.
+
+    Returns the results (also written to `run_dir/stability/results.json`): `groups`, one per
+    (configuration, mode, space), each with its runs' folders, the trajectory [{step, tokens, stability,
+    min, max, stability_projected}], `t0` and `final` stability, R² (mean over runs, held-out tokens),
+    `code_correlation`, and the nulls subtracted; and `nulls` per (k, space). Finished runs are reused, so
+    an interrupted experiment resumes. Raises ArchsaeError on an impossible setting (e.g. k-means with
+    fewer tokens than k).
+    """
+    out = Path(run_dir) / "stability"
+    swept = [f.name for f in TrainConfig.__dataclass_fields__.values() if f.name not in ("method", "seed")
+             and len({getattr(b, f.name) for b in bases if f.name not in b.unused_fields()}) > 1]
+    spaces = [True, False] if cfg.uncentred else [True]
+    jobs: dict[TrainConfig, Job] = {}
+    groups = []
+    for base, mode, centre in itertools.product(bases, cfg.mode, spaces):
+        subset = cfg.perturb_subset if mode == "perturbed" else 1.0
+        steps = math.ceil(base.epochs * (store.n_split("train") * subset // base.batch_size))
+        label = _label(base, swept)
+        folders = []
+        for r in range(cfg.runs):
+            tcfg = run_config(base, mode, r, centre, cfg, max(1, steps // cfg.snapshots))
+            if tcfg not in jobs:
+                name = f"{label}-{mode}{'' if centre else '-uncentred'}-r{r}"
+                candidates = None
+                if tcfg.archetypal:
+                    dcfg = replace(distill_cfg, seed=tcfg.kmeans_seed, subset=tcfg.subset, subset_seed=tcfg.subset_seed)
+                    candidates = distill(store, dcfg, centroids_path(run_dir, dcfg.seed, dcfg.subset, dcfg.subset_seed))
+                jobs[tcfg] = Job(tcfg, out / "models" / name, candidates)
+            folders.append(jobs[tcfg].out_dir)
+        groups.append({"label": label, "method": base.method, "mode": mode,
+                       "space": "centred" if centre else "uncentred", "k": base.k,
+                       "params": {f: getattr(base, f) for f in ("top_k", "delta", "l1", "l0")
+                                  if f not in base.unused_fields()},
+                       "runs": [str(f.relative_to(out)) for f in folders]})
+    train_many(store, list(jobs.values()), device)
+
+    acts = store.standardise(store.sample(cfg.max_tokens, 0, "heldout"))
+    mean_dir = store.mean_d / store.std_d  # the data mean in the uncentred space
+    finals: dict[str, dict] = {}
+    for folder in tqdm(sorted({g for group in groups for g in group["runs"]}), desc="held-out codes", unit="model"):
+        model, tcfg, _ = load_sae(out / folder)
+        shift = torch.zeros(store.d) if tcfg.centre else mean_dir
+        acts_hat, codes = reconstruct(model, acts + shift)
+        finals[folder] = {"r2": metrics.r2(acts, acts_hat - shift), "codes": codes, "batch_size": tcfg.batch_size}
+    nulls = _nulls(store, sorted({g["k"] for g in groups}), spaces, cfg, distill_cfg)
+    cache: dict[tuple, dict] = {}
+    for group in tqdm(groups, desc="stability", unit="group"):
+        key = tuple(group["runs"])
+        if key not in cache:
+            cache[key] = _group_scores(out, group["runs"], group["space"] == "uncentred", mean_dir, finals)
+        group.update(cache[key])
+        null = nulls[f"{group['k']}-{group['space']}"]
+        group["final_minus_null"] = {n: group["final"] - null[n] for n in ("random", "kmeans")}
+        if group["final_projected"] is not None:
+            group["projected_minus_null"] = {"random": group["final_projected"] - null["random"],
+                                             "kmeans": group["final_projected"] - null["kmeans_projected"]}
+    results = {"config": to_dict(cfg), "train": [to_dict(b) for b in bases], "held_out_tokens": len(acts),
+               "nulls": nulls, "groups": groups}
+    write_json(out / "results.json", results)
+    return results
+
+
+def _group_scores(out: Path, runs: list[str], uncentred: bool, mean_dir: torch.Tensor, finals: dict) -> dict:
+    trajectories = [_snapshots(out / run) for run in runs]
+    steps = sorted(set.intersection(*(set(t) for t in trajectories)))
+    rows = []
+    for step in steps:
+        atoms = [t[step] for t in trajectories]
+        mean, lo, hi = _mean_pairwise(metrics.stability, atoms)
+        row = {"step": step, "tokens": step * finals[runs[0]]["batch_size"], "stability": mean, "min": lo, "max": hi}
+        if uncentred:
+            row["stability_projected"] = _mean_pairwise(
+                metrics.stability, [metrics.project_out(a, mean_dir) for a in atoms])[0]
+        rows.append(row)
+    codes = [finals[r]["codes"] for r in runs]
+    return {"trajectory": rows, "t0": rows[0]["stability"], "final": rows[-1]["stability"],
+            "final_projected": rows[-1].get("stability_projected"),
+            "r2": float(np.mean([finals[r]["r2"] for r in runs])),
+            "code_correlation": _mean_pairwise(metrics.code_correlation, codes)[0]}
+
+
+def _nulls(store: ActivationStore, ks: list[int], spaces: list[bool], cfg: StabilityConfig,
+           distill_cfg: DistillConfig) -> dict[str, dict[str, float]]:
+    """Per 'k-space': stability of two random Gaussian dictionaries, and of two k-means dictionaries of k
+    atoms with different seeds (in the uncentred space: the same centroids shifted by the data mean)."""
+    sample = store.standardise(store.sample(cfg.null_points, 1, "train")).numpy()
+    nulls = {}
+    for k in tqdm(ks, desc="null levels", unit="k"):
+        c0, c1 = (torch.from_numpy(kmeans(sample, k, seed, distill_cfg.n_iter)) for seed in (0, 1))
+        for centre in spaces:
+            shift = torch.zeros(store.d) if centre else store.mean_d / store.std_d
+            null = {"random": metrics.stability_null(k, store.d), "kmeans": metrics.stability(c0 + shift, c1 + shift)}
+            if not centre:
+                null["kmeans_projected"] = metrics.stability(metrics.project_out(c0 + shift, shift),
+                                                             metrics.project_out(c1 + shift, shift))
+            nulls[f"{k}-{'centred' if centre else 'uncentred'}"] = null
+    return nulls

@@ -1,0 +1,87 @@
+"""The stability protocol: initialisation modes, trajectories from t = 0, nulls, plots."""
+
+import numpy as np
+import pytest
+
+from archsae.config import DistillConfig, StabilityConfig, TrainConfig
+from archsae.report.plots import stability_plots
+from archsae.stability import run_stability
+from archsae.store import Subset
+from conftest import planted_data, write_store
+
+BASE = TrainConfig(k=24, top_k=2, delta=0.05, w_support=8, epochs=2, batch_size=256, lr=3e-3, warmup_steps=5,
+                   aux_k=4, dead_tokens=2000)
+DISTILL = DistillConfig(n_centroids=48, max_points=4000, n_iter=5)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    run = tmp_path_factory.mktemp("stability")
+    acts, _ = planted_data(n=6000, d=32, n_base=8)
+    store = write_store(run / "store", acts + 0.6)  # a mean of about 2 std per feature
+    cfg = StabilityConfig(mode=("independent", "shared", "perturbed"), runs=2, snapshots=3, uncentred=True,
+                          max_tokens=600, null_points=3000)
+    bases = [BASE, TrainConfig(**{**BASE.__dict__, "method": "ra-topk"})]
+    return run, store, run_stability(run, store, bases, cfg, DISTILL, "cpu")
+
+
+def group(results, method, mode, space="centred"):
+    return next(g for g in results["groups"] if (g["method"], g["mode"], g["space"]) == (method, mode, space))
+
+
+def test_shared_runs_agree_exactly_at_t0_and_independent_ones_do_not(experiment):
+    _, _, results = experiment
+    for space in ("centred", "uncentred"):
+        shared, independent = group(results, "ra-topk", "shared", space), group(results, "ra-topk", "independent", space)
+        assert shared["trajectory"][0]["step"] == 0
+        assert shared["t0"] == pytest.approx(1.0, abs=1e-6)
+        assert shared["trajectory"][0]["min"] == pytest.approx(1.0, abs=1e-6)
+    centred = group(results, "ra-topk", "independent")["t0"]
+    assert centred < 0.95
+    # uncentred, independent k-means candidates all lean towards the data mean: cosine calls them more
+    # alike (the galaxy-far-away effect) until the mean direction is projected out
+    uncentred = group(results, "ra-topk", "independent", "uncentred")["trajectory"][0]
+    assert uncentred["stability"] > centred + 0.1 and uncentred["stability_projected"] < uncentred["stability"] - 0.1
+    # training moves the shared runs apart: their encoders differ
+    assert group(results, "ra-topk", "shared")["final"] < 1 - 1e-3
+
+
+def test_trajectories_run_from_the_start_to_the_end_of_training(experiment):
+    run, store, results = experiment
+    g = group(results, "topk", "independent")
+    steps = [r["step"] for r in g["trajectory"]]
+    total = 2 * (store.n_split("train") // 256)
+    assert steps[0] == 0 and steps[-1] == total and len(steps) >= 4 and steps == sorted(steps)
+    assert [r["tokens"] for r in g["trajectory"]] == [s * 256 for s in steps]
+    assert all(r["min"] <= r["stability"] <= r["max"] for r in g["trajectory"])
+    # a free dictionary has no shared start: its shared and independent runs are the same models, trained once
+    assert g["runs"] == group(results, "topk", "shared")["runs"]
+    # per space: topk 2 runs shared with independent + 2 perturbed; ra-topk 2 runs in each of 3 modes
+    assert len(list((run / "stability" / "models").iterdir())) == 2 * (2 + 2 + 3 * 2)
+
+
+def test_perturbed_runs_see_different_token_subsets(experiment):
+    run, store, results = experiment
+    a, b = Subset(0.9, 0), Subset(0.9, 1)
+    n = store.n_split("train")
+    assert 0.85 * n < store.n_split("train", subset=a) < 0.95 * n
+    assert (a.mask(0, 1000) != b.mask(0, 1000)).any()
+    perturbed = group(results, "ra-topk", "perturbed")
+    assert perturbed["t0"] < 0.95 and perturbed["trajectory"][-1]["step"] < group(results, "ra-topk", "independent")["trajectory"][-1]["step"]
+
+
+def test_uncentred_runs_report_the_mean_projected_stability_and_nulls(experiment):
+    run, _, results = experiment
+    uncentred = group(results, "topk", "independent", "uncentred")
+    assert uncentred["final_projected"] is not None and "stability_projected" in uncentred["trajectory"][0]
+    assert group(results, "topk", "independent")["final_projected"] is None
+    for key, null in results["nulls"].items():
+        assert 0 < null["random"] < 1 and 0 < null["kmeans"] <= 1
+    # the k-means null in the uncentred space is inflated by the mean, and projecting it out deflates it
+    assert results["nulls"]["24-uncentred"]["kmeans"] > results["nulls"]["24-centred"]["kmeans"]
+    assert results["nulls"]["24-uncentred"]["kmeans_projected"] < results["nulls"]["24-uncentred"]["kmeans"]
+    for g in results["groups"]:
+        assert -1 <= g["code_correlation"] <= 1 and (g["r2"] > 0.1 or g["space"] == "uncentred")
+        assert g["final_minus_null"]["kmeans"] == pytest.approx(g["final"] - results["nulls"][f"24-{g['space']}"]["kmeans"])
+    paths = stability_plots(results, run / "stability")
+    assert [p.name for p in paths] == ["trajectories.png", "stability_r2.png"] and all(p.stat().st_size > 0 for p in paths)
