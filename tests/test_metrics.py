@@ -127,14 +127,26 @@ def test_code_correlation_is_one_for_permuted_rescaled_codes_and_low_for_unrelat
     assert metrics.code_correlation(Z, rng.permutation(Z)) < 0.2
 
 
-def test_matching_equals_scipys_exact_assignment_in_float64():
+@pytest.mark.parametrize("k1, k2, d, candidates", [(300, 300, 20, 32), (1500, 1500, 48, 4), (40, 90, 16, 32),
+                                                   (90, 40, 16, 8), (20, 20, 8, 32)])
+def test_matching_equals_scipys_exact_assignment_in_float64(k1, k2, d, candidates):
+    """Random dictionaries are the hard case for the pruned solver: no atom has a clear partner, so many
+    left-out pairs must be proven harmless or added; few candidates force both."""
     from scipy.optimize import linear_sum_assignment
 
-    D1, D2 = np.random.default_rng(1).normal(size=(2, 300, 20))
+    rng = np.random.default_rng(k1 + k2)
+    D1, D2 = rng.normal(size=(k1, d)), rng.normal(size=(k2, d))
     u1, u2 = D1 / np.linalg.norm(D1, axis=1, keepdims=True), D2 / np.linalg.norm(D2, axis=1, keepdims=True)
-    cos = u1 @ u2.T
-    rows, cols = linear_sum_assignment(np.abs(cos), maximize=True)
-    assert metrics.stability(D1, D2) == pytest.approx(np.abs(cos[rows, cols]).mean(), rel=1e-6)
+    cos = np.abs(u1 @ u2.T)
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    best = cos[rows, cols].sum()
+    r, c, signed = metrics.match_atoms(D1, D2)
+    assert len(r) == min(k1, k2) and len(set(c)) == len(c) and (np.diff(r) > 0).all()
+    assert cos[r, c].sum() == pytest.approx(best, rel=1e-7)
+    assert np.allclose(signed, (u1 @ u2.T)[r, c], atol=1e-6)
+    if k1 == k2:
+        match = metrics.assign(metrics.unit_atoms(D1), metrics.unit_atoms(D2), candidates=candidates).numpy()
+        assert sorted(match) == list(range(k1)) and cos[np.arange(k1), match].sum() == pytest.approx(best, rel=1e-7)
 
 
 def test_a_shared_mean_direction_inflates_cosine_stability_and_projecting_it_out_removes_it():
