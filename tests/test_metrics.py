@@ -149,6 +149,22 @@ def test_matching_equals_scipys_exact_assignment_in_float64(k1, k2, d, candidate
         assert sorted(match) == list(range(k1)) and cos[np.arange(k1), match].sum() == pytest.approx(best, rel=1e-7)
 
 
+def test_matching_is_exact_when_many_atoms_are_duplicates():
+    """Dead or collapsed atoms repeat one direction; rows that share all their candidates admit no full
+    matching among them, which the solver must complete."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(0)
+    D1 = rng.normal(size=(200, 16))
+    D1[:60] = D1[0]  # 60 copies of one atom
+    D2 = np.concatenate([rng.normal(size=(150, 16)), np.repeat(rng.normal(size=(1, 16)), 50, axis=0)])
+    cos = np.abs(metrics.cosines(D1, D2).double().numpy())
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    match = metrics.assign(metrics.unit_atoms(D1), metrics.unit_atoms(D2), candidates=8).numpy()
+    assert sorted(match) == list(range(200))
+    assert cos[np.arange(200), match].sum() == pytest.approx(cos[rows, cols].sum(), rel=1e-7)
+
+
 def test_a_shared_mean_direction_inflates_cosine_stability_and_projecting_it_out_removes_it():
     rng = np.random.default_rng(0)
     mean = 5 * rng.normal(size=256)

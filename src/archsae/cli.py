@@ -194,10 +194,14 @@ def evaluate_cmd(run: Path, evaluate: EvaluateConfig) -> str:
     from .store import ActivationStore
 
     results = do_evaluate(ActivationStore(run / "store"), run / "models", evaluate, run / "metrics.json")
-    lines = [f"{'model':<16}{'R2':>8}{'dead':>8}{'L0':>8}{'OOD':>8}{'stab.':>8}"]
+    columns = {"r2": "R2", "dead_codes": "dead", "l0": "L0", "stability": "stab.", "max_cosine": "maxcos",
+               "ood": "OOD", "stable_rank": "s.rank", "effective_rank": "e.rank", "coherence": "coher.",
+               "connectivity": "conn.", "negative_interference": "neg.int", "plausibility": "plaus."}
+    width = max(len(n) for n in results) + 2
+    lines = ["model".ljust(width) + "".join(f"{title:>9}" for title in columns.values())]
     for n, m in results.items():
-        stab = f"{m['stability']:8.4f}" if m["stability"] is not None else f"{'-':>8}"
-        lines.append(f"{n:<16}{m['r2']:8.4f}{m['dead_codes']:8.4f}{m['l0']:8.2f}{m['ood']:8.4f}{stab}")
+        lines.append(n.ljust(width) + "".join(f"{m[key]:9.4g}" if m[key] is not None else f"{'-':>9}"
+                                              for key in columns))
     return "\n".join(lines + [f"written to {run / 'metrics.json'}"])
 
 

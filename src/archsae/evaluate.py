@@ -104,11 +104,15 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
                          "k": tcfg.k, "centre": tcfg.centre, "r2": metrics.r2(acts, acts_hat - shift),
                          **dictionary_metrics(atoms[name], codes, acts + shift),
                          "plausibility": metrics.plausibility(atoms[name], heads) if heads is not None else None}
+    stability: dict[frozenset, float] = {}  # symmetric: one matching per pair of runs
     for group in {r["group"] for r in results.values()}:
         names = [n for n, r in results.items() if r["group"] == group]
         for name in names:
             others = [o for o in names if o != name and atoms[o].shape == atoms[name].shape]
-            results[name]["stability"] = (float(np.mean([metrics.stability(atoms[name], atoms[o]) for o in others]))
+            for o in others:
+                if frozenset((name, o)) not in stability:
+                    stability[frozenset((name, o))] = metrics.stability(atoms[name], atoms[o])
+            results[name]["stability"] = (float(np.mean([stability[frozenset((name, o))] for o in others]))
                                           if others else None)
             results[name]["max_cosine"] = (float(np.mean([metrics.max_cosine(atoms[name], atoms[o]) for o in others]))
                                            if others else None)

@@ -16,9 +16,10 @@ import scipy.linalg
 import scipy.sparse
 import torch
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
 CHUNK = 8192  # rows per chunk of A, A_hat, Z, and of D in k x k products
+DENSE_MAX = 4096  # matching: dense scipy assignment up to this many atoms, the pruned exact one above
 
 
 def _chunks(x, dtype=torch.float32, size: int = CHUNK) -> Iterator[torch.Tensor]:
@@ -100,14 +101,15 @@ def match_atoms(D1, D2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Returns (rows, cols, cos): min(k1, k2) pairs, rows ascending, atom rows[i] of D1 matched to atom
     cols[i] of D2, with their signed cosine cos[i]. The smaller dictionary is padded with zero atoms,
-    and the square problem solved exactly by `assign`. Raises ValueError if d differs.
+    and the square problem solved exactly: by scipy's `linear_sum_assignment` on the dense |cos| matrix up
+    to DENSE_MAX atoms (under a second at 4,096), by `assign` above. Raises ValueError if d differs.
     """
     A, B = unit_atoms(D1), unit_atoms(D2)
     _shape("D2", B, A.shape[1])
     k1, k2 = len(A), len(B)
     k = max(k1, k2)
     A, B = (torch.cat([X, X.new_zeros(k - len(X), X.shape[1])]) for X in (A, B))
-    cols = assign(A, B)
+    cols = assign(A, B) if k > DENSE_MAX else _assign_dense((A @ B.T).abs_())
     rows = torch.arange(k)
     keep = (rows < k1) & (cols < k2)
     rows, cols = rows[keep], cols[keep]
@@ -119,7 +121,8 @@ def assign(A, B, candidates: int = 32, tol: float = 1e-7) -> torch.Tensor:
     cols (k,) int64, row i to B[cols[i]]. Exact, proven by linear-programming duality, without forming the
     k x k matrix for the solver:
 
-    1. one chunked pass keeps each row's `candidates` largest |<a_i, b_j>| (and tau_i, the next one);
+    1. one chunked pass keeps each row's `candidates` largest |<a_i, b_j>| (and tau_i, the next one), plus
+       enough pairs for a full matching to exist (rows of near-duplicate atoms share their candidates);
     2. scipy's sparse assignment solver (`min_weight_full_bipartite_matching`, LAPJVsp) solves the
        problem restricted to those pairs, giving the match M and its values m_i;
     3. dual potentials p_j (one per column) come from shortest paths (Bellman-Ford) in the graph with an
@@ -131,7 +134,9 @@ def assign(A, B, candidates: int = 32, tol: float = 1e-7) -> torch.Tensor:
        violating pair is added to the candidates and the problem solved again.
 
     Equal to scipy's `linear_sum_assignment` on the dense |A B^T| up to `tol` per pair (float32 products);
-    two 16,384-atom dictionaries take seconds instead of a minute (benchmarks/README.md). Raises
+    two 16,384-atom dictionaries take seconds instead of a minute (benchmarks/README.md). When more
+    left-out pairs violate the bound than were kept (tight clusters of near-duplicate atoms, as in
+    archetypal dictionaries with k > n'), it solves the dense problem with scipy instead. Raises
     ValueError unless A and B are both (k, d).
     """
     if A.shape != B.shape:
@@ -144,13 +149,18 @@ def assign(A, B, candidates: int = 32, tol: float = 1e-7) -> torch.Tensor:
         index.append(top.indices)
     values, index = torch.cat(values), torch.cat(index)
     tau = values[:, n] if n < k else torch.full((k,), -np.inf, dtype=torch.float64)
-    r, c, w = torch.arange(k).repeat_interleave(n), index[:, :n].flatten(), values[:, :n].flatten()
+    r, c = torch.arange(k).repeat_interleave(n), index[:, :n].flatten()
+    # Near-duplicate atoms share their candidates, which may then admit no full matching: pair the rows a
+    # maximum matching of the candidates leaves free with the free columns, in any order.
+    pattern = scipy.sparse.csr_matrix((np.ones(len(r)), (r.numpy(), c.numpy())), shape=(k, k))
+    partial = torch.from_numpy(maximum_bipartite_matching(pattern, perm_type="column")).long()
+    free_rows = torch.nonzero(partial < 0).flatten()
+    free_cols = torch.from_numpy(np.setdiff1d(np.arange(k), partial[partial >= 0].numpy()))
+    w = torch.cat([values[:, :n].flatten(), (A[free_rows] * B[free_cols]).sum(1).abs().double()])
+    r, c = torch.cat([r, free_rows]), torch.cat([c, free_cols])
     while True:
         graph = scipy.sparse.csr_matrix((2.0 - w.numpy(), (r.numpy(), c.numpy())), shape=(k, k))  # costs > 0
-        try:
-            match = torch.from_numpy(min_weight_full_bipartite_matching(graph)[1]).long()
-        except ValueError:  # the candidates admit no full matching: keep more of them
-            return assign(A, B, 2 * candidates, tol)
+        match = torch.from_numpy(min_weight_full_bipartite_matching(graph)[1]).long()
         matched = c == match[r]
         m = torch.zeros(k, dtype=torch.float64).index_put_((r[matched],), w[matched])
         p = _potentials(match[r], c, m[r] - w, k)
@@ -161,9 +171,17 @@ def assign(A, B, candidates: int = 32, tol: float = 1e-7) -> torch.Tensor:
             dots = (A[rows] @ B.T).abs_().double()
             i, j = torch.nonzero(dots > bound[rows, None] - p[None, :] + tol, as_tuple=True)
             extra.append((rows[i], j, dots[i, j]))
-        if sum(len(e[0]) for e in extra) == 0:
+        added = sum(len(e[0]) for e in extra)
+        if added == 0:
             return match
+        if added > len(r):  # tightly clustered atoms (e.g. near-duplicates): the dense solver is faster
+            return _assign_dense(torch.cat([(a @ B.T).abs_() for a in A.split(CHUNK // 2)]))
         r, c, w = (torch.cat([x, *parts]) for x, parts in zip((r, c, w), zip(*extra)))
+
+
+def _assign_dense(cost_kk: torch.Tensor) -> torch.Tensor:
+    """scipy's exact assignment maximising the summed entries of a (k, k) matrix: cols (k,) int64."""
+    return torch.from_numpy(linear_sum_assignment(cost_kk.numpy(), maximize=True)[1]).long()
 
 
 def _potentials(src: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor, k: int) -> torch.Tensor:
