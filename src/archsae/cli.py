@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 import typer
 
 from .config import (METHODS, DemoConfig, DistillConfig, EvaluateConfig, ExtractConfig, ReportConfig, RunConfig,
-                     StabilityConfig, TrainConfig)
+                     StabilityConfig, TrainConfig, sweep_labels)
 from .errors import ArchsaeError
 
 app = typer.Typer(help="Stable, honest concept extraction from vision models with (archetypal) SAEs.",
@@ -173,16 +173,11 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
 
     if name and len(train) > 1:
         raise ArchsaeError(f"--name names one model, but the options describe {len(train)}; drop --name")
-    # Fields that take several values among the models that use them name the folders.
-    swept = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("method", "seed")
-             and len({getattr(c, f.name) for c in train if f.name not in c.unused_fields()}) > 1]
     store = ActivationStore(run / "store")
     jobs = []
-    for cfg in train:
+    for cfg, label in zip(train, sweep_labels(train)):
         candidates = load_centroids(centroids_path(run, cfg.kmeans_seed)) if cfg.archetypal else None
-        tags = [f"{f.replace('_', '')}{getattr(cfg, f)}" for f in swept if f not in cfg.unused_fields()]
-        auto = "-".join([cfg.method, *tags, f"s{cfg.seed}"])
-        jobs.append(Job(cfg, run / "models" / (name or auto), candidates))
+        jobs.append(Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"), candidates))
     train_many(store, jobs, device or None)
     return "\n".join(f"model in {job.out_dir}" for job in jobs)
 
@@ -198,9 +193,9 @@ def evaluate_cmd(run: Path, evaluate: EvaluateConfig) -> str:
                "ood": "OOD", "stable_rank": "s.rank", "effective_rank": "e.rank", "coherence": "coher.",
                "connectivity": "conn.", "negative_interference": "neg.int", "plausibility": "plaus."}
     width = max(len(n) for n in results) + 2
-    lines = ["model".ljust(width) + "".join(f"{title:>9}" for title in columns.values())]
+    lines = ["model".ljust(width) + "".join(f"{title:>10}" for title in columns.values())]
     for n, m in results.items():
-        lines.append(n.ljust(width) + "".join(f"{m[key]:9.4g}" if m[key] is not None else f"{'-':>9}"
+        lines.append(n.ljust(width) + "".join(f"{m[key]:>10.4g}" if m[key] is not None else f"{'-':>10}"
                                               for key in columns))
     return "\n".join(lines + [f"written to {run / 'metrics.json'}"])
 

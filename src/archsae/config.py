@@ -184,6 +184,15 @@ class TrainConfig:
         return dataclasses.replace(self, **{name: fields[name].default for name in self.unused_fields()})
 
 
+def sweep_labels(configs: list[TrainConfig]) -> list[str]:
+    """A name per configuration of a sweep: its method, then each field that takes several values among
+    the configurations that use it (e.g. 'ra-topk-delta0.1'); seeds are left to the caller."""
+    swept = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("method", "seed")
+             and len({getattr(c, f.name) for c in configs if f.name not in c.unused_fields()}) > 1]
+    return ["-".join([c.method] + [f"{f.replace('_', '')}{getattr(c, f)}" for f in swept if f not in c.unused_fields()])
+            for c in configs]
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     """Metrics on held-out tokens."""

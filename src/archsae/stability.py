@@ -34,7 +34,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from . import metrics
-from .config import DistillConfig, StabilityConfig, TrainConfig, to_dict
+from .config import DistillConfig, StabilityConfig, TrainConfig, sweep_labels, to_dict
 from .distill import centroids_path, distill, kmeans
 from .evaluate import reconstruct
 from .files import write_json
@@ -53,11 +53,6 @@ def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: Stabil
     if mode == "perturbed":
         return replace(base, **common, centroids_seed=seed, subset=cfg.perturb_subset, subset_seed=run).canonical()
     return replace(base, **common, centroids_seed=seed).canonical()
-
-
-def _label(base: TrainConfig, swept: list[str]) -> str:
-    tags = [f"{f.replace('_', '')}{getattr(base, f)}" for f in swept if f not in base.unused_fields()]
-    return "-".join([base.method, *tags])
 
 
 def _snapshots(model_dir: Path) -> dict[int, torch.Tensor]:
@@ -86,15 +81,14 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     fewer tokens than k).
     """
     out = Path(run_dir) / "stability"
-    swept = [f.name for f in TrainConfig.__dataclass_fields__.values() if f.name not in ("method", "seed")
-             and len({getattr(b, f.name) for b in bases if f.name not in b.unused_fields()}) > 1]
+    labels = dict(zip(bases, sweep_labels(bases)))
     spaces = [True, False] if cfg.uncentred else [True]
     jobs: dict[TrainConfig, Job] = {}
     groups = []
     for base, mode, centre in itertools.product(bases, cfg.mode, spaces):
         subset = cfg.perturb_subset if mode == "perturbed" else 1.0
         steps = math.ceil(base.epochs * (store.n_split("train") * subset // base.batch_size))
-        label = _label(base, swept)
+        label = labels[base]
         folders = []
         for r in range(cfg.runs):
             tcfg = run_config(base, mode, r, centre, cfg, max(1, steps // cfg.snapshots))
@@ -114,19 +108,12 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     train_many(store, list(jobs.values()), device)
 
     acts = store.standardise(store.sample(cfg.max_tokens, 0, "heldout"))
-    mean_dir = store.mean_d / store.std_d  # the data mean in the uncentred space
-    finals: dict[str, dict] = {}
-    for folder in tqdm(sorted({g for group in groups for g in group["runs"]}), desc="held-out codes", unit="model"):
-        model, tcfg, _ = load_sae(out / folder)
-        shift = torch.zeros(store.d) if tcfg.centre else mean_dir
-        acts_hat, codes = reconstruct(model, acts + shift)
-        finals[folder] = {"r2": metrics.r2(acts, acts_hat - shift), "codes": codes, "batch_size": tcfg.batch_size}
     nulls = _nulls(store, sorted({g["k"] for g in groups}), spaces, cfg, distill_cfg)
-    cache: dict[tuple, dict] = {}
+    cache: dict[tuple, dict] = {}  # a free dictionary's shared and independent groups are the same runs
     for group in tqdm(groups, desc="stability", unit="group"):
         key = tuple(group["runs"])
         if key not in cache:
-            cache[key] = _group_scores(out, group["runs"], group["space"] == "uncentred", mean_dir, finals)
+            cache[key] = _group_scores(out, group["runs"], store, acts)
         group.update(cache[key])
         null = nulls[f"{group['k']}-{group['space']}"]
         group["final_minus_null"] = {n: group["final"] - null[n] for n in ("random", "kmeans")}
@@ -139,22 +126,28 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     return results
 
 
-def _group_scores(out: Path, runs: list[str], uncentred: bool, mean_dir: torch.Tensor, finals: dict) -> dict:
+def _group_scores(out: Path, runs: list[str], store: ActivationStore, acts_nd: torch.Tensor) -> dict:
+    """Stability along training (and with the data mean projected out, for uncentred runs), R² and code
+    correlation on the held-out tokens `acts_nd` (centred standardised space) of one group of runs."""
     trajectories = [_snapshots(out / run) for run in runs]
-    steps = sorted(set.intersection(*(set(t) for t in trajectories)))
+    r2, codes = [], []
+    for run in runs:
+        model, tcfg, _ = load_sae(out / run)
+        shift = torch.zeros(store.d) if tcfg.centre else store.mean_d / store.std_d
+        acts_hat, z = reconstruct(model, acts_nd + shift)
+        r2.append(metrics.r2(acts_nd, acts_hat - shift))
+        codes.append(z)
     rows = []
-    for step in steps:
+    for step in sorted(set.intersection(*(set(t) for t in trajectories))):
         atoms = [t[step] for t in trajectories]
         mean, lo, hi = _mean_pairwise(metrics.stability, atoms)
-        row = {"step": step, "tokens": step * finals[runs[0]]["batch_size"], "stability": mean, "min": lo, "max": hi}
-        if uncentred:
+        row = {"step": step, "tokens": step * tcfg.batch_size, "stability": mean, "min": lo, "max": hi}
+        if not tcfg.centre:  # the data mean, seen from the uncentred space
             row["stability_projected"] = _mean_pairwise(
-                metrics.stability, [metrics.project_out(a, mean_dir) for a in atoms])[0]
+                metrics.stability, [metrics.project_out(a, store.mean_d / store.std_d) for a in atoms])[0]
         rows.append(row)
-    codes = [finals[r]["codes"] for r in runs]
     return {"trajectory": rows, "t0": rows[0]["stability"], "final": rows[-1]["stability"],
-            "final_projected": rows[-1].get("stability_projected"),
-            "r2": float(np.mean([finals[r]["r2"] for r in runs])),
+            "final_projected": rows[-1].get("stability_projected"), "r2": float(np.mean(r2)),
             "code_correlation": _mean_pairwise(metrics.code_correlation, codes)[0]}
 
 
