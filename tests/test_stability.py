@@ -85,3 +85,11 @@ def test_uncentred_runs_report_the_mean_projected_stability_and_nulls(experiment
         assert g["final_minus_null"]["kmeans"] == pytest.approx(g["final"] - results["nulls"][f"24-{g['space']}"]["kmeans"])
     paths = stability_plots(results, run / "stability")
     assert [p.name for p in paths] == ["trajectories.png", "stability_r2.png"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_the_delta_figure_is_drawn_when_several_deltas_were_trained(experiment, tmp_path):
+    _, _, results = experiment
+    groups = [dict(g, params={**g["params"], "delta": delta}) for g in results["groups"]
+              if g["method"] == "ra-topk" for delta in (0.01, 0.1)]
+    paths = stability_plots({**results, "groups": groups}, tmp_path)
+    assert [p.name for p in paths] == ["trajectories.png", "stability_r2.png", "delta.png"]

@@ -46,11 +46,15 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
             if g["final_projected"] is not None:
                 ax.plot(tokens, [r["stability_projected"] for r in g["trajectory"]], ":", color=c,
                         label=_name(g) + ", mean projected out")
+        levels = {}  # label -> level; the random null does not depend on the space
         for key, null in results["nulls"].items():
-            for kind, style in (("random", ":"), ("kmeans", "--")):
-                ax.axhline(null[kind], color="grey", ls=style, lw=1)
-                ax.annotate(f"{kind} null ({key})", (0, null[kind]), xycoords=("axes fraction", "data"),
-                            fontsize=7, color="grey", va="bottom")
+            k, space = key.split("-")
+            levels[f"random null, k = {k}"] = null["random"]
+            levels[f"k-means null, k = {k}, {space}"] = null["kmeans"]
+        for label, level in levels.items():
+            ax.axhline(level, color="grey", ls=":" if label.startswith("random") else "--", lw=1)
+            ax.annotate(label, (1, level), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                        ha="right", va="bottom" if "uncentred" in label else "top")
         ax.set_title(f"{mode} initialisation")
         ax.set_xlabel("tokens seen")
         ax.grid(alpha=0.3)
@@ -60,32 +64,35 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
     _save(fig, out_dir / "trajectories.png")
     paths.append(out_dir / "trajectories.png")
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    for marker, mode in zip("os^", modes):
-        for g in (g for g in groups if g["mode"] == mode):
-            ax.scatter(g["r2"], g["final"], marker=marker, color=colours[_name(g)], s=40)
-            params = ", ".join(f"{k}={v}" for k, v in g["params"].items())
-            ax.annotate(f"{_name(g)} {params} [{mode}]", (g["r2"], g["final"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(10, 5))
+    points: dict[tuple, dict] = {}  # one point per set of runs (a free dictionary's modes share theirs)
+    for g in groups:
+        points.setdefault(tuple(g["runs"]), {**g, "modes": []})["modes"].append(g["mode"])
+    for i, g in enumerate(points.values()):
+        params = ", ".join(f"{k}={v}" for k, v in g["params"].items())
+        ax.scatter(g["r2"], g["final"], marker="os^"[modes.index(g["modes"][0])], s=45, color=f"C{i % 10}",
+                   label=f"{_name(g)}, {params} [{' = '.join(g['modes'])}]")
     ax.set_xlabel("R² (held-out)")
     ax.set_ylabel("stability at the end of training")
     ax.set_title("stability against reconstruction (Fel et al. 2025, Fig. 3)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(fig, out_dir / "stability_r2.png")
     paths.append(out_dir / "stability_r2.png")
 
     relaxed = [g for g in groups if g["method"].startswith("ra-")]
     if len({g["params"]["delta"] for g in relaxed}) > 1:
         fig, (ax_s, ax_r) = plt.subplots(1, 2, figsize=(11, 4.5))
-        for mode in modes:
-            for space in ("centred", "uncentred"):
-                rows = sorted((g["params"]["delta"], g["final"], g["r2"]) for g in relaxed
-                              if g["mode"] == mode and g["space"] == space)
-                if rows:
-                    deltas, stab, r2 = zip(*rows)
-                    label = f"{mode}" + (", uncentred" if space == "uncentred" else "")
-                    ax_s.plot(deltas, stab, "o-", label=label)
-                    ax_r.plot(deltas, r2, "o-", label=label)
+        lines: dict[tuple, list] = {}  # one line per (mode, space, every parameter but delta)
+        for g in relaxed:
+            others = tuple((k, v) for k, v in g["params"].items() if k != "delta")
+            lines.setdefault((g["mode"], g["space"], others), []).append((g["params"]["delta"], g["final"], g["r2"]))
+        for (mode, space, others), rows in lines.items():
+            deltas, stab, r2 = zip(*sorted(rows))
+            label = ", ".join([mode, *(["uncentred"] if space == "uncentred" else []),
+                               *(f"{k}={v}" for k, v in others)])
+            ax_s.plot(deltas, stab, "o-", label=label)
+            ax_r.plot(deltas, r2, "o-", label=label)
         for ax, name in ((ax_s, "stability"), (ax_r, "R² (held-out)")):
             ax.set_xscale("log")
             ax.set_xlabel("δ (bound on ‖Λ_i‖)")
