@@ -43,7 +43,7 @@ def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path) -> torc
         if from_dict(DistillConfig, read_json(meta_path)["config"]) == cfg:  # fields added since default
             return load_centroids(out)
         raise ArchsaeError(f"{out} holds centroids of another configuration; delete it or use another run directory")
-    subset = Subset(cfg.subset, cfg.subset_seed) if cfg.subset < 1 else None
+    subset = Subset.of(cfg.subset, cfg.subset_seed)
     sample = store.standardise(store.sample(cfg.max_points, seed=cfg.seed, split="train", subset=subset))
     centroids = torch.from_numpy(kmeans(sample.numpy(), cfg.n_centroids, cfg.seed, cfg.n_iter))
     write_safetensors(out, {"centroids": centroids})

@@ -39,7 +39,7 @@ from .distill import centroids_path, distill, kmeans
 from .evaluate import reconstruct
 from .files import write_json
 from .sae import load_sae
-from .store import ActivationStore, Subset
+from .store import ActivationStore
 from .train import Job, train_many
 
 

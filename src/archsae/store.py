@@ -144,10 +144,15 @@ class Shard:
 @dataclass(frozen=True)
 class Subset:
     """A seeded fraction of the tokens: each token of shard i is kept with probability `fraction`, by a
-    draw that depends only on (seed, shard, split) — the data perturbation of the stability protocol."""
+    draw that depends only on (seed, shard) — the data perturbation of the stability protocol."""
 
     fraction: float
     seed: int
+
+    @classmethod
+    def of(cls, fraction: float, seed: int) -> "Subset | None":
+        """The subset, or None (every token) when fraction is 1."""
+        return cls(fraction, seed) if fraction < 1 else None
 
     def mask(self, shard: int, n: int) -> np.ndarray:
         """Which of the n tokens of a split of `shard` belong to the subset: bool (n,)."""

@@ -279,7 +279,7 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
         raise ArchsaeError(f"the store has {store.n_shards} shards, fewer than the {n_streams} data streams; "
                            "lower --streams or re-extract with a smaller --shard-tokens")
     micro = cfg.batch_size // n_streams
-    subset = Subset(cfg.subset, cfg.subset_seed) if cfg.subset < 1 else None
+    subset = Subset.of(cfg.subset, cfg.subset_seed)
     steps_per_epoch = min(store.n_split("train", s, n_streams, subset) // micro for s in range(n_streams))
     if steps_per_epoch == 0:
         raise ArchsaeError(f"a data stream of the store has fewer train tokens than one micro-batch ({micro}); "
