@@ -70,7 +70,7 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
         points.setdefault(tuple(g["runs"]), {**g, "modes": []})["modes"].append(g["mode"])
     for i, g in enumerate(points.values()):
         params = ", ".join(f"{k}={v}" for k, v in g["params"].items())
-        ax.scatter(g["r2"], g["final"], marker="os^"[modes.index(g["modes"][0])], s=45, color=f"C{i % 10}",
+        ax.scatter(g["r2"], g["final"], marker="os^"[modes.index(g["modes"][0])], s=45, color=plt.cm.tab20(i % 20),
                    label=f"{_name(g)}, {params} [{' = '.join(g['modes'])}]")
     ax.set_xlabel("R² (held-out)")
     ax.set_ylabel("stability at the end of training")
@@ -81,6 +81,7 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
     paths.append(out_dir / "stability_r2.png")
 
     relaxed = [g for g in groups if g["method"].startswith("ra-")]
+    relative = any(t.get("delta_relative") for t in results.get("train", []))
     if len({g["params"]["delta"] for g in relaxed}) > 1:
         fig, (ax_s, ax_r) = plt.subplots(1, 2, figsize=(11, 4.5))
         lines: dict[tuple, list] = {}  # one line per (mode, space, every parameter but delta)
@@ -95,7 +96,7 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
             ax_r.plot(deltas, r2, "o-", label=label)
         for ax, name in ((ax_s, "stability"), (ax_r, "R² (held-out)")):
             ax.set_xscale("log")
-            ax.set_xlabel("δ (bound on ‖Λ_i‖)")
+            ax.set_xlabel("δ (bound on ‖Λ_i‖" + (", × mean token norm)" if relative else ")"))
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
