@@ -33,7 +33,7 @@ def reconstruct(model: SAE, acts_nd: torch.Tensor, chunk: int = 4096) -> tuple[t
 
 def model_space(store: ActivationStore, cfg: TrainConfig) -> torch.Tensor:
     """The shift (d,) from the centred standardised space to the space `cfg` trained in (0 if centred)."""
-    return torch.zeros(store.d) if cfg.centre else store.mean_d / store.std_d
+    return torch.zeros(store.d) if cfg.centre else store.uncentred_mean_d
 
 
 def find_models(models_dir: str | Path) -> dict[str, Path]:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from . import metrics
 from .config import DistillConfig, StabilityConfig, TrainConfig, sweep_labels, to_dict
 from .distill import centroids_path, distill, kmeans
-from .evaluate import reconstruct
+from .evaluate import model_space, reconstruct
 from .files import write_json
 from .sae import load_sae
 from .store import ActivationStore
@@ -133,7 +133,7 @@ def _group_scores(out: Path, runs: list[str], store: ActivationStore, acts_nd: t
     r2, codes = [], []
     for run in runs:
         model, tcfg, _ = load_sae(out / run)
-        shift = torch.zeros(store.d) if tcfg.centre else store.mean_d / store.std_d
+        shift = model_space(store, tcfg)
         acts_hat, z = reconstruct(model, acts_nd + shift)
         r2.append(metrics.r2(acts_nd, acts_hat - shift))
         codes.append(z)
@@ -144,7 +144,7 @@ def _group_scores(out: Path, runs: list[str], store: ActivationStore, acts_nd: t
         row = {"step": step, "tokens": step * tcfg.batch_size, "stability": mean, "min": lo, "max": hi}
         if not tcfg.centre:  # the data mean, seen from the uncentred space
             row["stability_projected"] = _mean_pairwise(
-                metrics.stability, [metrics.project_out(a, store.mean_d / store.std_d) for a in atoms])[0]
+                metrics.stability, [metrics.project_out(a, store.uncentred_mean_d) for a in atoms])[0]
         rows.append(row)
     return {"trajectory": rows, "t0": rows[0]["stability"], "final": rows[-1]["stability"],
             "final_projected": rows[-1].get("stability_projected"), "r2": float(np.mean(r2)),
@@ -160,7 +160,7 @@ def _nulls(store: ActivationStore, ks: list[int], spaces: list[bool], cfg: Stabi
     for k in tqdm(ks, desc="null levels", unit="k"):
         c0, c1 = (torch.from_numpy(kmeans(sample, k, seed, distill_cfg.n_iter)) for seed in (0, 1))
         for centre in spaces:
-            shift = torch.zeros(store.d) if centre else store.mean_d / store.std_d
+            shift = torch.zeros(store.d) if centre else store.uncentred_mean_d
             null = {"random": metrics.stability_null(k, store.d), "kmeans": metrics.stability(c0 + shift, c1 + shift)}
             if not centre:
                 null["kmeans_projected"] = metrics.stability(metrics.project_out(c0 + shift, shift),

@@ -230,9 +230,14 @@ class ActivationStore:
             acts, image, pos = acts[keep], image[keep], pos[keep]
         return Shard(acts, image, pos)
 
+    @property
+    def uncentred_mean_d(self) -> torch.Tensor:
+        """mean / std (d,): the data mean in the uncentred space A / std (see `standardise`)."""
+        return self.mean_d / self.std_d
+
     def standardise(self, acts_nd: torch.Tensor, centre: bool = True) -> torch.Tensor:
         """(A - mean) / std element-wise with the store's statistics (Fel et al. 2025, Sec. 5); with
-        centre=False, A / std: the uncentred space, whose mean is `self.mean_d / self.std_d`."""
+        centre=False, A / std: the uncentred space, whose mean is `uncentred_mean_d`."""
         return ((acts_nd - self.mean_d) if centre else acts_nd) / self.std_d
 
     def batches(self, batch_size: int, seed: int, epoch: int, split: str = "train", shuffle_shards: int = 4,

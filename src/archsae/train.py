@@ -108,7 +108,7 @@ class _Trainer:
                 return
         candidates = job.candidates_nd
         if candidates is not None and not cfg.centre:  # k-means commutes with the shift to the uncentred space
-            candidates = candidates + store.mean_d / store.std_d
+            candidates = candidates + store.uncentred_mean_d
         self.model = build_sae(cfg, store.d, candidates, delta).to(device).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=True)  # 10x faster on CPU too
         self.since_fired = torch.zeros(cfg.k, dtype=torch.int64, device=device)  # tokens since each code fired
