@@ -1,6 +1,7 @@
 """archsae: stable, honest concept extraction from vision models with (archetypal) sparse autoencoders."""
 
 from . import metrics
+from .classical import CLASSICAL, build_baseline
 from .config import (METHODS, DemoConfig, DistillConfig, EvaluateConfig, ExtractConfig, ReportConfig, RunConfig,
                      StabilityConfig, TrainConfig)
 from .data import build_demo, list_images
@@ -17,9 +18,9 @@ from .store import ActivationStore, Subset, import_matrix
 from .train import Job, train, train_many
 
 __all__ = [
-    "METHODS", "ActivationStore", "ArchetypalDictionary", "ArchsaeError", "BatchTopK", "DemoConfig", "DistillConfig",
+    "CLASSICAL", "METHODS", "ActivationStore", "ArchetypalDictionary", "ArchsaeError", "BatchTopK", "DemoConfig", "DistillConfig",
     "EvaluateConfig", "ExtractConfig", "FreeDictionary", "Job", "JumpReLU", "ReLU", "ReportConfig", "RunConfig", "SAE",
-    "StabilityConfig", "Subset", "TopK", "TrainConfig", "build_demo", "build_sae", "distill", "evaluate", "extract",
+    "StabilityConfig", "Subset", "TopK", "TrainConfig", "build_baseline", "build_demo", "build_sae", "distill", "evaluate", "extract",
     "import_matrix", "kmeans", "list_images", "load_backbone", "load_sae", "metrics", "run", "run_stability",
     "stability_plots", "train", "train_many", "write_report",
 ]

@@ -1,0 +1,185 @@
+"""Classical dictionary learning, the baselines of Fel et al. 2025 (Sec. 3, Table 1), with one interface:
+`fit(A) -> self`, `encode(A) -> Z`, `decode(Z) -> A_hat`, and `dictionary`, the atoms (k, d) as rows.
+
+A (n, d), Z (n, k), A_hat (n, d) and the dictionary are float32 torch tensors (numpy arrays are accepted).
+PCA, ICA, Sparse PCA and SVD are scikit-learn's; KMeans is faiss's k-means with one-hot codes (A_hat is
+the assigned centroid). Semi-NMF (Ding et al. 2010: Z >= 0, D free) and Convex-NMF (D = W X with W >= 0
+over a basis X, a subsample of A or the candidates C) are fitted by alternating minimisation of
+||A - Z D||^2 / 2 + l1 ||Z||_1: Z by projected proximal gradient (FISTA) at fixed D, then D (Semi-NMF: in
+closed form) or W (Convex-NMF: projected gradient); `l1` sets the sparsity, as in the paper.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA, FastICA, MiniBatchSparsePCA, TruncatedSVD
+
+from .distill import kmeans
+from .errors import ArchsaeError
+
+CLASSICAL = ("pca", "ica", "sparse_pca", "svd", "kmeans", "semi_nmf", "convex_nmf")
+
+
+def _tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
+
+
+class Baseline:
+    """The common interface; `dictionary` (k, d) is set by `fit`."""
+
+    k: int
+    dictionary: torch.Tensor
+
+    def _check(self, acts_nd: torch.Tensor) -> torch.Tensor:
+        acts_nd = _tensor(acts_nd)
+        if acts_nd.ndim != 2:
+            raise ArchsaeError(f"activations must be (n, d); got shape {tuple(acts_nd.shape)}")
+        if hasattr(self, "dictionary") and acts_nd.shape[1] != self.dictionary.shape[1]:
+            raise ArchsaeError(f"activations have d = {acts_nd.shape[1]}; this model was fitted on "
+                               f"d = {self.dictionary.shape[1]}")
+        return acts_nd
+
+    def fit(self, acts_nd) -> "Baseline":
+        raise NotImplementedError
+
+    def encode(self, acts_nd) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, codes_nk) -> torch.Tensor:
+        return _tensor(codes_nk) @ self.dictionary
+
+
+class SklearnBaseline(Baseline):
+    """PCA, ICA, Sparse PCA or SVD from scikit-learn. Decoding includes the estimator's mean (PCA, ICA and
+    Sparse PCA centre the data; SVD does not); ICA's atoms are the columns of its mixing matrix."""
+
+    def __init__(self, name: str, k: int, seed: int = 0, alpha: float = 1.0):
+        self.name, self.k = name, k
+        self.estimator = {
+            "pca": lambda: PCA(n_components=k, random_state=seed),
+            "ica": lambda: FastICA(n_components=k, random_state=seed, whiten="unit-variance", max_iter=400),
+            "sparse_pca": lambda: MiniBatchSparsePCA(n_components=k, alpha=alpha, random_state=seed, batch_size=256),
+            "svd": lambda: TruncatedSVD(n_components=k, random_state=seed),
+        }[name]()
+
+    def fit(self, acts_nd) -> "SklearnBaseline":
+        acts_nd = self._check(acts_nd)
+        if self.k > min(acts_nd.shape):
+            raise ArchsaeError(f"{self.name} finds at most min(n, d) = {min(acts_nd.shape)} components; got k = {self.k}")
+        self.estimator.fit(acts_nd.numpy())
+        atoms = self.estimator.mixing_.T if self.name == "ica" else self.estimator.components_
+        self.dictionary = _tensor(atoms)
+        self.mean_d = _tensor(getattr(self.estimator, "mean_", np.zeros(acts_nd.shape[1])))
+        return self
+
+    def encode(self, acts_nd) -> torch.Tensor:
+        return _tensor(self.estimator.transform(self._check(acts_nd).numpy()))
+
+    def decode(self, codes_nk) -> torch.Tensor:
+        return _tensor(codes_nk) @ self.dictionary + self.mean_d
+
+
+class KMeansBaseline(Baseline):
+    """k-means (faiss): the atoms are the k centroids, a token's code is one-hot on its nearest centroid
+    (value 1), so A_hat is that centroid."""
+
+    def __init__(self, k: int, seed: int = 0, n_iter: int = 20):
+        self.k, self.seed, self.n_iter = k, seed, n_iter
+
+    def fit(self, acts_nd) -> "KMeansBaseline":
+        self.dictionary = torch.from_numpy(kmeans(self._check(acts_nd).numpy(), self.k, self.seed, self.n_iter))
+        return self
+
+    def encode(self, acts_nd) -> torch.Tensor:
+        acts_nd = self._check(acts_nd)
+        nearest = torch.cdist(acts_nd, self.dictionary).argmin(1)
+        return torch.nn.functional.one_hot(nearest, self.k).float()
+
+
+def nonneg_lasso(acts_nd: torch.Tensor, atoms_kd: torch.Tensor, l1: float, iters: int = 100,
+                 codes_nk: torch.Tensor | None = None) -> torch.Tensor:
+    """argmin_{Z >= 0} ||A - Z D||^2 / 2 + l1 sum(Z) by FISTA (Beck & Teboulle 2009) with step 1/||D D^T||_2,
+    warm-started from `codes_nk`. A (n, d), D (k, d) -> Z (n, k)."""
+    gram = atoms_kd @ atoms_kd.T
+    step = 1.0 / torch.linalg.matrix_norm(gram, ord=2).clamp_min(1e-12)
+    target = acts_nd @ atoms_kd.T  # A D^T, the constant part of the gradient
+    z = torch.zeros(len(acts_nd), len(atoms_kd)) if codes_nk is None else codes_nk.clone()
+    y, t = z.clone(), 1.0
+    for _ in range(iters):
+        z_next = torch.relu(y - step * (y @ gram - target + l1))
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        y = z_next + ((t - 1) / t_next) * (z_next - z)
+        z, t = z_next, t_next
+    return z
+
+
+class SemiNMF(Baseline):
+    """Semi-NMF (Ding et al. 2010) with an L1 penalty: Z >= 0 sparse, D free. Alternates a FISTA Z-step
+    and the closed-form least-squares D = (Z^T Z + eps I)^{-1} Z^T A; atoms start on k-means centroids,
+    as Ding et al. initialise it."""
+
+    def __init__(self, k: int, l1: float = 0.1, seed: int = 0, n_iter: int = 30):
+        self.k, self.l1, self.seed, self.n_iter = k, l1, seed, n_iter
+
+    def fit(self, acts_nd) -> "SemiNMF":
+        acts_nd = self._check(acts_nd)
+        self.dictionary = torch.from_numpy(kmeans(acts_nd.numpy(), self.k, self.seed))
+        codes = None
+        for _ in range(self.n_iter):
+            codes = nonneg_lasso(acts_nd, self.dictionary, self.l1, 50, codes)
+            gram = codes.T @ codes + 1e-6 * torch.eye(self.k)
+            self.dictionary = torch.linalg.solve(gram, codes.T @ acts_nd)
+        return self
+
+    def encode(self, acts_nd) -> torch.Tensor:
+        return nonneg_lasso(self._check(acts_nd), self.dictionary, self.l1, 200)
+
+
+class ConvexNMF(Baseline):
+    """Convex-NMF (Ding et al. 2010) with an L1 penalty: D = W X, W >= 0 (k, m) over a basis X (m, d) of data
+    points (a subsample of A, or the candidates C), Z >= 0 sparse. Alternates a FISTA Z-step and a
+    projected-gradient W-step; W starts as a seeded selection of basis points."""
+
+    def __init__(self, k: int, l1: float = 0.1, seed: int = 0, n_iter: int = 30, basis_nd=None, n_basis: int = 1024):
+        self.k, self.l1, self.seed, self.n_iter, self.n_basis = k, l1, seed, n_iter, n_basis
+        self.basis_nd = None if basis_nd is None else _tensor(basis_nd)
+
+    def fit(self, acts_nd) -> "ConvexNMF":
+        acts_nd = self._check(acts_nd)
+        g = torch.Generator().manual_seed(self.seed)
+        basis = self.basis_nd if self.basis_nd is not None else \
+            acts_nd[torch.randperm(len(acts_nd), generator=g)[:self.n_basis]]
+        m = len(basis)
+        weights = torch.zeros(self.k, m)
+        weights[torch.arange(self.k), torch.randperm(m, generator=g)[torch.arange(self.k) % m]] = 1.0
+        codes = None
+        for _ in range(self.n_iter):
+            self.dictionary = weights @ basis
+            codes = nonneg_lasso(acts_nd, self.dictionary, self.l1, 50, codes)
+            # W-step: gradient of ||A - Z W X||^2 / 2 in W is Z^T (Z W X - A) X^T; step 1 / (||Z^T Z|| ||X X^T||)
+            zz, xx, zax = codes.T @ codes, basis @ basis.T, codes.T @ acts_nd @ basis.T
+            step = 1.0 / (torch.linalg.matrix_norm(zz, ord=2) * torch.linalg.matrix_norm(xx, ord=2)).clamp_min(1e-12)
+            for _ in range(20):
+                weights = torch.relu(weights - step * (zz @ weights @ xx - zax))
+        self.dictionary = weights @ basis
+        self.weights_km = weights
+        return self
+
+    def encode(self, acts_nd) -> torch.Tensor:
+        return nonneg_lasso(self._check(acts_nd), self.dictionary, self.l1, 200)
+
+
+def build_baseline(name: str, k: int, seed: int = 0, l1: float = 0.1, basis_nd=None) -> Baseline:
+    """A classical method by name (CLASSICAL). `l1` sets the sparsity of Semi-NMF and Convex-NMF and the
+    alpha of Sparse PCA; `basis_nd` is Convex-NMF's X (default: 1,024 tokens of the data it is fitted on).
+    Raises ArchsaeError for an unknown name."""
+    if name in ("pca", "ica", "sparse_pca", "svd"):
+        return SklearnBaseline(name, k, seed, alpha=l1)
+    if name == "kmeans":
+        return KMeansBaseline(k, seed)
+    if name == "semi_nmf":
+        return SemiNMF(k, l1, seed)
+    if name == "convex_nmf":
+        return ConvexNMF(k, l1, seed, basis_nd=basis_nd)
+    raise ArchsaeError(f"classical method must be one of {', '.join(CLASSICAL)}; got {name!r}")
