@@ -33,16 +33,10 @@ def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
         if "help" not in f.metadata:
             continue
         kind, default, help = type(f.default), f.default, f.metadata["help"]
-        if defaults and f.name in defaults:  # this command's own default (a list: several values)
-            params.append(inspect.Parameter(
-                prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=List[kind],
-                default=typer.Option(defaults[f.name], "--" + (prefix + f.name).replace("_", "-"),
-                                     help=help + " [repeat to sweep]", show_default=True)))
-            continue
         if kind is tuple:  # a field holding several values: a repeatable option
             kind, default = List[type(default[0])], list(default)
         elif repeatable and kind is not bool:
-            kind, default, help = List[kind], [default], help + " [repeat to sweep]"
+            kind, default, help = List[kind], (defaults or {}).get(f.name, [default]), help + " [repeat to sweep]"
         params.append(inspect.Parameter(
             prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
             default=typer.Option(default, "--" + (prefix + f.name).replace("_", "-"), help=help, show_default=True)))

@@ -84,6 +84,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     labels = dict(zip(bases, sweep_labels(bases)))
     spaces = [True, False] if cfg.uncentred else [True]
     jobs: dict[TrainConfig, Job] = {}
+    centroids: dict[DistillConfig, torch.Tensor] = {}
     groups = []
     for base, mode, centre in itertools.product(bases, cfg.mode, spaces):
         subset = cfg.perturb_subset if mode == "perturbed" else 1.0
@@ -97,7 +98,10 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
                 candidates = None
                 if tcfg.archetypal:
                     dcfg = replace(distill_cfg, seed=tcfg.kmeans_seed, subset=tcfg.subset, subset_seed=tcfg.subset_seed)
-                    candidates = distill(store, dcfg, centroids_path(run_dir, dcfg.seed, dcfg.subset, dcfg.subset_seed))
+                    if dcfg not in centroids:  # one C per k-means seed and subset, shared by the runs using it
+                        centroids[dcfg] = distill(store, dcfg, centroids_path(run_dir, dcfg.seed, dcfg.subset,
+                                                                               dcfg.subset_seed))
+                    candidates = centroids[dcfg]
                 jobs[tcfg] = Job(tcfg, out / "models" / name, candidates)
             folders.append(jobs[tcfg].out_dir)
         groups.append({"label": label, "method": base.method, "mode": mode,
@@ -159,9 +163,10 @@ def _nulls(store: ActivationStore, ks: list[int], spaces: list[bool], cfg: Stabi
     nulls = {}
     for k in tqdm(ks, desc="null levels", unit="k"):
         c0, c1 = (torch.from_numpy(kmeans(sample, k, seed, distill_cfg.n_iter)) for seed in (0, 1))
+        random = metrics.stability_null(k, store.d)  # the same in every space
         for centre in spaces:
             shift = torch.zeros(store.d) if centre else store.uncentred_mean_d
-            null = {"random": metrics.stability_null(k, store.d), "kmeans": metrics.stability(c0 + shift, c1 + shift)}
+            null = {"random": random, "kmeans": metrics.stability(c0 + shift, c1 + shift)}
             if not centre:
                 null["kmeans_projected"] = metrics.stability(metrics.project_out(c0 + shift, shift),
                                                              metrics.project_out(c1 + shift, shift))
