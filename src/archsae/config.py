@@ -59,19 +59,33 @@ class ExtractConfig:
         _check(self.holdout_every >= 2, f"holdout_every must be >= 2, got {self.holdout_every}")
 
 
+DISTILL_METHODS = {
+    "kmeans": "k-means centroids (the paper's)",
+    "lof": "the n' most outlying tokens by Local Outlier Factor",
+    "isolation_forest": "the n' most outlying tokens by Isolation Forest",
+    "ocsvm": "the n' most outlying tokens by a One-Class SVM (O(n^2) in --max-points)",
+    "hull": "vertices of the convex hull of the PCA projection, peeled layer by layer until n'",
+}
+
+
 @dataclass(frozen=True)
 class DistillConfig:
-    """A -> C: k-means centroids of the standardised activations (Fel et al. 2025, Sec. 4)."""
+    """A -> C: n' candidates chosen from the standardised activations (Fel et al. 2025, Sec. 4 and App. C)."""
 
-    n_centroids: int = opt(1024, "n', the number of centroids C")
-    seed: int = opt(0, "k-means seed")
-    max_points: int = opt(100_000, "train tokens sampled for k-means (bounded memory)")
+    n_centroids: int = opt(1024, "n', the number of candidates C")
+    seed: int = opt(0, "seed of the token sample and of the method (k-means, Isolation Forest)")
+    method: str = opt("kmeans", "how C is chosen: " + "; ".join(f"{m} = {h}" for m, h in DISTILL_METHODS.items()))
+    max_points: int = opt(100_000, "train tokens sampled (bounded memory)")
     n_iter: int = opt(20, "k-means iterations")
+    hull_dims: int = opt(6, "hull: PCA dimensions of the projection (qhull's cost explodes beyond ~8)")
     subset: float = opt(1.0, "fraction of the train tokens k-means samples from (seeded by subset_seed)")
     subset_seed: int = opt(0, "seed of the token subset, when subset < 1")
 
     def __post_init__(self) -> None:
         _check(0 < self.subset <= 1, f"subset must be in (0, 1], got {self.subset}")
+        _check(self.method in DISTILL_METHODS,
+               f"distillation method must be one of {', '.join(DISTILL_METHODS)}; got {self.method!r}")
+        _check(2 <= self.hull_dims <= 12, f"hull_dims must be in 2..12, got {self.hull_dims}")
         _check(self.n_centroids >= 1, f"n' (n_centroids) must be >= 1, got {self.n_centroids}")
         _check(self.max_points >= self.n_centroids,
                f"max_points ({self.max_points}) must be >= n_centroids ({self.n_centroids})")
@@ -79,6 +93,7 @@ class DistillConfig:
 
 
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "relu")
+CLASSICAL = ("pca", "ica", "sparse_pca", "svd", "kmeans", "semi_nmf", "convex_nmf")  # classical.py
 DICTIONARY_PREFIXES = {"": "free", "a-": "archetypal, delta = 0", "ra-": "relaxed archetypal"}
 METHODS = tuple(prefix + s for prefix in DICTIONARY_PREFIXES for s in SPARSITIES)
 
@@ -184,10 +199,37 @@ class TrainConfig:
         return dataclasses.replace(self, **{name: fields[name].default for name in self.unused_fields()})
 
 
-def sweep_labels(configs: list[TrainConfig]) -> list[str]:
-    """A name per configuration of a sweep: its method, then each field that takes several values among
-    the configurations that use it (e.g. 'ra-topk-delta0.1'); seeds are left to the caller."""
-    swept = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("method", "seed")
+@dataclass(frozen=True)
+class ClassicalConfig:
+    """One classical dictionary (classical.py), fitted in memory on a sample of the standardised train tokens."""
+
+    method: str = opt("pca", "one of " + ", ".join(CLASSICAL))
+    k: int = opt(1024, "dictionary size (PCA, ICA, Sparse PCA, SVD: at most d)")
+    l1: float = opt(1.0, "semi_nmf, convex_nmf: L1 coefficient (sets the sparsity); sparse_pca: alpha")
+    n_iter: int = opt(30, "semi_nmf, convex_nmf: alternations of the codes and the dictionary")
+    seed: int = opt(0, "seed of the token sample and of the method")
+    max_tokens: int = opt(10_000, "train tokens fitted on (held in memory)")
+
+    def __post_init__(self) -> None:
+        _check(self.method in CLASSICAL, f"classical method must be one of {', '.join(CLASSICAL)}; got {self.method!r}")
+        _check(self.k >= 1 and self.n_iter >= 1 and self.l1 >= 0, "k and n_iter must be >= 1 and l1 >= 0")
+        _check(self.max_tokens >= self.k, f"max_tokens ({self.max_tokens}) must be >= k ({self.k})")
+
+    def unused_fields(self) -> set[str]:
+        """The fields this method ignores."""
+        return ({"l1"} if self.method not in ("semi_nmf", "convex_nmf", "sparse_pca") else set()) | \
+            ({"n_iter"} if self.method not in ("semi_nmf", "convex_nmf") else set())
+
+    def canonical(self) -> "ClassicalConfig":
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{name: fields[name].default for name in self.unused_fields()})
+
+
+def sweep_labels(configs: list) -> list[str]:
+    """A name per configuration of a sweep (TrainConfig or ClassicalConfig): its method, then each field that
+    takes several values among the configurations that use it (e.g. 'ra-topk-delta0.1'); seeds are left
+    to the caller."""
+    swept = [f.name for f in dataclasses.fields(configs[0]) if f.name not in ("method", "seed")
              and len({getattr(c, f.name) for c in configs if f.name not in c.unused_fields()}) > 1]
     return ["-".join([c.method] + [f"{f.replace('_', '')}{getattr(c, f)}" for f in swept if f not in c.unused_fields()])
             for c in configs]
@@ -233,6 +275,73 @@ class StabilityConfig:
         _check(self.snapshots >= 1, f"snapshots must be >= 1, got {self.snapshots}")
         _check(0 < self.perturb_subset < 1, f"perturb_subset must be in (0, 1), got {self.perturb_subset}")
         _check(self.max_tokens >= 2 and self.null_points >= 1, "max_tokens must be >= 2 and null_points >= 1")
+
+
+@dataclass(frozen=True)
+class DistillationBenchConfig:
+    """`archsae benchmark distillation` (Fel et al. 2025, App. C, Fig. 11): A-SAE on each distillation method's C."""
+
+    method: tuple = opt(tuple(DISTILL_METHODS), "distillation methods compared [repeat for several]")
+    runs: int = opt(2, "runs per method (token sample, method and A-SAE seeds all differ), for stability")
+    n_centroids: int = opt(1024, "n', candidates per method")
+    max_points: int = opt(20_000, "train tokens each method chooses from (One-Class SVM is O(n^2) in it)")
+    max_tokens: int = opt(10_000, "held-out tokens for R² and the OOD score")
+
+    def __post_init__(self) -> None:
+        for m in self.method:
+            _check(m in DISTILL_METHODS, f"method must be one of {', '.join(DISTILL_METHODS)}; got {m!r}")
+        _check(self.runs >= 2, f"stability compares runs: runs must be >= 2, got {self.runs}")
+        _check(self.max_points >= self.n_centroids,
+               f"max_points ({self.max_points}) must be >= n_centroids ({self.n_centroids})")
+        _check(self.max_tokens >= 2, f"max_tokens must be >= 2, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class PlausibilityBenchConfig:
+    """`archsae benchmark plausibility` (Fel et al. 2025, Sec. 5.2, Table 2): atoms against the classifier
+    head's class directions."""
+
+    k: tuple = opt((512, 2048, 8192), "dictionary sizes [repeat for several]")
+    delta: tuple = opt((0.0, 0.01, 0.1, 1.0), "archetypal deltas: 0 = A-SAE, > 0 = RA-SAE [repeat for several]")
+    sparsity: str = opt("topk", "sparsity of every SAE compared (topk, batchtopk, jumprelu, relu)")
+
+    def __post_init__(self) -> None:
+        _check(all(k >= 1 for k in self.k) and len(self.k) >= 1, f"k must be >= 1, got {self.k}")
+        _check(all(d >= 0 for d in self.delta), f"delta must be >= 0, got {self.delta}")
+        _check(self.sparsity in SPARSITIES, f"sparsity must be one of {', '.join(SPARSITIES)}; got {self.sparsity!r}")
+
+
+@dataclass(frozen=True)
+class IdentifiabilityBenchConfig:
+    """`archsae benchmark identifiability` (Fel et al. 2025, Sec. 5.3, App. G, Tables 3 and 4): collages of 4
+    known objects; can one atom per object find it?"""
+
+    theme: tuple = opt(("gems", "animals", "birds", "books", "candy", "cards", "cocktails", "flowers", "planets",
+                        "potions", "fruit", "vehicles"), "collage datasets, one theme of 9-20 objects each "
+                       "(data.collages.THEMES) [repeat for several]")
+    method: tuple = opt(METHODS + CLASSICAL, "SAE and classical methods compared [repeat for several]")
+    n_train: int = opt(250, "collages per theme whose codes choose each object's atom and threshold "
+                            "(the paper: 2,000; ~10 images/s on 2 cores)")
+    n_test: int = opt(250, "collages per theme the accuracy is reported on (the paper: 2,000)")
+    top_k: int = opt(4, "topk/batchtopk: active codes (4 objects per collage); jumprelu: initial L0")
+    epochs: float = opt(60.0, "SAE passes over the train collages")
+    n_centroids: int = opt(64, "a-/ra-: candidates C per theme (k-means of the train collages)")
+    l1: float = opt(0.1, "Semi-NMF, Convex-NMF: L1 coefficient; Sparse PCA: alpha")
+    seed: int = opt(0, "seed of the collages, the SAEs and the classical methods")
+    sprites: str = opt("", "folder of the Fluent 3D emoji sprites; default $ARCHSAE_SPRITES or the one "
+                           "scripts/install.sh fills")
+
+    def __post_init__(self) -> None:
+        from .data.collages import OBJECTS_PER_IMAGE, THEMES
+
+        for t in self.theme:
+            _check(t in THEMES, f"theme must be one of {', '.join(THEMES)}; got {t!r}")
+        for m in self.method:
+            _check(m in METHODS + CLASSICAL, f"method must be one of {', '.join(METHODS + CLASSICAL)}; got {m!r}")
+        _check(self.n_train >= max(self.n_centroids, 2 * OBJECTS_PER_IMAGE) and self.n_test >= 1,
+               f"n_train must be >= n_centroids ({self.n_centroids}) and n_test >= 1; got {self.n_train}, {self.n_test}")
+        _check(1 <= self.top_k <= 9, f"top_k must be in 1..9 (the smallest theme has 9 objects), got {self.top_k}")
+        _check(self.epochs > 0 and self.l1 >= 0, "epochs must be > 0 and l1 >= 0")
 
 
 @dataclass(frozen=True)

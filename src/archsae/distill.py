@@ -1,4 +1,5 @@
-"""A -> C: the candidates of the archetypal dictionary (Fel et al. 2025, Sec. 4: k-means centroids)."""
+"""A -> C: the candidates of the archetypal dictionary: k-means centroids (Fel et al. 2025, Sec. 4), or the
+other distillation methods of its App. C (outlier scores, convex-hull vertices)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import faiss
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from scipy.spatial import ConvexHull, QhullError
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import LocalOutlierFactor
+from sklearn.svm import OneClassSVM
 
 from .config import DistillConfig, from_dict, to_dict
 from .errors import ArchsaeError
@@ -27,16 +33,70 @@ def kmeans(acts_nd: np.ndarray, n_centroids: int, seed: int, n_iter: int = 20) -
     return km.centroids.copy()
 
 
-def centroids_path(run_dir: str | Path, seed: int, subset: float = 1.0, subset_seed: int = 0) -> Path:
-    """Where the run keeps the C of a k-means seed (and of a token subset, when subset < 1)."""
-    name = f"seed{seed}" + (f"-subset{subset}-{subset_seed}" if subset < 1 else "")
+def outlying(acts_nd: np.ndarray, n_points: int, method: str, seed: int) -> np.ndarray:
+    """Indices of the `n_points` most outlying rows of `acts_nd` (n, d) under `method`: 'lof' (Local Outlier
+    Factor, 20 neighbours), 'isolation_forest' or 'ocsvm' (One-Class SVM, RBF kernel, nu = 0.1), all
+    scikit-learn's (Fel et al. 2025, App. C: points far from the bulk lie near the hull of the data)."""
+    if method == "lof":
+        score = -LocalOutlierFactor(n_neighbors=20).fit(acts_nd).negative_outlier_factor_
+    elif method == "isolation_forest":
+        score = -IsolationForest(random_state=seed).fit(acts_nd).score_samples(acts_nd)
+    else:
+        score = -OneClassSVM(nu=0.1, gamma="scale").fit(acts_nd).decision_function(acts_nd)
+    return np.argsort(-score, kind="stable")[:n_points]
+
+
+def hull_vertices(acts_nd: np.ndarray, n_points: int, dims: int, seed: int) -> np.ndarray:
+    """Indices of `n_points` rows of `acts_nd` (n, d) on the outer convex-hull layers of its PCA projection
+    to `dims` dimensions (scipy's qhull): the hull's vertices, then those of the hull of the rest, and so on;
+    the last layer is subsampled (seeded) to reach exactly `n_points`. Raises ArchsaeError if qhull fails."""
+    proj = PCA(dims, random_state=seed).fit_transform(acts_nd)
+    left, chosen = np.arange(len(acts_nd)), []
+    while sum(map(len, chosen)) < n_points:
+        if len(left) <= dims + 1:
+            chosen.append(left)
+            break
+        try:
+            layer = left[ConvexHull(proj[left], qhull_options="Qx").vertices]
+        except QhullError as e:
+            raise ArchsaeError(f"qhull failed on the PCA-{dims} projection ({str(e).splitlines()[0]}); "
+                               "lower --hull-dims") from None
+        need = n_points - sum(map(len, chosen))
+        if len(layer) > need:
+            layer = np.random.default_rng(seed).choice(layer, need, replace=False)
+        chosen.append(layer)
+        left = np.setdiff1d(left, layer)
+    return np.concatenate(chosen)
+
+
+def select_candidates(acts_nd: np.ndarray, cfg: DistillConfig) -> np.ndarray:
+    """C (n', d) float32 from the tokens `acts_nd` (n, d) by `cfg.method`. Raises ArchsaeError if n < n'."""
+    if len(acts_nd) < cfg.n_centroids:
+        raise ArchsaeError(f"{cfg.method} needs at least n' = {cfg.n_centroids} tokens, got {len(acts_nd)}; "
+                           "lower --n-centroids")
+    if cfg.method == "kmeans":
+        return kmeans(acts_nd, cfg.n_centroids, cfg.seed, cfg.n_iter)
+    if cfg.method == "hull":
+        rows = hull_vertices(acts_nd, cfg.n_centroids, cfg.hull_dims, cfg.seed)
+    else:
+        rows = outlying(acts_nd, cfg.n_centroids, cfg.method, cfg.seed)
+    return np.ascontiguousarray(acts_nd[np.sort(rows)], dtype=np.float32)
+
+
+def centroids_path(run_dir: str | Path, seed: int, subset: float = 1.0, subset_seed: int = 0,
+                   method: str = "kmeans") -> Path:
+    """Where the run keeps the C of a seed (and of a token subset, when subset < 1, and of a distillation
+    method other than k-means)."""
+    name = ("" if method == "kmeans" else f"{method}-") + f"seed{seed}" + \
+        (f"-subset{subset}-{subset_seed}" if subset < 1 else "")
     return Path(run_dir) / "centroids" / f"{name}.safetensors"
 
 
 def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path) -> torch.Tensor:
-    """k-means of up to `cfg.max_points` standardised (centred) train tokens into C (n', d); saved to `out`
-    (+ a JSON of its configuration beside it). Reuses an existing result of the same configuration;
-    raises ArchsaeError rather than overwrite one of another, or if n' exceeds the sampled tokens."""
+    """C (n', d) chosen by `cfg.method` (k-means by default) from up to `cfg.max_points` standardised
+    (centred) train tokens; saved to `out` (+ a JSON of its configuration beside it). Reuses an existing
+    result of the same configuration; raises ArchsaeError rather than overwrite one of another, or if n'
+    exceeds the sampled tokens."""
     out = Path(out)
     meta_path = out.with_suffix(".json")
     if out.exists() and meta_path.exists():
@@ -45,7 +105,7 @@ def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path) -> torc
         raise ArchsaeError(f"{out} holds centroids of another configuration; delete it or use another run directory")
     subset = Subset.of(cfg.subset, cfg.subset_seed)
     sample = store.standardise(store.sample(cfg.max_points, seed=cfg.seed, split="train", subset=subset))
-    centroids = torch.from_numpy(kmeans(sample.numpy(), cfg.n_centroids, cfg.seed, cfg.n_iter))
+    centroids = torch.from_numpy(select_candidates(sample.numpy(), cfg))
     write_safetensors(out, {"centroids": centroids})
     write_json(meta_path, {"config": to_dict(cfg), "n_points": len(sample), "store": str(store.root)})
     return centroids
