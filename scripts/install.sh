@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything archsae needs on a fresh Debian machine of this kind (run as root):
-# the demo's Debian package, then a virtual environment in .venv with archsae and its test tools.
+# the demo's Debian package, the collage sprites (npm), then a virtual environment in .venv with archsae and its test tools.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,16 @@ if [ ! -d /usr/share/tuxpaint/stamps ]; then
   # The demo set's photo stamps (GPL-2): used from the installed files, never committed.
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null
+fi
+
+SPRITES="$HOME/.cache/archsae/sprites"
+if [ ! -d "$SPRITES/node_modules/@lobehub/fluent-emoji-3d/assets" ]; then
+  # The identifiability benchmark's object sprites (Fluent 3D emoji, MIT; 25 MB from npm), never committed.
+  if ! command -v npm >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  npm install --silent --no-audit --no-fund --prefix "$SPRITES" @lobehub/fluent-emoji-3d@1.1.0 >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

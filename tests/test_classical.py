@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from archsae import metrics
-from archsae.classical import CLASSICAL, ConvexNMF, build_baseline, nonneg_lasso
+from archsae.classical import CLASSICAL, ConvexNMF, build_baseline, fit_baseline, load_baseline, nonneg_lasso
+from archsae.config import ClassicalConfig
 from archsae.errors import ArchsaeError
 from conftest import planted_data, recovery
 
@@ -79,3 +80,27 @@ def test_bad_names_and_shapes_are_user_errors(planted):
         model.encode(np.zeros((3, 5), np.float32))
     with pytest.raises(ArchsaeError, match="at most"):
         build_baseline("svd", k=64).fit(train)
+
+
+@pytest.mark.parametrize("name", ["pca", "ica", "sparse_pca", "svd"])
+def test_sklearn_methods_keep_their_transform_as_one_linear_map(planted, name):
+    """Z = (A - mean) E^T reproduces scikit-learn's own transform, so E is all a saved model needs."""
+    train, test, _ = planted
+    model = build_baseline(name, k=8, seed=0, l1=0.5).fit(train)
+    expected = torch.as_tensor(model.estimator.transform(test.numpy())).float()
+    assert torch.allclose(model.encode(test), expected, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("name", CLASSICAL)
+def test_a_saved_model_encodes_and_decodes_as_the_fitted_one(planted, name, tmp_path):
+    train, test, _ = planted
+    cfg = ClassicalConfig(method=name, k=8, l1=0.01, n_iter=5, max_tokens=3000)
+    fitted = fit_baseline(train, cfg, tmp_path / name)
+    loaded, saved = load_baseline(tmp_path / name)
+    assert saved == cfg
+    # equal up to float rounding (saved tensors are contiguous copies; FISTA iterates amplify it to ~1e-4)
+    assert torch.allclose(loaded.encode(test), fitted.encode(test), atol=1e-3)
+    assert torch.allclose(loaded.decode(loaded.encode(test)), fitted.decode(fitted.encode(test)), atol=1e-3)
+    assert fit_baseline(train, cfg, tmp_path / name).dictionary.equal(fitted.dictionary)  # reused, not refitted
+    with pytest.raises(ArchsaeError, match="other settings"):
+        fit_baseline(train, ClassicalConfig(method=name, k=4, max_tokens=3000), tmp_path / name)

@@ -19,7 +19,9 @@ def invoke(*args):
 
 
 @pytest.mark.parametrize("cmd", [[], ["extract"], ["store", "import"], ["store", "verify"], ["distill"],
-                                 ["train"], ["evaluate"], ["stability"], ["report"], ["run"]])
+                                 ["train"], ["evaluate"], ["stability"], ["report"], ["run"], ["classical"],
+                                 ["benchmark", "distillation"], ["benchmark", "plausibility"],
+                                 ["benchmark", "identifiability"]])
 def test_every_command_has_help(cmd):
     result = invoke(*cmd, "--help")
     assert result.exit_code == 0 and "Usage" in result.output

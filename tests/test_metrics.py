@@ -172,3 +172,26 @@ def test_a_shared_mean_direction_inflates_cosine_stability_and_projecting_it_out
     assert metrics.stability(D1, D2) > 0.9
     projected = metrics.stability(metrics.project_out(D1, mean), metrics.project_out(D2, mean))
     assert projected == pytest.approx(metrics.stability_null(64, 256), abs=0.05)
+
+
+def test_soft_identifiability_matches_its_definition_by_brute_force():
+    """eq. 18: per class, the (atom, percentile threshold) of best train accuracy, scored on test."""
+    rng = np.random.default_rng(0)
+    y_train, y_test = (rng.random((200, 3)) < 0.3).astype(float), (rng.random((150, 3)) < 0.3).astype(float)
+    z_train = rng.normal(size=(200, 4)) + 2 * np.c_[y_train[:, 0], np.zeros((200, 3))]  # atom 0 ~ class 0
+    z_test = rng.normal(size=(150, 4)) + 2 * np.c_[y_test[:, 0], np.zeros((150, 3))]
+    got = metrics.soft_identifiability(z_train, y_train, z_test, y_test)
+    for j in range(3):
+        thresholds = np.percentile(z_train, np.arange(1, 101), axis=0)  # ties: lowest percentile, then atom
+        best = max(((np.mean((z_train[:, i] > thresholds[p, i]) == y_train[:, j]), i, thresholds[p, i])
+                    for p in range(100) for i in range(4)), key=lambda t: t[0])
+        assert got["train"][j] == pytest.approx(best[0])
+        assert got["test"][j] == pytest.approx(np.mean((z_test[:, best[1]] > best[2]) == y_test[:, j]))
+    assert got["atom"][0] == 0 and got["test"][0] > 0.8  # the planted atom identifies its class
+
+
+def test_soft_identifiability_is_one_for_codes_equal_to_the_labels_and_checks_shapes():
+    y = np.eye(5)[np.arange(40) % 5]
+    assert metrics.soft_identifiability(y, y, y, y)["test"].tolist() == [1.0] * 5
+    with pytest.raises(ValueError, match="expected codes"):
+        metrics.soft_identifiability(y, y[:, :3], y[:10], y)

@@ -11,14 +11,18 @@ closed form) or W (Convex-NMF: projected gradient); `l1` sets the sparsity, as i
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from sklearn.decomposition import PCA, FastICA, MiniBatchSparsePCA, TruncatedSVD
 
+from .config import CLASSICAL, ClassicalConfig, from_dict
 from .distill import kmeans
 from .errors import ArchsaeError
-
-CLASSICAL = ("pca", "ica", "sparse_pca", "svd", "kmeans", "semi_nmf", "convex_nmf")
+from .files import read_json, write_json, write_safetensors
 
 
 def _tensor(x) -> torch.Tensor:
@@ -49,17 +53,32 @@ class Baseline:
     def decode(self, codes_nk) -> torch.Tensor:
         return _tensor(codes_nk) @ self.dictionary
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """What `load_state` needs to encode and decode again (saved by `save_baseline`)."""
+        return {"dictionary": self.dictionary}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> "Baseline":
+        for name, value in state.items():
+            setattr(self, name, value)
+        return self
+
 
 class SklearnBaseline(Baseline):
     """PCA, ICA, Sparse PCA or SVD from scikit-learn. Decoding includes the estimator's mean (PCA, ICA and
-    Sparse PCA centre the data; SVD does not); ICA's atoms are the columns of its mixing matrix."""
+    Sparse PCA centre the data; SVD does not); ICA's atoms are the columns of its mixing matrix.
+
+    Each estimator's transform is linear, Z = (A - mean) E^T, so after `fit` the model is kept as the
+    encoder E (k, d), the mean (d,) and the atoms, which is what is saved: PCA and SVD E = components_;
+    ICA E = components_ (its unmixing matrix, whitening included); Sparse PCA's ridge transform
+    E = (C C^T + ridge_alpha I)^{-1} C with C = components_."""
 
     def __init__(self, name: str, k: int, seed: int = 0, alpha: float = 1.0):
         self.name, self.k = name, k
         self.estimator = {
             "pca": lambda: PCA(n_components=k, random_state=seed),
             "ica": lambda: FastICA(n_components=k, random_state=seed, whiten="unit-variance", max_iter=400),
-            "sparse_pca": lambda: MiniBatchSparsePCA(n_components=k, alpha=alpha, random_state=seed, batch_size=256),
+            "sparse_pca": lambda: MiniBatchSparsePCA(n_components=k, alpha=alpha, random_state=seed, batch_size=256,
+                                                     method="cd"),  # 6x faster than lars here, same result
             "svd": lambda: TruncatedSVD(n_components=k, random_state=seed),
         }[name]()
 
@@ -67,17 +86,24 @@ class SklearnBaseline(Baseline):
         acts_nd = self._check(acts_nd)
         if self.k > min(acts_nd.shape):
             raise ArchsaeError(f"{self.name} finds at most min(n, d) = {min(acts_nd.shape)} components; got k = {self.k}")
-        self.estimator.fit(acts_nd.numpy())
-        atoms = self.estimator.mixing_.T if self.name == "ica" else self.estimator.components_
-        self.dictionary = _tensor(atoms)
-        self.mean_d = _tensor(getattr(self.estimator, "mean_", np.zeros(acts_nd.shape[1])))
+        est = self.estimator.fit(acts_nd.numpy())
+        self.dictionary = _tensor(est.mixing_.T if self.name == "ica" else est.components_)
+        self.mean_d = _tensor(getattr(est, "mean_", np.zeros(acts_nd.shape[1])))
+        components = _tensor(est.components_).double()
+        if self.name == "sparse_pca":
+            gram = components @ components.T + est.ridge_alpha * torch.eye(self.k, dtype=torch.float64)
+            components = torch.linalg.solve(gram, components)
+        self.encoder_kd = components.float()
         return self
 
     def encode(self, acts_nd) -> torch.Tensor:
-        return _tensor(self.estimator.transform(self._check(acts_nd).numpy()))
+        return (self._check(acts_nd) - self.mean_d) @ self.encoder_kd.T
 
     def decode(self, codes_nk) -> torch.Tensor:
         return _tensor(codes_nk) @ self.dictionary + self.mean_d
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"dictionary": self.dictionary, "encoder_kd": self.encoder_kd, "mean_d": self.mean_d}
 
 
 class KMeansBaseline(Baseline):
@@ -166,20 +192,56 @@ class ConvexNMF(Baseline):
         self.weights_km = weights
         return self
 
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"dictionary": self.dictionary, "weights_km": self.weights_km}
+
     def encode(self, acts_nd) -> torch.Tensor:
         return nonneg_lasso(self._check(acts_nd), self.dictionary, self.l1, 200)
 
 
-def build_baseline(name: str, k: int, seed: int = 0, l1: float = 0.1, basis_nd=None) -> Baseline:
+def build_baseline(name: str, k: int, seed: int = 0, l1: float = 0.1, basis_nd=None, n_iter: int = 30) -> Baseline:
     """A classical method by name (CLASSICAL). `l1` sets the sparsity of Semi-NMF and Convex-NMF and the
-    alpha of Sparse PCA; `basis_nd` is Convex-NMF's X (default: 1,024 tokens of the data it is fitted on).
+    alpha of Sparse PCA; `basis_nd` is Convex-NMF's X (default: 1,024 tokens of the data it is fitted on);
+    `n_iter` the alternations of Semi-NMF and Convex-NMF.
     Raises ArchsaeError for an unknown name."""
     if name in ("pca", "ica", "sparse_pca", "svd"):
         return SklearnBaseline(name, k, seed, alpha=l1)
     if name == "kmeans":
         return KMeansBaseline(k, seed)
     if name == "semi_nmf":
-        return SemiNMF(k, l1, seed)
+        return SemiNMF(k, l1, seed, n_iter)
     if name == "convex_nmf":
-        return ConvexNMF(k, l1, seed, basis_nd=basis_nd)
+        return ConvexNMF(k, l1, seed, n_iter, basis_nd=basis_nd)
     raise ArchsaeError(f"classical method must be one of {', '.join(CLASSICAL)}; got {name!r}")
+
+
+def save_baseline(model: Baseline, out_dir: str | Path, cfg: ClassicalConfig, **info) -> None:
+    """Write `model.safetensors` (its `state`) and `config.json` ({"classical": cfg, "d": d, **info})
+    atomically, as `sae.save_sae` does for an SAE."""
+    out_dir = Path(out_dir)
+    write_safetensors(out_dir / "model.safetensors", {k: v.contiguous() for k, v in model.state().items()})
+    write_json(out_dir / "config.json", {"classical": asdict(cfg), "d": int(model.dictionary.shape[1]), **info})
+
+
+def load_baseline(model_dir: str | Path) -> tuple[Baseline, ClassicalConfig]:
+    """A baseline saved by `save_baseline`, ready to encode and decode. Raises ArchsaeError if missing."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "model.safetensors").exists():
+        raise ArchsaeError(f"no fitted model in {model_dir}: run `archsae classical`")
+    cfg = from_dict(ClassicalConfig, read_json(model_dir / "config.json")["classical"])
+    model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, n_iter=cfg.n_iter)
+    return model.load_state(load_file(str(model_dir / "model.safetensors"))), cfg
+
+
+def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Path | None = None, **info) -> Baseline:
+    """Fit `cfg.method` on standardised tokens `acts_nd` (n, d) and save it to `out_dir` when given; a
+    folder already holding a model of the same configuration is loaded instead of refitted."""
+    if out_dir is not None and (Path(out_dir) / "model.safetensors").exists():
+        model, saved = load_baseline(out_dir)
+        if saved == cfg:
+            return model
+        raise ArchsaeError(f"{out_dir} holds a {saved.method} fitted with other settings; choose another --name")
+    model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, n_iter=cfg.n_iter).fit(acts_nd)
+    if out_dir is not None:
+        save_baseline(model, out_dir, cfg, **info)
+    return model

@@ -12,14 +12,17 @@ from typing import Callable, List, Optional
 
 import typer
 
-from .config import (METHODS, DemoConfig, DistillConfig, EvaluateConfig, ExtractConfig, ReportConfig, RunConfig,
-                     StabilityConfig, TrainConfig, sweep_labels)
+from .config import (METHODS, ClassicalConfig, DemoConfig, DistillationBenchConfig, DistillConfig, EvaluateConfig, ExtractConfig,
+                     IdentifiabilityBenchConfig, PlausibilityBenchConfig, ReportConfig, RunConfig, StabilityConfig, TrainConfig, sweep_labels)
 from .errors import ArchsaeError
 
 app = typer.Typer(help="Stable, honest concept extraction from vision models with (archetypal) SAEs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 store_app = typer.Typer(help="Activation store utilities.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+benchmark_app = typer.Typer(help="The paper's benchmarks on RUN/store's model -> RUN/benchmarks/NAME/.",
+                            no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
 
 # Not --run: torchrun's own parser takes any prefix of its --run-path option, even after the script name.
 RUN_OPTION = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
@@ -144,7 +147,7 @@ def distill_cmd(run: Path, distill: DistillConfig) -> str:
     from .distill import centroids_path, distill as do_distill
     from .store import ActivationStore
 
-    out = centroids_path(run, distill.seed)
+    out = centroids_path(run, distill.seed, method=distill.method)
     c = do_distill(ActivationStore(run / "store"), distill, out)
     return f"C {tuple(c.shape)} in {out}"
 
@@ -174,6 +177,25 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
         jobs.append(Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"), candidates))
     train_many(store, jobs, device or None)
     return "\n".join(f"model in {job.out_dir}" for job in jobs)
+
+
+@command(app, "classical", {"classical": ClassicalConfig}, [RUN_OPTION], swept="classical")
+def classical_cmd(run: Path, classical: list[ClassicalConfig]) -> str:
+    """Fit classical dictionaries (PCA, ICA, Sparse PCA, SVD, KMeans, Semi-NMF, Convex-NMF) on a sample of
+    RUN/store's standardised train tokens -> RUN/models/{method}-s{seed}/, beside the SAEs, so `archsae
+    evaluate` scores them with the same metrics. Repeat an option to sweep it (--method pca --method ica
+    --seed 0 --seed 1)."""
+    from .classical import fit_baseline
+    from .store import ActivationStore
+
+    store = ActivationStore(run / "store")
+    lines = []
+    for cfg, label in zip(classical, sweep_labels(classical)):
+        out = run / "models" / f"{label}-s{cfg.seed}"
+        acts = store.standardise(store.sample(cfg.max_tokens, cfg.seed, "train"))
+        fit_baseline(acts, cfg, out, store=str(store.root))
+        lines.append(f"model in {out}")
+    return "\n".join(lines)
 
 
 @command(app, "evaluate", {"evaluate": EvaluateConfig}, [RUN_OPTION])
@@ -221,6 +243,77 @@ def stability_cmd(run: Path, device: str, stability: StabilityConfig, train: lis
     nulls = ", ".join(f"k-space {key}: random {v['random']:.3f}, k-means {v['kmeans']:.3f}"
                       for key, v in results["nulls"].items())
     return "\n".join(lines + [f"nulls: {nulls}", f"written to {run / 'stability'}"])
+
+
+DEVICE = _param("device", str, "", "torch device; default: a GPU if any, else cpu", "--device")
+
+
+def _table(corner: str, rows: dict[str, dict[str, object]]) -> str:
+    """A plain-text table: one line per row label, one column per key of the first row."""
+    columns = list(next(iter(rows.values())))
+    width = max(len(corner), *map(len, rows)) + 2
+    cols = [max(8, len(c)) + 2 for c in columns]
+    cell = lambda v, w: f"{v:>{w}.3f}" if isinstance(v, float) else f"{str(v):>{w}}"  # noqa: E731
+    return "\n".join([corner.ljust(width) + "".join(f"{c:>{w}}" for c, w in zip(columns, cols))] +
+                     [label.ljust(width) + "".join(cell(r[c], w) for c, w in zip(columns, cols))
+                      for label, r in rows.items()])
+
+
+@command(benchmark_app, "distillation", {"bench": DistillationBenchConfig, "train": TrainConfig},
+         [RUN_OPTION, DEVICE])
+def distillation_cmd(run: Path, device: str, bench: DistillationBenchConfig, train: TrainConfig) -> str:
+    """A-SAE (delta = 0) on the candidates of each distillation method (Fel et al. 2025, App. C, Fig. 11):
+    R², stability and OOD score per method -> RUN/benchmarks/distillation/. --train-* options set the A-SAE
+    (its method is a- with --train-method's sparsity)."""
+    from .benchmarks import distillation_benchmark
+    from .report.plots import distillation_plot
+    from .store import ActivationStore
+
+    results = distillation_benchmark(run, ActivationStore(run / "store"), bench, train, device or None)
+    distillation_plot(results, run / "benchmarks" / "distillation" / "fig11.png")
+    rows = {m: {"R2": r["r2"], "stability": r["stability"], "OOD": r["ood"], "C stab.": r["candidates_stability"],
+                "C OOD": r["candidates_ood"]} for m, r in results["methods"].items()}
+    return _table("method", rows) + f"\nwritten to {run / 'benchmarks' / 'distillation'}"
+
+
+@command(benchmark_app, "plausibility", {"bench": PlausibilityBenchConfig, "train": TrainConfig,
+                                         "distill": DistillConfig}, [RUN_OPTION, DEVICE])
+def plausibility_cmd(run: Path, device: str, bench: PlausibilityBenchConfig, train: TrainConfig,
+                     distill: DistillConfig) -> str:
+    """Plausibility of TopK, A-SAE and RA-SAE atoms against the classifier head's class directions at each
+    dictionary size (Fel et al. 2025, Sec. 5.2, Table 2) -> RUN/benchmarks/plausibility/."""
+    from .benchmarks import plausibility_benchmark
+    from .report.plots import plausibility_plot
+    from .store import ActivationStore
+
+    results = plausibility_benchmark(run, ActivationStore(run / "store"), bench, train, distill, device or None)
+    plausibility_plot(results, run / "benchmarks" / "plausibility" / "table2.png")
+    rows = {label: {f"k={k}": v for k, v in r.items()} for label, r in results["rows"].items()}
+    rows.update({label: {f"k={k}": v for k, v in r.items()} if isinstance(r, dict) else
+                 {f"k={k}": r for k in bench.k} for label, r in results["references"].items()})
+    return _table("dictionary", rows) + f"\n{results['directions']}\nwritten to {run / 'benchmarks' / 'plausibility'}"
+
+
+@command(benchmark_app, "identifiability", {"bench": IdentifiabilityBenchConfig}, [
+    RUN_OPTION, DEVICE, _param("model", str, "", "timm model; default: RUN/store's, else the embedded "
+                               "EfficientNet-Lite0", "--model"),
+    _param("quick", bool, False, "smoke test: 2 themes, 40 + 40 collages, 20 epochs", "--quick")])
+def identifiability_cmd(run: Path, device: str, model: str, quick: bool, bench: IdentifiabilityBenchConfig) -> str:
+    """Soft identifiability on collages of 4 known objects (Fel et al. 2025, Sec. 5.3, App. G): per theme and
+    method, the test accuracy of each object's best atom and threshold (eq. 18), Tables 4 and 3
+    -> RUN/benchmarks/identifiability/."""
+    from .benchmarks import identifiability_benchmark
+
+    if quick:
+        bench = dataclasses.replace(bench, theme=bench.theme[:2], n_train=40, n_test=40, epochs=20.0, n_centroids=16)
+    results = identifiability_benchmark(run, bench, model, device or None)
+    rows = {theme: {"chance": t["chance"], **t["accuracy"]} for theme, t in results["themes"].items()}
+    rows["mean (Table 3)"] = {"chance": results["chance"], **results["mean"]}
+    columns = list(rows["mean (Table 3)"])
+    table = "\n".join(_table("theme", {t: {c: r[c] for c in columns[i:i + 8]} for t, r in rows.items()})
+                      for i in range(0, len(columns), 8))
+    return (f"{table}\n{bench.n_train} train / {bench.n_test} test collages per theme (the paper: 2,000 / 2,000)"
+            f"\nwritten to {run / 'benchmarks' / 'identifiability'}")
 
 
 @command(app, "report", {"report": ReportConfig}, [RUN_OPTION])

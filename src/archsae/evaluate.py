@@ -12,28 +12,45 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .config import EvaluateConfig, TrainConfig, to_dict
+from .classical import Baseline, load_baseline
+from .config import ClassicalConfig, EvaluateConfig, TrainConfig, to_dict
 from .errors import ArchsaeError
-from .files import write_json
+from .files import read_json, write_json
 from .sae import SAE, load_sae
 from .store import ActivationStore
 
 
+def atoms_of(model: SAE | Baseline) -> torch.Tensor:
+    """The dictionary (k, d) of an SAE or a classical model."""
+    return model.dictionary if isinstance(model, Baseline) else model.atoms().detach()
+
+
 @torch.no_grad()
-def reconstruct(model: SAE, acts_nd: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def reconstruct(model: SAE | Baseline, acts_nd: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """(A_hat (n, d), Z (n, k)) for activations in the model's own space, in chunks."""
-    atoms = model.atoms()
+    if isinstance(model, Baseline):
+        codes = [model.encode(a) for a in acts_nd.split(chunk)]
+        return torch.cat([model.decode(z) for z in codes]), torch.cat(codes)
+    dictionary = model.atoms()
     hats, codes = [], []
     for a in acts_nd.split(chunk):
         z = model.encode(a)
-        hats.append(model.decode(z, atoms))
+        hats.append(model.decode(z, dictionary))
         codes.append(z)
     return torch.cat(hats), torch.cat(codes)
 
 
-def model_space(store: ActivationStore, cfg: TrainConfig) -> torch.Tensor:
-    """The shift (d,) from the centred standardised space to the space `cfg` trained in (0 if centred)."""
-    return torch.zeros(store.d) if cfg.centre else store.uncentred_mean_d
+def load_model(model_dir: str | Path) -> tuple[SAE | Baseline, TrainConfig | ClassicalConfig]:
+    """A trained SAE (`archsae train`) or a fitted classical model (`archsae classical`) and its config."""
+    if "classical" in read_json(Path(model_dir) / "config.json"):
+        return load_baseline(model_dir)
+    return load_sae(model_dir)[:2]
+
+
+def model_space(store: ActivationStore, cfg: TrainConfig | ClassicalConfig) -> torch.Tensor:
+    """The shift (d,) from the centred standardised space to the space `cfg` trained in (0 if centred;
+    classical models are fitted centred)."""
+    return store.uncentred_mean_d if getattr(cfg, "centre", True) is False else torch.zeros(store.d)
 
 
 def find_models(models_dir: str | Path) -> dict[str, Path]:
@@ -65,7 +82,8 @@ def class_directions(store: ActivationStore) -> tuple[torch.Tensor | None, str]:
 def group_label(cfg: TrainConfig, name: str, labels: dict[str, str]) -> str:
     """The label of the group of runs `cfg` belongs to: configurations equal but for their seeds share one
     (the first model's folder name without its -s{seed})."""
-    key = json.dumps(asdict(replace(cfg.canonical(), seed=0, centroids_seed=-1, subset_seed=0)), sort_keys=True)
+    seeds = dict(seed=0, centroids_seed=-1, subset_seed=0) if isinstance(cfg, TrainConfig) else dict(seed=0)
+    key = type(cfg).__name__ + json.dumps(asdict(replace(cfg.canonical(), **seeds)), sort_keys=True)
     return labels.setdefault(key, re.sub(r"-s\d+$", "", name))
 
 
@@ -96,12 +114,15 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     found = find_models(models_dir)
     results, atoms, labels = {}, {}, {}
     for name, path in tqdm(found.items(), desc="evaluate", unit="model", disable=len(found) < 2):
-        model, tcfg, _ = load_sae(path)
+        model, tcfg = load_model(path)
         shift = model_space(store, tcfg)
         acts_hat, codes = reconstruct(model, acts + shift)
-        atoms[name] = model.atoms().detach()
+        atoms[name] = atoms_of(model)
         results[name] = {"method": tcfg.method, "group": group_label(tcfg, name, labels), "seed": tcfg.seed,
-                         "k": tcfg.k, "centre": tcfg.centre, "r2": metrics.r2(acts, acts_hat - shift),
+                         "k": tcfg.k, "centre": getattr(tcfg, "centre", True),
+                         "sparsity": {f: getattr(tcfg, f) for f in ("top_k", "l1", "l0")
+                                      if hasattr(tcfg, f) and f not in tcfg.unused_fields()},
+                         "r2": metrics.r2(acts, acts_hat - shift),
                          **dictionary_metrics(atoms[name], codes, acts + shift),
                          "plausibility": metrics.plausibility(atoms[name], heads) if heads is not None else None}
     stability: dict[frozenset, float] = {}  # symmetric: one matching per pair of runs

@@ -350,3 +350,29 @@ def code_correlation(Z1, Z2) -> float:
     corr = torch.where(torch.outer(sd1, sd2) > 1e-12, cov / torch.outer(sd1, sd2).clamp_min(1e-12), 0.0).numpy()
     rows, cols = linear_sum_assignment(corr, maximize=True)
     return float(corr[rows, cols].sum() / max(k1, k2))
+
+
+def soft_identifiability(train_codes_nk, train_labels_nc, test_codes_mk, test_labels_mc) -> dict[str, np.ndarray]:
+    """Soft identifiability (Fel et al. 2025, eq. 18): for each class j, the atom i and threshold lambda (the
+    1st to 100th percentiles of z_i on the train codes) that best predict y_j as (z_i > lambda), chosen by
+    train accuracy and reported on the test split.
+
+    Codes (n, k) / (m, k) float, labels (n, c) / (m, c) in {0, 1}. Returns float64/int64 arrays of (c,):
+    `test` (the accuracy per class, in [0, 1]; the benchmark's score is its mean), `train`, `atom`,
+    `threshold`. Ties go to the lowest percentile, then the lowest atom. Memory n * 100 * k floats. Raises
+    ValueError for mismatched shapes.
+    """
+    z, y = np.asarray(train_codes_nk, dtype=np.float64), np.asarray(train_labels_nc, dtype=np.float64)
+    zt, yt = np.asarray(test_codes_mk, dtype=np.float64), np.asarray(test_labels_mc, dtype=np.float64)
+    if z.ndim != 2 or y.shape != (len(z), y.shape[-1]) or zt.shape[1:] != z.shape[1:] or yt.shape != (len(zt), y.shape[1]):
+        raise ValueError(f"expected codes (n, k), labels (n, c) for train and test; got {z.shape}, {y.shape}, "
+                         f"{zt.shape}, {yt.shape}")
+    n, k = z.shape
+    thresholds_pk = np.percentile(z, np.arange(1, 101), axis=0)
+    pred = (z[:, None, :] > thresholds_pk[None]).reshape(n, -1).astype(np.float64)  # (n, 100 k)
+    accuracy = (pred.T @ y + (1 - pred).T @ (1 - y)) / n  # (100 k, c): agreement of each rule with each class
+    best = accuracy.argmax(0)
+    pct, atom = np.divmod(best, k)
+    threshold = thresholds_pk[pct, atom]
+    test = ((zt[:, atom] > threshold) == (yt > 0.5)).mean(0)
+    return {"test": test, "train": accuracy[best, np.arange(y.shape[1])], "atom": atom, "threshold": threshold}

@@ -312,15 +312,23 @@ def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384,
         raise ArchsaeError(f"{path} holds shape {matrix.shape}; expected a 2-D (n, d) activation matrix")
     if not np.issubdtype(matrix.dtype, np.number):
         raise ArchsaeError(f"{path} holds dtype {matrix.dtype}; expected numbers")
-    n, d = matrix.shape
-    header = {"source": str(path.resolve()), "model": "", "layer": "", "token_kind": "imported", "d": int(d),
-              "dtype": dtype, "grid": None, "tokens_per_image": 1, "holdout_every": holdout_every, "images": []}
+    return matrix_store(matrix, root, str(path.resolve()), shard_tokens, dtype, holdout_every)
+
+
+def matrix_store(matrix_nd, root: str | Path, source: str, shard_tokens: int = 16384, dtype: str = "float32",
+                 holdout_every: int = 10, **header) -> ActivationStore:
+    """Make a store from an (n, d) array (numpy, memory-mapped or not), each row its own "image"; `source`
+    and `header` are recorded in store.json. Raises ArchsaeError for NaN/Inf rows."""
+    n, d = matrix_nd.shape
+    header = {"source": source, "model": "", "layer": "", "token_kind": "imported", "d": int(d),
+              "dtype": dtype, "grid": None, "tokens_per_image": 1, "holdout_every": holdout_every, "images": [],
+              **header}
     writer = StoreWriter(root, header, images_per_shard=shard_tokens)
     if writer.complete:
         return ActivationStore(root)
     for start in range(writer.next_image, n, shard_tokens):
-        rows = np.asarray(matrix[start:start + shard_tokens], dtype=np.float32)
-        check_finite(rows, f"{path} rows {start}..{start + len(rows) - 1}")
+        rows = np.asarray(matrix_nd[start:start + shard_tokens], dtype=np.float32)
+        check_finite(rows, f"{source} rows {start}..{start + len(rows) - 1}")
         idx = np.arange(start, start + len(rows))
         writer.add(rows, idx, np.zeros_like(idx), n_images=len(rows))
     return writer.finish()

@@ -66,6 +66,11 @@ class Backbone:
             handle.remove()
         return seen[0]
 
+    @torch.no_grad()
+    def pooled(self, images_b3hw: torch.Tensor) -> torch.Tensor:
+        """The pooled features (B, d) the classifier head reads (timm's forward_head, pre_logits=True)."""
+        return self.model.forward_head(self.model.forward_features(images_b3hw), pre_logits=True)
+
     def head_directions(self) -> torch.Tensor | None:
         """The classifier head's class directions (c, d) in the pooled feature space, if any."""
         head = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None

@@ -41,7 +41,7 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
     O(k + images x n_concepts). Imported stores (no images) give concepts without strips. `centre` is
     the model's training space (TrainConfig.centre).
     """
-    k = model.dictionary.k
+    k = model.k
     usage = torch.zeros(k)
     for i in range(store.n_shards):
         usage += (_codes(model, store, store.read_shard(i).acts_md, centre) > 0).sum(0)

@@ -13,9 +13,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
 
 from ..config import ReportConfig  # noqa: E402
 from ..files import atomic_write, read_json, save_image, write_text  # noqa: E402
-from ..sae import load_sae  # noqa: E402
+from ..evaluate import load_model  # noqa: E402
 from ..store import ActivationStore  # noqa: E402
 from .gallery import concept_gallery  # noqa: E402
+from .plots import tradeoff_plot  # noqa: E402
 
 # (metrics.json key, column title): the paper's Table 1, in its order.
 METRICS = [("r2", "R² ↑"), ("dead_codes", "dead ↓"), ("l0", "L0"), ("stability", "stability ↑"),
@@ -40,8 +41,9 @@ def _training_curves(models_dir: Path, out: Path) -> None:
 
 
 def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Path:
-    """Write `run_dir/report/index.html`: configuration, metrics table (metrics.json), training curves,
-    the stability experiment (stability/, when `archsae stability` ran), and for the first run of each
+    """Write `run_dir/report/index.html`: configuration, metrics table (metrics.json) and stability against
+    R² (Fig. 3), training curves, the stability experiment (stability/, when `archsae stability` ran), the
+    benchmarks that ran (benchmarks/*/results.json), and for the first run of each
     group (see `evaluate`) its most used concepts with top images and heatmaps.
     Raises ArchsaeError if the store, models or metrics.json are missing."""
     run_dir = Path(run_dir)
@@ -57,21 +59,24 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     galleries = []
     for group, names in groups.items():
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
-        model, tcfg, _ = load_sae(run_dir / "models" / name)
-        concepts = concept_gallery(model, store, cfg.n_concepts, cfg.n_images, tcfg.centre)
+        model, tcfg = load_model(run_dir / "models" / name)
+        concepts = concept_gallery(model, store, cfg.n_concepts, cfg.n_images, getattr(tcfg, "centre", True))
         for c in concepts:
             if c.strip is not None:
                 c.file = f"concepts/{name}_{c.index}.png"
                 save_image(out / c.file, c.strip)
         galleries.append({"name": name, "group": group, "concepts": concepts})
     _training_curves(run_dir / "models", out / "training.png")
+    tradeoff = tradeoff_plot(metrics, out / "tradeoff.png")
+    bench = {name: read_json(path) for name in ("distillation", "plausibility", "identifiability")
+             if (path := run_dir / "benchmarks" / name / "results.json").exists()}
     stability = run_dir / "stability" / "results.json"
     env = Environment(loader=PackageLoader("archsae", "report/templates"), autoescape=select_autoescape())
     html = env.get_template("report.html.j2").render(
         run_dir=str(run_dir.resolve()), config=json.dumps(config, indent=2), metrics=metrics, columns=METRICS,
         summary=summary, galleries=galleries, store=store.meta["header"], n_tokens=store.n,
         evaluation=read_json(run_dir / "evaluate.json") if (run_dir / "evaluate.json").exists() else {},
-        stability=read_json(stability) if stability.exists() else None,
+        stability=read_json(stability) if stability.exists() else None, tradeoff=tradeoff, bench=bench,
         stability_plots=[p.name for p in sorted(stability.parent.glob("*.png"))])
     write_text(out / "index.html", html)
     return out / "index.html"

@@ -1,4 +1,4 @@
-"""The figures of `archsae stability` (matplotlib, PNG), drawn from its results.json."""
+"""The figures of `archsae stability` and `archsae benchmark` (matplotlib, PNG), drawn from their results.json."""
 
 from __future__ import annotations
 
@@ -104,3 +104,61 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
         _save(fig, out_dir / "delta.png")
         paths.append(out_dir / "delta.png")
     return paths
+
+
+def distillation_plot(results: dict, path: str | Path) -> Path:
+    """Fel et al. 2025, Fig. 11: R², stability and OOD score of A-SAE per distillation method (bars)."""
+    methods = results["methods"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, (key, title) in zip(axes, [("r2", "R² (held-out)"), ("stability", "stability between runs"),
+                                       ("ood", "OOD score (lower = closer to the data)")]):
+        ax.bar(list(methods), [m[key] for m in methods.values()], color=[f"C{i}" for i in range(len(methods))])
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def plausibility_plot(results: dict, path: str | Path) -> Path:
+    """Fel et al. 2025, Table 2 as a figure: plausibility against dictionary size, one line per dictionary,
+    the references dashed."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, row in results["rows"].items():
+        ax.plot([int(k) for k in row], list(row.values()), "o-", label=label)
+    ks = [int(k) for k in next(iter(results["rows"].values()))]
+    for label, ref in results["references"].items():
+        values = list(ref.values()) if isinstance(ref, dict) else [ref] * len(ks)
+        ax.plot(ks, values, "--", color="grey" if isinstance(ref, dict) else "black", label=label)
+    ax.set(xscale="log", xlabel="dictionary size k", ylabel="plausibility (mean best cosine to a class)")
+    ax.legend(fontsize=8)
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def tradeoff_plot(metrics: dict, path: str | Path) -> Path | None:
+    """Fel et al. 2025, Fig. 3 from `archsae evaluate`'s metrics.json: stability between runs against R²,
+    one point per group of runs (mean over its runs), the groups of one method joined in order of L0 so a
+    method's sparsity levels form a curve. None when no group has two runs."""
+    groups: dict[str, list[dict]] = {}
+    for m in metrics.values():
+        if m.get("stability") is not None:
+            groups.setdefault(m["group"], []).append(m)
+    if not groups:
+        return None
+    points: dict[str, list[tuple[float, float, float]]] = {}
+    for runs in groups.values():
+        mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
+        points.setdefault(runs[0]["method"], []).append((mean("l0"), mean("r2"), mean("stability")))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (method, pts) in enumerate(sorted(points.items())):
+        pts.sort()
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", color=f"C{i % 10}", label=method,
+                marker="os^Dv<>"[i // 10 % 7])
+        ax.annotate(f"L0 {pts[0][0]:.0f}", (pts[0][1], pts[0][2]), fontsize=6, alpha=0.7)
+        if len(pts) > 1:
+            ax.annotate(f"L0 {pts[-1][0]:.0f}", (pts[-1][1], pts[-1][2]), fontsize=6, alpha=0.7)
+    ax.set(xlabel="R² (held-out)", ylabel="stability between runs (eq. 2)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, Path(path))
+    return Path(path)

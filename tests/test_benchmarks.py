@@ -1,0 +1,84 @@
+"""The paper's benchmarks and the classical baselines end to end on the real EfficientNet-Lite0 demo store."""
+
+import json
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from archsae.cli import app
+from archsae.report.plots import tradeoff_plot
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _run_dir(demo_store, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "store").symlink_to(demo_store.root)
+    return tmp_path / "run"
+
+
+def test_classical_models_are_evaluated_beside_saes_and_drawn_in_fig3(demo_store, tmp_path):
+    run = _run_dir(demo_store, tmp_path)
+    invoke("classical", "--run-dir", run, "--method", "pca", "--method", "kmeans", "--k", 16, "--seed", 0, "--seed", 1,
+           "--max-tokens", 800)
+    invoke("evaluate", "--run-dir", run, "--max-tokens", 500)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"pca-s0", "pca-s1", "kmeans-s0", "kmeans-s1"}
+    assert metrics["pca-s0"]["group"] == "pca" and metrics["kmeans-s1"]["group"] == "kmeans"
+    assert metrics["kmeans-s0"]["l0"] == 1 and metrics["pca-s0"]["l0"] == 16
+    assert metrics["pca-s0"]["r2"] > max(0, metrics["kmeans-s0"]["r2"])  # 16 components beat 16 one-hot centroids
+    assert 0 < metrics["kmeans-s0"]["stability"] <= metrics["kmeans-s0"]["max_cosine"] <= 1
+    assert tradeoff_plot(metrics, tmp_path / "fig3.png").exists()
+
+
+def test_plausibility_benchmark_scores_every_dictionary_against_the_real_head(demo_store, tmp_path):
+    run = _run_dir(demo_store, tmp_path)
+    invoke("benchmark", "plausibility", "--run-dir", run, "--k", 16, "--k", 32, "--delta", 0, "--delta", 0.5,
+           "--train-epochs", 1, "--train-batch-size", 256, "--distill-n-centroids", 64, "--distill-max-points", 1000)
+    results = json.loads((run / "benchmarks" / "plausibility" / "results.json").read_text())
+    assert list(results["rows"]) == ["topk", "a-topk", "ra-topk (delta 0.5)"]
+    for row in results["rows"].values():
+        assert set(row) == {"16", "32"} and all(-1 <= v <= 1 for v in row.values())
+    refs = results["references"]
+    # real tokens point more the classes' way than random directions do: the head is mapped into the right space
+    assert refs["candidates C (n' = 64)"] > max(refs["random atoms"].values())
+    assert (run / "benchmarks" / "plausibility" / "table2.png").exists()
+
+
+def test_distillation_benchmark_trains_an_a_sae_per_method(demo_store, tmp_path):
+    run = _run_dir(demo_store, tmp_path)
+    out = invoke("benchmark", "distillation", "--run-dir", run, "--method", "kmeans", "--method", "hull",
+                 "--n-centroids", 32, "--max-points", 800, "--max-tokens", 500, "--train-k", 32, "--train-top-k", 4,
+                 "--train-epochs", 1, "--train-batch-size", 256)
+    results = json.loads((run / "benchmarks" / "distillation" / "results.json").read_text())
+    assert list(results["methods"]) == ["kmeans", "hull"] and "hull" in out
+    for r in results["methods"].values():
+        assert 0 < r["stability"] <= 1 and 0 <= r["ood"] <= 1 and np.isfinite(r["r2"]) and len(r["r2_runs"]) == 2
+    assert results["train"]["method"] == "a-topk"
+    assert sorted(p.name for p in (run / "benchmarks" / "distillation" / "models").iterdir()) == \
+        ["hull-r0", "hull-r1", "kmeans-r0", "kmeans-r1"]
+
+
+def test_identifiability_quick_run_on_real_collages(tmp_path):
+    run = tmp_path / "run"
+    args = ["benchmark", "identifiability", "--run-dir", run, "--quick", "--theme", "gems", "--method", "topk",
+            "--method", "a-topk", "--method", "pca", "--method", "kmeans"]
+    invoke(*args)
+    out = run / "benchmarks" / "identifiability"
+    results = json.loads((out / "results.json").read_text())
+    gems = results["themes"]["gems"]
+    assert gems["n_objects"] == 9 and abs(gems["chance"] - (1 - 4 / 9)) < 1e-6  # 4 distinct objects per collage
+    for method in ("topk", "a-topk", "pca", "kmeans"):
+        assert 0 <= gems["accuracy"][method] <= 1 and len(gems["per_object"][method]) == 9
+    assert results["mean"] == gems["accuracy"]
+    assert Image.open(out / "gems" / "example.png").size == (4 * 224 + 12, 224)
+    features = (out / "gems" / "features.safetensors").stat().st_mtime_ns
+    invoke(*args)  # a rerun reuses the features and the trained SAEs
+    assert (out / "gems" / "features.safetensors").stat().st_mtime_ns == features
