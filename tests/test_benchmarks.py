@@ -82,3 +82,19 @@ def test_identifiability_quick_run_on_real_collages(tmp_path):
     features = (out / "gems" / "features.safetensors").stat().st_mtime_ns
     invoke(*args)  # a rerun reuses the features and the trained SAEs
     assert (out / "gems" / "features.safetensors").stat().st_mtime_ns == features
+    invoke(*args, "--n-train", 48, "--n-centroids", 16)  # other features: the SAEs trained on the old ones are retrained, not reused
+    assert json.loads((out / "results.json").read_text())["config"]["n_train"] == 48
+
+
+def test_convex_nmf_can_mix_the_runs_kmeans_candidates(demo_store, tmp_path):
+    from archsae.classical import load_baseline
+    from archsae.distill import load_centroids
+
+    run = _run_dir(demo_store, tmp_path)
+    invoke("distill", "--run-dir", run, "--n-centroids", 32, "--max-points", 800)
+    invoke("classical", "--run-dir", run, "--method", "convex_nmf", "--basis", "centroids", "--k", 8, "--n-iter", 3,
+           "--max-tokens", 800)
+    model, cfg = load_baseline(run / "models" / "convex_nmf-s0")
+    candidates = load_centroids(run / "centroids" / "seed0.safetensors")
+    assert cfg.basis == "centroids" and model.weights_km.shape == (8, 32) and (model.weights_km >= 0).all()
+    assert np.allclose(model.weights_km @ candidates, model.dictionary, atol=1e-4)

@@ -233,15 +233,17 @@ def load_baseline(model_dir: str | Path) -> tuple[Baseline, ClassicalConfig]:
     return model.load_state(load_file(str(model_dir / "model.safetensors"))), cfg
 
 
-def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Path | None = None, **info) -> Baseline:
-    """Fit `cfg.method` on standardised tokens `acts_nd` (n, d) and save it to `out_dir` when given; a
-    folder already holding a model of the same configuration is loaded instead of refitted."""
+def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Path | None = None, basis_nd=None,
+                 **info) -> Baseline:
+    """Fit `cfg.method` on standardised tokens `acts_nd` (n, d) (Convex-NMF over `basis_nd` when given) and
+    save it to `out_dir` when given; a folder already holding a model of the same configuration is loaded
+    instead of refitted."""
     if out_dir is not None and (Path(out_dir) / "model.safetensors").exists():
         model, saved = load_baseline(out_dir)
         if saved == cfg:
             return model
         raise ArchsaeError(f"{out_dir} holds a {saved.method} fitted with other settings; choose another --name")
-    model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, n_iter=cfg.n_iter).fit(acts_nd)
+    model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, basis_nd, cfg.n_iter).fit(acts_nd)
     if out_dir is not None:
         save_baseline(model, out_dir, cfg, **info)
     return model

@@ -186,6 +186,7 @@ def classical_cmd(run: Path, classical: list[ClassicalConfig]) -> str:
     evaluate` scores them with the same metrics. Repeat an option to sweep it (--method pca --method ica
     --seed 0 --seed 1)."""
     from .classical import fit_baseline
+    from .distill import centroids_path, load_centroids
     from .store import ActivationStore
 
     store = ActivationStore(run / "store")
@@ -193,7 +194,8 @@ def classical_cmd(run: Path, classical: list[ClassicalConfig]) -> str:
     for cfg, label in zip(classical, sweep_labels(classical)):
         out = run / "models" / f"{label}-s{cfg.seed}"
         acts = store.standardise(store.sample(cfg.max_tokens, cfg.seed, "train"))
-        fit_baseline(acts, cfg, out, store=str(store.root))
+        basis = load_centroids(centroids_path(run, cfg.seed)) if cfg.basis == "centroids" else None
+        fit_baseline(acts, cfg, out, basis, store=str(store.root))
         lines.append(f"model in {out}")
     return "\n".join(lines)
 
@@ -304,8 +306,10 @@ def identifiability_cmd(run: Path, device: str, model: str, quick: bool, bench: 
     -> RUN/benchmarks/identifiability/."""
     from .benchmarks import identifiability_benchmark
 
-    if quick:
-        bench = dataclasses.replace(bench, theme=bench.theme[:2], n_train=40, n_test=40, epochs=20.0, n_centroids=16)
+    if quick:  # small settings for the options left at their defaults
+        small = dict(theme=bench.theme[:2], n_train=40, n_test=40, epochs=20.0, n_centroids=16)
+        default = IdentifiabilityBenchConfig()
+        bench = dataclasses.replace(bench, **{k: v for k, v in small.items() if getattr(bench, k) == getattr(default, k)})
     results = identifiability_benchmark(run, bench, model, device or None)
     rows = {theme: {"chance": t["chance"], **t["accuracy"]} for theme, t in results["themes"].items()}
     rows["mean (Table 3)"] = {"chance": results["chance"], **results["mean"]}

@@ -92,6 +92,11 @@ class DistillConfig:
         _check(self.n_iter >= 1, f"n_iter must be >= 1, got {self.n_iter}")
 
 
+def _unused_at_defaults(cfg: T) -> T:
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    return dataclasses.replace(cfg, **{name: fields[name].default for name in cfg.unused_fields()})
+
+
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "relu")
 CLASSICAL = ("pca", "ica", "sparse_pca", "svd", "kmeans", "semi_nmf", "convex_nmf")  # classical.py
 DICTIONARY_PREFIXES = {"": "free", "a-": "archetypal, delta = 0", "ra-": "relaxed archetypal"}
@@ -195,8 +200,7 @@ class TrainConfig:
     def canonical(self) -> "TrainConfig":
         """This configuration with the fields its method ignores at their defaults (so a sweep over l1
         trains one topk model, not one per l1 value)."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{name: fields[name].default for name in self.unused_fields()})
+        return _unused_at_defaults(self)
 
 
 @dataclass(frozen=True)
@@ -209,8 +213,11 @@ class ClassicalConfig:
     n_iter: int = opt(30, "semi_nmf, convex_nmf: alternations of the codes and the dictionary")
     seed: int = opt(0, "seed of the token sample and of the method")
     max_tokens: int = opt(10_000, "train tokens fitted on (held in memory)")
+    basis: str = opt("sample", "convex_nmf: the points X of D = W X: 'sample' (1,024 of the fitted tokens) "
+                               "or 'centroids' (the run's k-means C of --seed, as A-SAE's)")
 
     def __post_init__(self) -> None:
+        _check(self.basis in ("sample", "centroids"), f"basis must be sample or centroids, got {self.basis!r}")
         _check(self.method in CLASSICAL, f"classical method must be one of {', '.join(CLASSICAL)}; got {self.method!r}")
         _check(self.k >= 1 and self.n_iter >= 1 and self.l1 >= 0, "k and n_iter must be >= 1 and l1 >= 0")
         _check(self.max_tokens >= self.k, f"max_tokens ({self.max_tokens}) must be >= k ({self.k})")
@@ -218,11 +225,12 @@ class ClassicalConfig:
     def unused_fields(self) -> set[str]:
         """The fields this method ignores."""
         return ({"l1"} if self.method not in ("semi_nmf", "convex_nmf", "sparse_pca") else set()) | \
-            ({"n_iter"} if self.method not in ("semi_nmf", "convex_nmf") else set())
+            ({"n_iter"} if self.method not in ("semi_nmf", "convex_nmf") else set()) | \
+            ({"basis"} if self.method != "convex_nmf" else set())
 
     def canonical(self) -> "ClassicalConfig":
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{name: fields[name].default for name in self.unused_fields()})
+        """This configuration with the fields its method ignores at their defaults."""
+        return _unused_at_defaults(self)
 
 
 def sweep_labels(configs: list) -> list[str]:

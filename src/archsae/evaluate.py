@@ -50,7 +50,7 @@ def load_model(model_dir: str | Path) -> tuple[SAE | Baseline, TrainConfig | Cla
 def model_space(store: ActivationStore, cfg: TrainConfig | ClassicalConfig) -> torch.Tensor:
     """The shift (d,) from the centred standardised space to the space `cfg` trained in (0 if centred;
     classical models are fitted centred)."""
-    return store.uncentred_mean_d if getattr(cfg, "centre", True) is False else torch.zeros(store.d)
+    return torch.zeros(store.d) if getattr(cfg, "centre", True) else store.uncentred_mean_d
 
 
 def find_models(models_dir: str | Path) -> dict[str, Path]:
@@ -79,7 +79,7 @@ def class_directions(store: ActivationStore) -> tuple[torch.Tensor | None, str]:
     return heads.float() * store.std_d, f"head of {config['model']} ({heads.shape[0]} classes), v * std"
 
 
-def group_label(cfg: TrainConfig, name: str, labels: dict[str, str]) -> str:
+def group_label(cfg: TrainConfig | ClassicalConfig, name: str, labels: dict[str, str]) -> str:
     """The label of the group of runs `cfg` belongs to: configurations equal but for their seeds share one
     (the first model's folder name without its -s{seed})."""
     seeds = dict(seed=0, centroids_seed=-1, subset_seed=0) if isinstance(cfg, TrainConfig) else dict(seed=0)

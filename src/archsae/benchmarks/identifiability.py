@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -61,11 +64,14 @@ def _theme_features(out: Path, theme: str, cfg: IdentifiabilityBenchConfig, back
     key = {"theme": theme, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,
            "model": backbone.name, "objects": THEMES[theme]}
     if path.exists():
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             if f.metadata() == {k: str(v) for k, v in key.items()}:
                 return load_file(str(path))
+    # New features: what was trained on the old ones (this benchmark's own cache) goes.
+    for stale in ("store", "models"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    for stale in ("centroids.safetensors", "centroids.json"):
+        (out / stale).unlink(missing_ok=True)
     sprites = theme_sprites(root, theme)
     split = {}
     for name, n, seed in (("train", cfg.n_train, cfg.seed), ("test", cfg.n_test, cfg.seed + 1)):
@@ -79,9 +85,7 @@ def _theme_features(out: Path, theme: str, cfg: IdentifiabilityBenchConfig, back
     return split
 
 
-def _contact_sheet(images: list) -> "Image.Image":  # noqa: F821
-    from PIL import Image
-
+def _contact_sheet(images: list[Image.Image]) -> Image.Image:
     w, h = images[0].size
     sheet = Image.new("RGB", (w * len(images) + 4 * (len(images) - 1), h), "white")
     for i, im in enumerate(images):
