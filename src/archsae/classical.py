@@ -11,6 +11,7 @@ closed form) or W (Convex-NMF: projected gradient); `l1` sets the sparsity, as i
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from sklearn.decomposition import PCA, FastICA, MiniBatchSparsePCA, TruncatedSVD
+from sklearn.exceptions import ConvergenceWarning
 
 from .config import CLASSICAL, ClassicalConfig, from_dict
 from .distill import kmeans
@@ -86,7 +88,16 @@ class SklearnBaseline(Baseline):
         acts_nd = self._check(acts_nd)
         if self.k > min(acts_nd.shape):
             raise ArchsaeError(f"{self.name} finds at most min(n, d) = {min(acts_nd.shape)} components; got k = {self.k}")
-        est = self.estimator.fit(acts_nd.numpy())
+        with warnings.catch_warnings(record=True) as caught:  # sparse PCA's inner lasso warns once per batch
+            warnings.simplefilter("always", ConvergenceWarning)
+            est = self.estimator.fit(acts_nd.numpy())
+        convergence = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+        for w in caught:
+            if w not in convergence:
+                warnings.warn(w.message, w.category, stacklevel=2)
+        if convergence:  # one line, not one per inner solve
+            warnings.warn(f"{self.name}: scikit-learn reported {len(convergence)} convergence warnings, e.g. "
+                          f"{str(convergence[0].message)[:120]}", ConvergenceWarning, stacklevel=2)
         self.dictionary = _tensor(est.mixing_.T if self.name == "ica" else est.components_)
         self.mean_d = _tensor(getattr(est, "mean_", np.zeros(acts_nd.shape[1])))
         components = _tensor(est.components_).double()

@@ -35,7 +35,7 @@ from ..evaluate import reconstruct
 from ..files import read_json, save_image, write_json, write_safetensors
 from ..models import load_backbone
 from ..sae import load_sae
-from ..store import matrix_store
+from ..store import ActivationStore, matrix_store
 from ..train import Job, train_many
 
 
@@ -93,11 +93,10 @@ def _contact_sheet(images: list[Image.Image]) -> Image.Image:
     return sheet
 
 
-def _sae_codes(out: Path, cfg: IdentifiabilityBenchConfig, methods: list[str], n_objects: int,
-               train_nd: torch.Tensor, test_nd: torch.Tensor, device: str | None) -> dict[str, tuple]:
-    """Train the SAE `methods` (k = n_objects) on the train features; {method: (train codes, test codes)}."""
-    store = matrix_store(train_nd.numpy(), out / "store", "collage train features",
-                         holdout_every=len(train_nd) + 1)  # only row 0 held out: SAEs see the whole train split
+def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfig, methods: list[str],
+               n_objects: int, train_nd: torch.Tensor, test_nd: torch.Tensor, device: str | None) -> dict:
+    """Train the SAE `methods` (k = n_objects) on `store` (the train features); {method: (train codes, test
+    codes)} of the standardised features `train_nd`, `test_nd`."""
     batch = min(64, store.n_split("train"))
     steps = math.ceil(cfg.epochs * (store.n_split("train") // batch))
     base = TrainConfig(k=n_objects, top_k=cfg.top_k, epochs=cfg.epochs, batch_size=batch, seed=cfg.seed,
@@ -112,9 +111,8 @@ def _sae_codes(out: Path, cfg: IdentifiabilityBenchConfig, methods: list[str], n
         tcfg = replace(base, method=method).canonical()
         jobs.append(Job(tcfg, out / "models" / method, candidates if tcfg.archetypal else None))
     train_many(store, jobs, device)
-    acts = store.standardise(train_nd), store.standardise(test_nd)
-    return {method: tuple(reconstruct(load_sae(job.out_dir)[0], a)[1] for a in acts)
-            for method, job in zip(methods, jobs)}, store
+    return {method: tuple(reconstruct(load_sae(job.out_dir)[0], a)[1] for a in (train_nd, test_nd))
+            for method, job in zip(methods, jobs)}
 
 
 def identifiability_benchmark(run_dir: str | Path, cfg: IdentifiabilityBenchConfig, model: str = "",
@@ -138,10 +136,11 @@ def identifiability_benchmark(run_dir: str | Path, cfg: IdentifiabilityBenchConf
         folder = out / theme
         feats = _theme_features(folder, theme, cfg, backbone, root)
         n_objects = feats["train_labels"].shape[1]
-        codes, store = _sae_codes(folder, cfg, sae_methods, n_objects, feats["train"], feats["test"], device) \
-            if sae_methods else ({}, matrix_store(feats["train"].numpy(), folder / "store", "collage train features",
-                                                 holdout_every=len(feats["train"]) + 1))
+        store = matrix_store(feats["train"].numpy(), folder / "store", "collage train features",
+                             holdout_every=len(feats["train"]) + 1)  # only row 0 held out: SAEs see all of train
         train_acts, test_acts = store.standardise(feats["train"]), store.standardise(feats["test"])
+        codes = _sae_codes(folder, store, cfg, sae_methods, n_objects, train_acts, test_acts, device) \
+            if sae_methods else {}
         for method in (m for m in cfg.method if m in CLASSICAL):
             baseline = build_baseline(method, n_objects, cfg.seed, cfg.l1).fit(train_acts)
             codes[method] = baseline.encode(train_acts), baseline.encode(test_acts)
