@@ -82,7 +82,8 @@ def test_identifiability_quick_run_on_real_collages(tmp_path):
     features = (out / "gems" / "features.safetensors").stat().st_mtime_ns
     invoke(*args)  # a rerun reuses the features and the trained SAEs
     assert (out / "gems" / "features.safetensors").stat().st_mtime_ns == features
-    invoke(*args, "--n-train", 48, "--n-centroids", 16)  # other features: the SAEs trained on the old ones are retrained, not reused
+    # other features: the SAEs trained on the old ones are retrained, not reused
+    invoke(*args, "--n-train", 48, "--n-centroids", 16)
     assert json.loads((out / "results.json").read_text())["config"]["n_train"] == 48
 
 

@@ -87,7 +87,8 @@ class SklearnBaseline(Baseline):
     def fit(self, acts_nd) -> "SklearnBaseline":
         acts_nd = self._check(acts_nd)
         if self.k > min(acts_nd.shape):
-            raise ArchsaeError(f"{self.name} finds at most min(n, d) = {min(acts_nd.shape)} components; got k = {self.k}")
+            raise ArchsaeError(f"{self.name} finds at most min(n, d) = {min(acts_nd.shape)} components; "
+                               f"got k = {self.k}")
         with warnings.catch_warnings(record=True) as caught:  # sparse PCA's inner lasso warns once per batch
             warnings.simplefilter("always", ConvergenceWarning)
             est = self.estimator.fit(acts_nd.numpy())

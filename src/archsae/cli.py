@@ -12,8 +12,9 @@ from typing import Callable, List, Optional
 
 import typer
 
-from .config import (METHODS, ClassicalConfig, DemoConfig, DistillationBenchConfig, DistillConfig, EvaluateConfig, ExtractConfig,
-                     IdentifiabilityBenchConfig, PlausibilityBenchConfig, ReportConfig, RunConfig, StabilityConfig, TrainConfig, sweep_labels)
+from .config import (METHODS, ClassicalConfig, DemoConfig, DistillationBenchConfig, DistillConfig, EvaluateConfig,
+                     ExtractConfig, IdentifiabilityBenchConfig, PlausibilityBenchConfig, ReportConfig, RunConfig,
+                     StabilityConfig, TrainConfig, sweep_labels)
 from .errors import ArchsaeError
 
 app = typer.Typer(help="Stable, honest concept extraction from vision models with (archetypal) SAEs.",
@@ -283,7 +284,8 @@ def distillation_cmd(run: Path, device: str, bench: DistillationBenchConfig, tra
 def plausibility_cmd(run: Path, device: str, bench: PlausibilityBenchConfig, train: TrainConfig,
                      distill: DistillConfig) -> str:
     """Plausibility of TopK, A-SAE and RA-SAE atoms against the classifier head's class directions at each
-    dictionary size (Fel et al. 2025, Sec. 5.2, Table 2) -> RUN/benchmarks/plausibility/."""
+    dictionary size (Fel et al. 2025, Sec. 5.2, Table 2) -> RUN/benchmarks/plausibility/. --train-* options
+    set every SAE's training (their methods come from --sparsity and --delta); --distill-* options set C."""
     from .benchmarks import plausibility_benchmark
     from .report.plots import plausibility_plot
     from .store import ActivationStore
@@ -309,7 +311,8 @@ def identifiability_cmd(run: Path, device: str, model: str, quick: bool, bench: 
     if quick:  # small settings for the options left at their defaults
         small = dict(theme=bench.theme[:2], n_train=40, n_test=40, epochs=20.0, n_centroids=16)
         default = IdentifiabilityBenchConfig()
-        bench = dataclasses.replace(bench, **{k: v for k, v in small.items() if getattr(bench, k) == getattr(default, k)})
+        bench = dataclasses.replace(bench, **{k: v for k, v in small.items()
+                                              if getattr(bench, k) == getattr(default, k)})
     results = identifiability_benchmark(run, bench, model, device or None)
     rows = {theme: {"chance": t["chance"], **t["accuracy"]} for theme, t in results["themes"].items()}
     rows["mean (Table 3)"] = {"chance": results["chance"], **results["mean"]}

@@ -347,7 +347,8 @@ class IdentifiabilityBenchConfig:
         for m in self.method:
             _check(m in METHODS + CLASSICAL, f"method must be one of {', '.join(METHODS + CLASSICAL)}; got {m!r}")
         _check(self.n_train >= max(self.n_centroids, 2 * OBJECTS_PER_IMAGE) and self.n_test >= 1,
-               f"n_train must be >= n_centroids ({self.n_centroids}) and n_test >= 1; got {self.n_train}, {self.n_test}")
+               f"n_train must be >= n_centroids ({self.n_centroids}) and n_test >= 1; "
+               f"got {self.n_train}, {self.n_test}")
         _check(1 <= self.top_k <= 9, f"top_k must be in 1..9 (the smallest theme has 9 objects), got {self.top_k}")
         _check(self.epochs > 0 and self.l1 >= 0, "epochs must be > 0 and l1 >= 0")
 

@@ -364,7 +364,8 @@ def soft_identifiability(train_codes_nk, train_labels_nc, test_codes_mk, test_la
     """
     z, y = np.asarray(train_codes_nk, dtype=np.float64), np.asarray(train_labels_nc, dtype=np.float64)
     zt, yt = np.asarray(test_codes_mk, dtype=np.float64), np.asarray(test_labels_mc, dtype=np.float64)
-    if z.ndim != 2 or y.shape != (len(z), y.shape[-1]) or zt.shape[1:] != z.shape[1:] or yt.shape != (len(zt), y.shape[1]):
+    if z.ndim != 2 or y.shape != (len(z), y.shape[-1]) or zt.shape[1:] != z.shape[1:] or \
+            yt.shape != (len(zt), y.shape[1]):
         raise ValueError(f"expected codes (n, k), labels (n, c) for train and test; got {z.shape}, {y.shape}, "
                          f"{zt.shape}, {yt.shape}")
     n, k = z.shape

@@ -6,9 +6,11 @@ k = number of objects on the standardised train features: the SAEs through the u
 store of the train features, k-means C of n_centroids for a-/ra-), the classical methods in memory. Each
 object's atom and threshold are chosen on the train codes and its accuracy reported on the test codes
 (metrics.soft_identifiability, eq. 18). The accuracy of the rule "never present", 1 - 4 / n_objects, is
-reported beside it as the chance level: eq. 18's accuracy counts true negatives. Layout: `RUN/benchmarks/identifiability/{theme}/` holds the
-features (features.safetensors), the store, the SAEs (models/) and an example collage; `results.json`
-the accuracies (per theme: Table 4; mean over themes: Table 3).
+reported beside it as the chance level: eq. 18's accuracy counts true negatives.
+
+Layout: `RUN/benchmarks/identifiability/{theme}/` holds the features (features.safetensors), the store,
+the SAEs (models/) and an example collage; `results.json` the accuracies (per theme: Table 4; mean over
+themes: Table 3).
 """
 
 from __future__ import annotations
