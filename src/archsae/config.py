@@ -217,8 +217,9 @@ class ClassicalConfig:
                                "or 'centroids' (the run's k-means C of --seed, as A-SAE's)")
 
     def __post_init__(self) -> None:
+        _check(self.method in CLASSICAL,
+               f"classical method must be one of {', '.join(CLASSICAL)}; got {self.method!r}")
         _check(self.basis in ("sample", "centroids"), f"basis must be sample or centroids, got {self.basis!r}")
-        _check(self.method in CLASSICAL, f"classical method must be one of {', '.join(CLASSICAL)}; got {self.method!r}")
         _check(self.k >= 1 and self.n_iter >= 1 and self.l1 >= 0, "k and n_iter must be >= 1 and l1 >= 0")
         _check(self.max_tokens >= self.k, f"max_tokens ({self.max_tokens}) must be >= k ({self.k})")
 

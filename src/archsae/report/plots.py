@@ -152,7 +152,7 @@ def tradeoff_plot(metrics: dict, path: str | Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 5))
     for i, (method, pts) in enumerate(sorted(points.items())):
         pts.sort()
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], "o-", color=f"C{i % 10}", label=method,
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], "-", color=f"C{i % 10}", label=method,
                 marker="os^Dv<>"[i // 10 % 7])
         ax.annotate(f"L0 {pts[0][0]:.0f}", (pts[0][1], pts[0][2]), fontsize=6, alpha=0.7)
         if len(pts) > 1:
