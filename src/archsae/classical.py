@@ -249,7 +249,8 @@ def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Pat
                  **info) -> Baseline:
     """Fit `cfg.method` on standardised tokens `acts_nd` (n, d) (Convex-NMF over `basis_nd` when given) and
     save it to `out_dir` when given; a folder already holding a model of the same configuration is loaded
-    instead of refitted."""
+    instead of refitted. Raises ArchsaeError when `out_dir` holds a model of another configuration, or for
+    the errors of `build_baseline` and `fit` (unknown method, k > min(n, d), wrong shape)."""
     if out_dir is not None and (Path(out_dir) / "model.safetensors").exists():
         model, saved = load_baseline(out_dir)
         if saved == cfg:

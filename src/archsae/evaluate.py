@@ -41,8 +41,10 @@ def reconstruct(model: SAE | Baseline, acts_nd: torch.Tensor, chunk: int = 4096)
 
 
 def load_model(model_dir: str | Path) -> tuple[SAE | Baseline, TrainConfig | ClassicalConfig]:
-    """A trained SAE (`archsae train`) or a fitted classical model (`archsae classical`) and its config."""
-    if "classical" in read_json(Path(model_dir) / "config.json"):
+    """A trained SAE (`archsae train`) or a fitted classical model (`archsae classical`) and its config.
+    Raises ArchsaeError when the folder holds no finished model."""
+    config = Path(model_dir) / "config.json"
+    if config.exists() and "classical" in read_json(config):
         return load_baseline(model_dir)
     return load_sae(model_dir)[:2]
 
@@ -120,8 +122,6 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
         atoms[name] = atoms_of(model)
         results[name] = {"method": tcfg.method, "group": group_label(tcfg, name, labels), "seed": tcfg.seed,
                          "k": tcfg.k, "centre": getattr(tcfg, "centre", True),
-                         "sparsity": {f: getattr(tcfg, f) for f in ("top_k", "l1", "l0")
-                                      if hasattr(tcfg, f) and f not in tcfg.unused_fields()},
                          "r2": metrics.r2(acts, acts_hat - shift),
                          **dictionary_metrics(atoms[name], codes, acts + shift),
                          "plausibility": metrics.plausibility(atoms[name], heads) if heads is not None else None}

@@ -18,7 +18,7 @@ import numpy as np
 from .. import metrics
 from ..config import DistillationBenchConfig, DistillConfig, TrainConfig, to_dict
 from ..distill import centroids_path, distill
-from ..evaluate import reconstruct
+from ..evaluate import atoms_of, reconstruct
 from ..files import write_json
 from ..sae import load_sae
 from ..store import ActivationStore
@@ -50,7 +50,7 @@ def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Dis
         for run in range(cfg.runs):
             model, _, _ = load_sae(jobs[method, run].out_dir)
             acts_hat, _ = reconstruct(model, acts)
-            atoms.append(model.atoms().detach())
+            atoms.append(atoms_of(model))
             r2.append(metrics.r2(acts, acts_hat))
             ood.append(metrics.ood_score(atoms[-1], acts))
         pairs = list(itertools.combinations(range(cfg.runs), 2))

@@ -19,7 +19,7 @@ from .. import metrics
 from ..config import DistillConfig, PlausibilityBenchConfig, TrainConfig, to_dict
 from ..distill import centroids_path, distill
 from ..errors import ArchsaeError
-from ..evaluate import class_directions
+from ..evaluate import atoms_of, class_directions
 from ..files import write_json
 from ..sae import load_sae
 from ..store import ActivationStore
@@ -54,10 +54,10 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
         jobs[delta, k] = Job(tcfg, out / "models" / name, candidates if delta is not None else None)
     train_many(store, list(jobs.values()), device)
 
-    rows = {method_label(cfg.sparsity, delta): {str(k): metrics.plausibility(load_sae(jobs[delta, k].out_dir)[0]
-                                                                             .atoms().detach(), heads)
-                                                for k in cfg.k}
-            for delta in dictionaries}
+    def score(delta: float | None, k: int) -> float:
+        return metrics.plausibility(atoms_of(load_sae(jobs[delta, k].out_dir)[0]), heads)
+
+    rows = {method_label(cfg.sparsity, delta): {str(k): score(delta, k) for k in cfg.k} for delta in dictionaries}
     g = torch.Generator().manual_seed(0)
     references = {"random atoms": {str(k): metrics.plausibility(torch.randn(k, store.d, generator=g), heads)
                                    for k in cfg.k},
