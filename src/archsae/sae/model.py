@@ -65,17 +65,23 @@ class SAE(nn.Module):
     decoding gathers the top_k atoms of each token (n top_k d instead of n k d).
     """
 
-    def __init__(self, d: int, dictionary: nn.Module, activation: nn.Module, generator: torch.Generator):
+    def __init__(self, d: int, dictionary: nn.Module, activation: nn.Module):
         super().__init__()
         k = dictionary.k
         self.dictionary = dictionary
         self.activation = activation
         self.encoder = nn.Linear(d, k)
-        bound = 1.0 / d**0.5
-        with torch.no_grad():
-            self.encoder.weight.uniform_(-bound, bound, generator=generator)
-            self.encoder.bias.zero_()
         self.b_pre = nn.Parameter(torch.zeros(d))
+        self.tie_encoder_()
+
+    @torch.no_grad()
+    def tie_encoder_(self) -> None:
+        """Encoder rows = the unit-normalised atoms, biases 0 (Gao et al. 2025, Sec. 2.5): every code starts
+        as the projection on its own atom, so it fires where its atom helps and none starts dead. (A random
+        encoder left 23 % of TopK's codes dead on planted data: benchmarks/README.md.)"""
+        atoms_kd = self.atoms().detach()
+        self.encoder.weight.copy_(atoms_kd / atoms_kd.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        self.encoder.bias.zero_()
 
     @property
     def k(self) -> int:
@@ -166,8 +172,7 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
     it was resolved from `cfg.delta_relative` (default: cfg.effective_delta). Seeds come from `cfg.seed`.
     Raises ArchsaeError for missing or mis-shaped candidates.
     """
-    enc_gen = torch.Generator().manual_seed(cfg.seed)
-    dict_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    dict_gen = torch.Generator().manual_seed(cfg.seed)
     if not cfg.archetypal:
         dictionary = FreeDictionary(cfg.k, d, dict_gen)
     else:
@@ -177,7 +182,7 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
             raise ArchsaeError(f"candidates C have shape {tuple(candidates_nd.shape)}; expected (n', {d})")
         delta = cfg.effective_delta if delta is None else delta
         dictionary = ArchetypalDictionary(candidates_nd, cfg.k, delta, cfg.w_init, dict_gen, cfg.w_support)
-    return SAE(d, dictionary, build_activation(cfg, cfg.k), enc_gen)
+    return SAE(d, dictionary, build_activation(cfg, cfg.k))
 
 
 def sae_config(cfg: TrainConfig, d: int, **info) -> dict:
