@@ -1,8 +1,9 @@
 """Sparsity mechanisms: pre-activations (n, k) -> codes Z (n, k), and each one's sparsity penalty.
 
 Every activation has `forward(pre_nk) -> codes_nk` (float32, dense) and
-`penalty(pre_nk, codes_nk, atom_norms_k) -> scalar` added to the reconstruction loss (0 for the
-mechanisms that fix L0 by construction). `TopK` also has a fixed `top_k`, which lets the SAE take its
+`penalty(pre_nk, codes_nk, atom_norms_k, x_rms) -> scalar` added to the reconstruction loss in its units
+(fractions of the batch's variance, see `SAE.losses`; `x_rms` is the batch's root mean squared distance to
+its mean); 0 for the mechanisms that fix L0 by construction. `TopK` also has a fixed `top_k`, which lets the SAE take its
 sparse fast path (only the chosen codes carry gradients, decoding gathers top_k atoms per token).
 """
 
@@ -15,10 +16,10 @@ from torch import nn
 
 
 class ReLU(nn.Module):
-    """The "vanilla" SAE: Z = relu(pre), penalty l1 * mean_n sum_i z_ni ||D_i|| (Bricken et al. 2023).
+    """The "vanilla" SAE: Z = relu(pre), penalty l1 * mean_n sum_i z_ni ||D_i|| / x_rms (Bricken et al. 2023).
 
     Weighting by the atom norm stops the L1 term from being dodged by growing atoms (archetypal atoms
-    are not unit-norm)."""
+    are not unit-norm); dividing by the batch's RMS norm makes l1 unitless, like the FVU it is added to."""
 
     def __init__(self, l1: float):
         super().__init__()
@@ -27,8 +28,8 @@ class ReLU(nn.Module):
     def forward(self, pre_nk: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre_nk)
 
-    def penalty(self, pre_nk, codes_nk, atom_norms_k) -> torch.Tensor:
-        return self.l1 * (codes_nk * atom_norms_k).sum(1).mean()
+    def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
+        return self.l1 * (codes_nk * atom_norms_k).sum(1).mean() / x_rms
 
 
 class TopK(nn.Module):
@@ -42,7 +43,7 @@ class TopK(nn.Module):
         values, indices = pre_nk.topk(self.top_k, dim=-1)
         return torch.zeros_like(pre_nk).scatter(-1, indices, torch.relu(values))
 
-    def penalty(self, pre_nk, codes_nk, atom_norms_k) -> torch.Tensor:
+    def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
         return pre_nk.new_zeros(())
 
 
@@ -71,7 +72,7 @@ class BatchTopK(nn.Module):
         flat = torch.relu(pre_nk).flatten()
         self.threshold.fill_(flat.topk(min(len(flat), self.top_k * len(pre_nk))).values[-1].item())
 
-    def penalty(self, pre_nk, codes_nk, atom_norms_k) -> torch.Tensor:
+    def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
         return pre_nk.new_zeros(())
 
 
@@ -125,5 +126,5 @@ class JumpReLU(nn.Module):
         # pre * gate: the gradient to pre is the gate; the gradient to theta comes from the estimator.
         return pre_nk * self._gate(pre_nk)
 
-    def penalty(self, pre_nk, codes_nk, atom_norms_k) -> torch.Tensor:
+    def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
         return self.l0 * self._gate(pre_nk).sum(1).mean()

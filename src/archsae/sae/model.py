@@ -45,7 +45,7 @@ class _ChosenPre(torch.autograd.Function):
 class StepOutput:
     """One training forward pass: `loss` (scalar, with grad) and detached statistics."""
 
-    loss: torch.Tensor  # mse + sparsity penalty + aux_coeff * AuxK loss
+    loss: torch.Tensor  # FVU + sparsity penalty + aux_coeff * AuxK FVU (see SAE.losses)
     sse: torch.Tensor  # sum of squared errors over the batch
     sst: torch.Tensor  # sum of squares of the batch around its own mean (R^2 = 1 - sse / sst)
     l0: torch.Tensor  # number of nonzero codes in the batch
@@ -113,12 +113,20 @@ class SAE(nn.Module):
 
     def losses(self, x_nd: torch.Tensor, dead_k: torch.Tensor | None = None, aux_k: int = 0,
                aux_coeff: float = 1 / 32) -> StepOutput:
-        """The training objective on a batch x (n, d): mean squared error per element + the activation's
-        sparsity penalty + `aux_coeff` * AuxK (Gao et al. 2025, App. A.2): the residual x - x_hat
-        reconstructed by the `aux_k` largest pre-activations among the dead codes `dead_k` (bool (k,)).
+        """The training objective on a batch x (n, d), in fractions of the batch's variance, as in Gao et al.
+        2025 (Sec. 2.1, App. A.2, and their code):
+
+            loss = FVU(x_hat, x) + penalty + aux_coeff * FVU(e_hat, e)
+
+        FVU(y, x) = ||x - y||^2 / ||x - mean(x)||^2 over the batch (1 - R^2); `penalty` is the activation's
+        sparsity penalty in the same units. AuxK reconstructs the residual e = x - x_hat (detached) from the
+        `aux_k` largest pre-activations among the dead codes `dead_k` (bool (k,)); normalising it by the
+        residual's own variance keeps its pull on dead codes as strong late in training, when the residual
+        is small, as early on (a raw squared error fades with the residual: benchmarks/README.md).
         """
         atoms_kd = self.atoms()  # D built once per step
         xc_nd = x_nd - self.b_pre
+        sst = (x_nd - x_nd.mean(0)).pow(2).sum().clamp_min(1e-12)  # holds no parameter: a constant
         sparse = isinstance(self.activation, TopK)
         if sparse:
             with torch.no_grad():
@@ -134,23 +142,22 @@ class SAE(nn.Module):
             pre_nk = self.encoder(xc_nd)
             codes_nk = self.activation(pre_nk)
             x_hat = codes_nk @ atoms_kd + self.b_pre
-            penalty = self.activation.penalty(pre_nk, codes_nk, atoms_kd.norm(dim=1))
+            penalty = self.activation.penalty(pre_nk, codes_nk, atoms_kd.norm(dim=1), (sst / len(x_nd)).sqrt())
             active = codes_nk > 0
             fired_k = active.any(0)
-        err = x_hat - x_nd
-        mse = err.pow(2).mean()
-        loss = mse + penalty
-        if aux_k > 0 and dead_k is not None and dead_k.any():
+        sse = (x_hat - x_nd).pow(2).sum()
+        loss = sse / sst + penalty
+        n_dead = int(dead_k.sum()) if aux_k > 0 and dead_k is not None else 0
+        if n_dead:
             with torch.no_grad():
-                m = min(aux_k, int(dead_k.sum()))
-                idx_nm = pre_nk.detach().masked_fill(~dead_k, -torch.inf).topk(m, dim=1).indices
+                idx_nm = pre_nk.detach().masked_fill(~dead_k, -torch.inf).topk(min(aux_k, n_dead), dim=1).indices
             vals_nm = self._chosen(xc_nd, pre_nk, idx_nm) if sparse else torch.relu(pre_nk.gather(1, idx_nm))
             e_hat = F.embedding_bag(idx_nm, atoms_kd, per_sample_weights=vals_nm.to(atoms_kd.dtype), mode="sum")
             residual = (x_nd - x_hat).detach()
-            loss = loss + aux_coeff * (e_hat - residual).pow(2).mean()
+            aux_sst = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+            loss = loss + aux_coeff * (e_hat - residual).pow(2).sum() / aux_sst
         with torch.no_grad():
-            return StepOutput(loss=loss, sse=err.pow(2).sum(), sst=(x_nd - x_nd.mean(0)).pow(2).sum(),
-                              l0=active.sum(), fired_k=fired_k)
+            return StepOutput(loss=loss, sse=sse.detach(), sst=sst, l0=active.sum(), fired_k=fired_k)
 
 
 def build_activation(cfg: TrainConfig, k: int) -> nn.Module:
