@@ -133,7 +133,7 @@ class TrainConfig:
     epochs: float = opt(4.0, "passes over the training tokens")
     batch_size: int = opt(1024, "tokens per step (over all streams and ranks)")
     lr: float = opt(1e-3, "peak Adam learning rate")
-    warmup_steps: int = opt(50, "linear warmup steps, then cosine decay to 10% of lr")
+    warmup_steps: int = opt(50, "linear warmup steps, then a constant lr")
     checkpoint_every: int = opt(100, "steps between checkpoints")
     shuffle_shards: int = opt(4, "shards mixed in the shuffle buffer of each stream (memory = this x shard size)")
     streams: int = opt(0, "data streams (disjoint shard sets, one micro-batch each per step); 0 = DDP world size")
