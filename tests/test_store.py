@@ -56,6 +56,17 @@ def test_batches_cover_the_train_split_once_per_epoch_and_depend_only_on_seed(tm
     assert torch.equal(epoch, again) and not torch.equal(epoch, other)
 
 
+def test_batches_mix_the_whole_store_even_at_the_end_of_an_epoch(tmp_path):
+    """The order is one permutation of all tokens, even with a buffer of one shard: the last batches
+    come from many shards, not from the last shard read (which a constant learning rate leans towards)."""
+    acts = np.repeat(np.arange(400, dtype=np.float32)[:, None], 2, axis=1)
+    store = import_matrix(_save(tmp_path, acts), tmp_path / "s", shard_tokens=20, holdout_every=1000)
+    epoch = torch.cat(list(store.batches(10, seed=0, epoch=0, shuffle_shards=1)))
+    assert len(epoch) == 390 and len(set(epoch[:, 0].tolist())) == 390  # 399 train tokens, whole batches
+    last_round_shards = set((epoch[-20:, 0] // 20).long().tolist())  # a round is one shard's worth: 20 tokens
+    assert len(last_round_shards) >= 8, last_round_shards
+
+
 def _save(tmp_path, array, name="acts.npy"):
     np.save(tmp_path / name, array)
     return tmp_path / name

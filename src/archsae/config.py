@@ -135,7 +135,7 @@ class TrainConfig:
     lr: float = opt(1e-3, "peak Adam learning rate")
     warmup_steps: int = opt(50, "linear warmup steps, then a constant lr")
     checkpoint_every: int = opt(100, "steps between checkpoints")
-    shuffle_shards: int = opt(4, "shards mixed in the shuffle buffer of each stream (memory = this x shard size)")
+    shuffle_shards: int = opt(4, "tokens read per round of a stream's global shuffle, in shards (memory = this x shard size)")
     streams: int = opt(0, "data streams (disjoint shard sets, one micro-batch each per step); 0 = DDP world size")
     amp: bool = opt(True, "CUDA only: bf16 autocast (ignored on CPU)")
 

@@ -213,22 +213,41 @@ class ActivationStore:
                 raise ArchsaeError(f"shard {s['file']} of {self.root} is corrupt (checksum mismatch); re-extract")
 
     # ---- reading -----------------------------------------------------------------------------
-    def read_shard(self, i: int, split: str = "all", subset: Subset | None = None) -> Shard:
-        """Shard i as float32 activations with provenance, restricted to a split (and a subset of it)."""
+    def _open(self, i: int):
         path = self.root / self.meta["shards"][i]["file"]
         try:
-            with safe_open(path, framework="pt") as f:
-                acts, image, pos = f.get_tensor("acts").float(), f.get_tensor("image"), f.get_tensor("pos")
+            return safe_open(path, framework="pt")
         except (SafetensorError, OSError) as e:
             raise ArchsaeError(f"shard {path} is unreadable ({e}); re-extract the store") from None
+
+    def _keep(self, i: int, image_m: torch.Tensor, split: str, subset: Subset | None) -> torch.Tensor:
+        """Which rows of shard i, whose tokens come from the images `image_m`, belong to a split and subset: bool (m,)."""
+        keep = torch.ones(len(image_m), dtype=torch.bool)
         if split != "all":
-            held = image % int(self.header["holdout_every"]) == 0
+            held = image_m % int(self.header["holdout_every"]) == 0
             keep = held if split == "heldout" else ~held
-            acts, image, pos = acts[keep], image[keep], pos[keep]
-        if subset:
-            keep = torch.from_numpy(subset.mask(i, len(acts)))
-            acts, image, pos = acts[keep], image[keep], pos[keep]
-        return Shard(acts, image, pos)
+        if subset:  # drawn over the split's tokens of the shard
+            chosen = torch.nonzero(keep).flatten()
+            keep[chosen[~torch.from_numpy(subset.mask(i, len(chosen)))]] = False
+        return keep
+
+    def read_shard(self, i: int, split: str = "all", subset: Subset | None = None) -> Shard:
+        """Shard i as float32 activations with provenance, restricted to a split (and a subset of it)."""
+        with self._open(i) as f:
+            acts, image, pos = f.get_tensor("acts").float(), f.get_tensor("image"), f.get_tensor("pos")
+        keep = self._keep(i, image, split, subset)
+        return Shard(acts[keep], image[keep], pos[keep])
+
+    def split_rows(self, i: int, split: str = "all", subset: Subset | None = None) -> np.ndarray:
+        """The rows (m,) int64 of shard i in a split (and subset), reading only the shard's provenance."""
+        with self._open(i) as f:
+            image = f.get_tensor("image")
+        return torch.nonzero(self._keep(i, image, split, subset)).flatten().numpy()
+
+    def gather(self, i: int, rows_m: np.ndarray) -> torch.Tensor:
+        """Rows `rows_m` (ascending) of shard i's activations, (m, d) float32, read without the rest."""
+        with self._open(i) as f:
+            return f.get_slice("acts")[torch.from_numpy(rows_m)].float()
 
     @property
     def uncentred_mean_d(self) -> torch.Tensor:
@@ -244,20 +263,28 @@ class ActivationStore:
                 stream: int = 0, n_streams: int = 1, subset: Subset | None = None) -> Iterator[torch.Tensor]:
         """Shuffled raw batches (batch_size, d) for one epoch, a deterministic function of (seed, epoch, stream).
 
-        Stream s of n_streams reads only shards s, s + n_streams, ... (so DDP ranks read disjoint shards),
-        in an order shuffled per epoch. A shuffle buffer of `shuffle_shards` shards bounds memory; the
-        last partial batch is dropped. With `subset`, only the tokens of that subset are read.
+        Stream s of n_streams reads only shards s, s + n_streams, ... (so DDP ranks read disjoint shards).
+        The order is a uniform random permutation of all the stream's tokens (of a split, within `subset`),
+        read in rounds of `shuffle_shards` shards' worth of tokens (bounded memory), each round gathering
+        its rows from every shard. (Shuffling within groups of whole shards instead ends each epoch on a
+        few shards' images, which a model at a constant learning rate leans towards: -0.007 held-out R² on
+        the default store.) The last partial batch is dropped.
         """
         rng = np.random.default_rng([seed, epoch, stream])
         shards = np.arange(stream, self.n_shards, n_streams)
-        order = shards[rng.permutation(len(shards))]
-        carry = torch.empty(0, self.d)
-        for g in range(0, len(order), shuffle_shards):
-            buf = torch.cat([carry] + [self.read_shard(int(i), split, subset).acts_md for i in order[g:g + shuffle_shards]])
-            buf = buf[torch.from_numpy(rng.permutation(len(buf)))]
-            full = len(buf) // batch_size * batch_size
-            yield from buf[:full].split(batch_size)
-            carry = buf[full:]
+        rows = [self.split_rows(int(i), split, subset) for i in shards]
+        shard_of, row_of = np.repeat(shards, [len(r) for r in rows]), np.concatenate(rows)
+        order = rng.permutation(len(row_of))[:len(row_of) // batch_size * batch_size]
+        per_round = max(1, shuffle_shards * max(s["n"] for s in self.meta["shards"]) // batch_size) * batch_size
+        for start in range(0, len(order), per_round):
+            take = order[start:start + per_round]
+            buf = torch.empty(len(take), self.d)
+            by_shard = np.argsort(shard_of[take], kind="stable")
+            ids, firsts = np.unique(shard_of[take][by_shard], return_index=True)
+            for i, where in zip(ids, np.split(by_shard, firsts[1:])):
+                where = where[np.argsort(row_of[take[where]])]  # ascending rows: one forward read of the file
+                buf[torch.from_numpy(where)] = self.gather(int(i), row_of[take[where]])
+            yield from buf.split(batch_size)
 
     def sample(self, max_tokens: int, seed: int, split: str = "all", subset: Subset | None = None) -> torch.Tensor:
         """Up to `max_tokens` raw tokens (m, d) of a split (within `subset`), a seeded uniform sample
