@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -132,7 +133,8 @@ class TrainConfig:
                                  "and the end), for stability along training; 0 = none")
     epochs: float = opt(4.0, "passes over the training tokens")
     batch_size: int = opt(1024, "tokens per step (over all streams and ranks)")
-    lr: float = opt(1e-3, "peak Adam learning rate")
+    lr: float = opt(0.0, "peak Adam learning rate; 0 = 0.06 / sqrt(d), the rate at which Adam turns a unit atom "
+                         "by about 0.06 rad per step whatever d")
     warmup_steps: int = opt(50, "linear warmup steps, then a constant lr")
     checkpoint_every: int = opt(100, "steps between checkpoints")
     shuffle_shards: int = opt(4, "tokens read per round of a stream's global shuffle, in shards (memory = this x shard size)")
@@ -156,7 +158,7 @@ class TrainConfig:
         _check(self.dead_tokens >= 1, f"dead_tokens must be >= 1, got {self.dead_tokens}")
         _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.lr >= 0, f"lr must be >= 0 (0 = 0.06 / sqrt(d)), got {self.lr}")
         _check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _check(self.shuffle_shards >= 1, f"shuffle_shards must be >= 1, got {self.shuffle_shards}")
         _check(self.streams >= 0, f"streams must be >= 0 (0 = world size), got {self.streams}")
@@ -175,6 +177,13 @@ class TrainConfig:
     def effective_delta(self) -> float:
         """delta as set for ra- methods; 0 for a- (A-SAE) and free dictionaries."""
         return self.delta if self.method.startswith("ra-") else 0.0
+
+    def peak_lr(self, d: int) -> float:
+        """The peak learning rate for d-dimensional activations: `lr`, or 0.06 / sqrt(d) when lr is 0. Adam moves
+        every coordinate by about lr per step, so a unit atom turns by about lr sqrt(d): this keeps that angle
+        fixed (planted data at d = 96 and 256 and the default store at d = 1,280 peak near it,
+        benchmarks/README.md)."""
+        return self.lr or 0.06 / math.sqrt(d)
 
     @property
     def kmeans_seed(self) -> int:

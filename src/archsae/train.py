@@ -41,11 +41,11 @@ CALIBRATION_TOKENS = 16_384  # JumpReLU initial and BatchTopK inference threshol
 DATA_FIELDS = ("data_seed", "batch_size", "epochs", "shuffle_shards", "streams", "subset", "subset_seed", "centre")
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup over `warmup_steps`, then constant (Gao et al. 2025). At the step budgets of a few
-    epochs an SAE is still improving at the end, and a cosine decay only takes learning rate away from it
-    (-0.02 held-out R² on the default store: benchmarks/README.md)."""
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+def lr_at(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warmup to `peak` over `warmup_steps`, then constant (Gao et al. 2025). At the step budgets of a
+    few epochs an SAE is still improving at the end, and a cosine decay only takes learning rate away from
+    it (-0.02 held-out R² on the default store: benchmarks/README.md)."""
+    return peak * min(1.0, (step + 1) / warmup_steps)
 
 
 @dataclass
@@ -93,7 +93,8 @@ class _Trainer:
         self.calibration_nd = calibration_nd  # standardised train tokens, the same for every rank
         act_norm = calibration_nd.norm(dim=1).mean().item()
         delta = cfg.delta * act_norm if cfg.delta_relative and cfg.method.startswith("ra-") else None
-        info = {**job.info, **({"delta_abs": delta} if delta is not None else {})}
+        self.lr = cfg.peak_lr(store.d)
+        info = {**job.info, "peak_lr": self.lr, **({"delta_abs": delta} if delta is not None else {})}
         self.config = sae_config(cfg, store.d, store=str(store.root), **info)
         self.done = False
         if (self.out_dir / "config.json").exists():
@@ -110,8 +111,8 @@ class _Trainer:
             candidates = candidates + store.uncentred_mean_d
         self.model = build_sae(cfg, store.d, candidates, delta).to(device).train()
         # beta2 = 0.99: at a few hundred steps, 0.999's second moment still remembers the large gradients of
-        # the first steps and shrinks every later step (+0.05 recovery on planted data, benchmarks/README.md).
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), fused=True)  # fused: 10x faster on CPU too
+        # the first steps and shrinks every later step (benchmarks/README.md). Fused: 10x faster on CPU too.
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.99), fused=True)
         self.since_fired = torch.zeros(cfg.k, dtype=torch.int64, device=device)  # tokens since each code fired
         self.ckpt, self.log_path = self.out_dir / "checkpoint.safetensors", self.out_dir / "log.jsonl"
         self.start = self._load_checkpoint() if self.ckpt.exists() else 0
@@ -141,7 +142,7 @@ class _Trainer:
         """One optimiser step on this rank's micro-batches (standardised, on the model's device)."""
         cfg, model = self.cfg, self.model
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(step, self.total, cfg)
+            group["lr"] = lr_at(step, self.lr, cfg.warmup_steps)
         self.opt.zero_grad(set_to_none=True)
         dead = self.since_fired >= cfg.dead_tokens
         aux_k = cfg.aux_k if cfg.sparsity in ("topk", "batchtopk") else 0
@@ -187,7 +188,7 @@ class _Trainer:
                 row = {"step": done - 1, "tokens": done * self.cfg.batch_size, "loss": loss / steps,
                        "r2": 1 - sse / sst, "l0": l0 / tokens, "dead_fraction": 1 - self.fired.float().mean().item(),
                        "dead_codes_aux": int((self.since_fired >= self.cfg.dead_tokens).sum()),
-                       "lr": lr_at(done - 1, self.total, self.cfg), "tokens_per_s": tokens / (now - self.t0)}
+                       "lr": lr_at(done - 1, self.lr, self.cfg.warmup_steps), "tokens_per_s": tokens / (now - self.t0)}
                 with self.log_path.open("a") as log:
                     log.write(json.dumps(row) + "\n")
                 self.last = row
