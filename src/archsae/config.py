@@ -123,7 +123,7 @@ class TrainConfig:
     centroids_seed: int = opt(-1, "a-/ra-: seed of the k-means C to use; -1 = the run's seed")
     aux_k: int = opt(256, "topk/batchtopk: dead codes in the AuxK loss (Gao et al. 2025); 0 = no AuxK")
     aux_coeff: float = opt(1 / 32, "topk/batchtopk: weight of the AuxK loss")
-    dead_tokens: int = opt(50_000, "a code silent for this many training tokens counts as dead (AuxK, logs)")
+    dead_tokens: int = opt(10_000, "a code silent for this many training tokens counts as dead (AuxK, logs)")
     seed: int = opt(0, "seed of the encoder and W")
     data_seed: int = opt(0, "seed of the data order (models trained in one pass share it)")
     subset: float = opt(1.0, "fraction of the train tokens this model sees (seeded by subset_seed); 1 = all")
