@@ -111,18 +111,21 @@ class TrainConfig:
     method: str = opt("topk", "sparsity topk|batchtopk|jumprelu|relu, prefixed a- (A-SAE: D = W C) or ra- "
                               "(RA-SAE: D = W C + Lambda); no prefix = free unit-norm atoms. 'all' = all 12")
     k: int = opt(2560, "dictionary size (number of atoms)")
-    top_k: int = opt(32, "topk/batchtopk: active codes per token (batchtopk: on average over the batch); "
-                         "jumprelu: L0 at the start (sets the initial thresholds)")
-    l1: float = opt(3e-3, "relu: L1 coefficient (sets the sparsity)")
-    l0: float = opt(1e-3, "jumprelu: L0 coefficient (trades L0 against R² from the initial thresholds)")
-    bandwidth: float = opt(1e-2, "jumprelu: bandwidth of the Silverman kernel of the threshold's gradient")
+    top_k: int = opt(32, "active codes per token: topk exactly, batchtopk on average over the batch; jumprelu "
+                         "and relu: the mean L0 their coefficient is adapted to (when l0 / l1 = 0)")
+    l1: float = opt(0.0, "relu: L1 coefficient (fixed); 0 = adapted during training so that the mean L0 is top_k")
+    l0: float = opt(0.0, "jumprelu: L0 coefficient (fixed); 0 = adapted during training so that the mean L0 is "
+                         "top_k")
+    bandwidth: float = opt(0.5, "jumprelu: bandwidth of the Silverman kernel of the threshold's gradient, in "
+                                "standardised units (pre-activations are O(1); 1e-2 left 5 % of codes dead)")
     delta: float = opt(0.01, "ra-: bound on ||Lambda_i||, standardised units (or x mean ||A|| if delta_relative)")
     delta_relative: bool = opt(False, "ra-: delta is a fraction of the mean norm of the standardised activations")
     w_init: str = opt("permuted", "a-/ra-: W init: permuted (seeded), identity (the paper's) or random")
     w_support: int = opt(64, "a-/ra-: candidates per row of W (its start and nearest neighbours); 0 = dense W")
     centroids_seed: int = opt(-1, "a-/ra-: seed of the k-means C to use; -1 = the run's seed")
-    aux_k: int = opt(256, "topk/batchtopk: dead codes in the AuxK loss (Gao et al. 2025); 0 = no AuxK")
-    aux_coeff: float = opt(1 / 32, "topk/batchtopk: weight of the AuxK loss")
+    aux_k: int = opt(256, "dead codes in the AuxK loss, which pulls them back to the residual (Gao et al. 2025); "
+                          "0 = no AuxK")
+    aux_coeff: float = opt(1 / 32, "weight of the AuxK loss")
     dead_tokens: int = opt(10_000, "a code silent for this many training tokens counts as dead (AuxK, logs)")
     seed: int = opt(0, "seed of the encoder and W")
     data_seed: int = opt(0, "seed of the data order (models trained in one pass share it)")
@@ -144,8 +147,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        _check(self.k >= self.top_k or self.sparsity == "relu",
-               f"k ({self.k}) must be >= top_k ({self.top_k}): TopK keeps top_k of k codes")
+        _check(self.k >= self.top_k, f"k ({self.k}) must be >= top_k ({self.top_k}): at most k codes are active")
         _check(self.l1 >= 0 and self.l0 >= 0, f"l1 and l0 must be >= 0, got {self.l1}, {self.l0}")
         _check(self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth}")
         _check(self.delta >= 0, f"delta must be >= 0, got {self.delta}")
@@ -196,8 +198,8 @@ class TrainConfig:
             unused.add("l1")
         if self.sparsity != "jumprelu":
             unused |= {"l0", "bandwidth"}
-        if self.sparsity not in ("topk", "batchtopk"):
-            unused |= {"aux_k", "aux_coeff"} | ({"top_k"} if self.sparsity == "relu" else set())
+        if (self.sparsity == "relu" and self.l1) or (self.sparsity == "jumprelu" and self.l0):
+            unused.add("top_k")  # a fixed coefficient sets the sparsity
         if not self.archetypal:
             unused |= {"w_init", "w_support", "centroids_seed"}
         if not self.method.startswith("ra-"):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .config import TrainConfig, from_dict
 from .errors import ArchsaeError
 from .files import read_json, write_json, write_safetensors, write_text
-from .sae import SAE, BatchTopK, JumpReLU, build_sae, load_sae, sae_config, save_sae
+from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
 from .store import ActivationStore, Subset
 
 LOG_EVERY = 10  # steps
@@ -112,7 +112,7 @@ class _Trainer:
         self.model = build_sae(cfg, store.d, candidates, delta).to(device).train()
         # beta2 = 0.99: at a few hundred steps, 0.999's second moment still remembers the large gradients of
         # the first steps and shrinks every later step (benchmarks/README.md). Fused: 10x faster on CPU too.
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.99), fused=True)
+        self.opt = torch.optim.Adam(self._param_groups(store.d), lr=self.lr, betas=(0.9, 0.99), fused=True)
         self.since_fired = torch.zeros(cfg.k, dtype=torch.int64, device=device)  # tokens since each code fired
         self.ckpt, self.log_path = self.out_dir / "checkpoint.safetensors", self.out_dir / "log.jsonl"
         self.start = self._load_checkpoint() if self.ckpt.exists() else 0
@@ -120,9 +120,7 @@ class _Trainer:
             with torch.no_grad():
                 if not cfg.archetypal:  # b at the data mean (~0 when centred); archetypal atoms already span it
                     self.model.b_pre.copy_(calibration_nd.mean(0))
-                if isinstance(self.model.activation, JumpReLU):
-                    self.model.activation.init_thresholds(self.model.encoder(calibration_nd - self.model.b_pre),
-                                                          cfg.top_k)
+                self.model.init_sparsity_(calibration_nd, cfg.top_k)
         if world.rank == 0:
             write_json(self.out_dir / "config.json", self.config)
             if self.start == 0:
@@ -131,6 +129,15 @@ class _Trainer:
             lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
             write_text(self.log_path, "".join(l + "\n" for l in lines if json.loads(l)["step"] < self.start))
         self._reset_window()
+
+    def _param_groups(self, d: int) -> list[dict]:
+        """Adam's parameter groups: JumpReLU's log-thresholds at sqrt(d) times the rate of the rest. Adam moves
+        a unit encoder row by about lr sqrt(d) per step, so its pre-activations change by that fraction; at lr
+        a threshold in log space could not follow them (L0 stuck at half its target on the default store)."""
+        thresholds = [p for name, p in self.model.named_parameters() if name == "activation.log_threshold"]
+        rest = [p for name, p in self.model.named_parameters() if name != "activation.log_threshold"]
+        return [{"params": rest, "lr_scale": 1.0}] + ([{"params": thresholds, "lr_scale": math.sqrt(d)}]
+                                                      if thresholds else [])
 
     def _reset_window(self) -> None:
         # loss, sse, sst, l0, tokens; kept on the device so a step never waits for a .item()
@@ -142,40 +149,43 @@ class _Trainer:
         """One optimiser step on this rank's micro-batches (standardised, on the model's device)."""
         cfg, model = self.cfg, self.model
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(step, self.lr, cfg.warmup_steps)
+            group["lr"] = lr_at(step, self.lr, cfg.warmup_steps) * group["lr_scale"]
         self.opt.zero_grad(set_to_none=True)
         dead = self.since_fired >= cfg.dead_tokens
-        aux_k = cfg.aux_k if cfg.sparsity in ("topk", "batchtopk") else 0
-        fired = torch.zeros_like(self.fired)
+        fired, active = torch.zeros_like(self.fired), torch.zeros((), device=self.fired.device)
         for x in micro_batches:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and x.is_cuda):
-                out = model.losses(x, dead, aux_k, cfg.aux_coeff)
+                out = model.losses(x, dead, cfg.aux_k, cfg.aux_coeff)
             (out.loss / self.n_streams).backward()
             fired |= out.fired_k
+            active += out.l0
             self.window += torch.stack([out.loss.detach() / self.n_streams, out.sse, out.sst, out.l0,
                                         torch.tensor(len(x), device=x.device)]).double()
         if self.world.size > 1:
-            fired = self._all_reduce_grads_and(fired)
+            fired, active = self._all_reduce_grads_and(fired, active)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         self.opt.step()
         model.project_()
+        if isinstance(model.activation, Penalised):
+            model.activation.adapt_(active.item() / cfg.batch_size)
         self.since_fired += cfg.batch_size
         self.since_fired[fired] = 0
         self.fired |= fired
         self._after_step(step + 1)
 
-    def _all_reduce_grads_and(self, fired_k: torch.Tensor) -> torch.Tensor:
+    def _all_reduce_grads_and(self, fired_k: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum the gradients over ranks (each rank's loss is already divided by the global stream count)
-        in one flat buffer, and OR the fired masks; returns the global fired mask."""
+        in one flat buffer, with the active-code counts, and OR the fired masks; returns the global fired mask
+        and the global count of active codes."""
         params = list(self.model.parameters())
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
-                         + [fired_k.to(params[0].dtype)])
+                         + [fired_k.to(params[0].dtype), active.reshape(1).to(params[0].dtype)])
         dist.all_reduce(flat)
         offset = 0
         for p in params:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
-        return flat[offset:] > 0
+        return flat[offset:-1] > 0, flat[-1]
 
     def _after_step(self, done: int) -> None:
         if done % LOG_EVERY == 0 or done == self.total:
@@ -189,6 +199,8 @@ class _Trainer:
                        "r2": 1 - sse / sst, "l0": l0 / tokens, "dead_fraction": 1 - self.fired.float().mean().item(),
                        "dead_codes_aux": int((self.since_fired >= self.cfg.dead_tokens).sum()),
                        "lr": lr_at(done - 1, self.lr, self.cfg.warmup_steps), "tokens_per_s": tokens / (now - self.t0)}
+                if isinstance(self.model.activation, Penalised):
+                    row["coeff"] = self.model.activation.coeff.item()
                 with self.log_path.open("a") as log:
                     log.write(json.dumps(row) + "\n")
                 self.last = row

@@ -15,21 +15,50 @@ import torch
 from torch import nn
 
 
-class ReLU(nn.Module):
-    """The "vanilla" SAE: Z = relu(pre), penalty l1 * mean_n sum_i z_ni ||D_i|| / x_rms (Bricken et al. 2023).
+ADAPT_RATE = 0.05  # per step, at most: see Penalised
+
+
+class Penalised(nn.Module):
+    """A sparsity mechanism with a penalty coefficient `coeff` (a buffer, saved with the model), fixed, or, with
+    target_l0 > 0, adapted after every step so that the mean L0 settles at target_l0 (dual ascent on the
+    constraint E[L0] = target_l0), by at most ADAPT_RATE per step in proportion to clip(log(L0 / target_l0),
+    -1, 1): multiplied by exp of that (ReLU: the L1 coefficient stays positive and may need to change by
+    orders of magnitude), or, for a `signed` multiplier, moved by that times max(|coeff|, its start), which
+    may cross 0 (JumpReLU: its L0 penalty only moves the thresholds, and when training alone lowers L0 past
+    the target, only a negative multiplier brings it back). This compares ReLU and JumpReLU with TopK at
+    equal L0 without a sweep of their coefficient on every dataset."""
+
+    signed = False
+
+    def __init__(self, coeff: float, target_l0: float = 0.0):
+        super().__init__()
+        self.target_l0, self.start = target_l0, coeff
+        self.register_buffer("coeff", torch.tensor(float(coeff)))
+
+    @torch.no_grad()
+    def adapt_(self, l0: float) -> None:
+        """After an optimiser step whose batch had mean L0 `l0` (codes per token): move the coefficient
+        (no-op when it is fixed)."""
+        if self.target_l0 > 0:
+            error = max(-1.0, min(1.0, math.log(max(l0, 1e-3) / self.target_l0)))
+            if self.signed:
+                self.coeff.add_(ADAPT_RATE * max(abs(self.coeff.item()), self.start) * error)
+            else:
+                self.coeff.mul_(math.exp(ADAPT_RATE * error))
+
+
+class ReLU(Penalised):
+    """The "vanilla" SAE: Z = relu(pre), penalty coeff * mean_n sum_i z_ni ||D_i|| / x_rms (Bricken et al. 2023).
 
     Weighting by the atom norm stops the L1 term from being dodged by growing atoms (archetypal atoms
-    are not unit-norm); dividing by the batch's RMS norm makes l1 unitless, like the FVU it is added to."""
-
-    def __init__(self, l1: float):
-        super().__init__()
-        self.l1 = l1
+    are not unit-norm); dividing by the batch's RMS norm makes the coefficient unitless, like the FVU it is
+    added to."""
 
     def forward(self, pre_nk: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre_nk)
 
     def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
-        return self.l1 * (codes_nk * atom_norms_k).sum(1).mean() / x_rms
+        return self.coeff * (codes_nk * atom_norms_k).sum(1).mean() / x_rms
 
 
 class TopK(nn.Module):
@@ -100,14 +129,22 @@ class _JumpFn(torch.autograd.Function):
         return None, grad_theta, None
 
 
-class JumpReLU(nn.Module):
+class JumpReLU(Penalised):
     """Z = pre * H(pre - theta), a learned threshold theta_i > 0 per code (Rajamanoharan et al. 2024),
     trained through a straight-through estimator with a Silverman kernel of bandwidth `bandwidth`
-    (1e-2, Fel et al. 2025, App. F); penalty l0 * mean_n ||z_n||_0 through the same estimator."""
+    (Fel et al. 2025, App. F); penalty coeff * mean_n ||z_n||_0 through the same estimator.
 
-    def __init__(self, k: int, l0: float, bandwidth: float = 1e-2, threshold: float = 1e-2):
-        super().__init__()
-        self.l0 = l0
+    The paper's bandwidth, 1e-2, is narrow against pre-activations of order 1 in the standardised space:
+    few tokens inform a threshold, and one that drifts above all of its code's pre-activations never comes
+    back (5 % dead codes on the default store); TrainConfig's default is 0.5. The trainer also lets the
+    log-thresholds move sqrt(d) times faster than the other parameters (see `train`): as fast, relatively,
+    as the pre-activations they are compared with."""
+
+    signed = True
+
+    def __init__(self, k: int, coeff: float, target_l0: float = 0.0, bandwidth: float = 1e-2,
+                 threshold: float = 1e-2):
+        super().__init__(coeff, target_l0)
         self.bandwidth = bandwidth
         self.log_threshold = nn.Parameter(torch.full((k,), math.log(threshold)))
 
@@ -115,7 +152,7 @@ class JumpReLU(nn.Module):
     def init_thresholds(self, pre_nk: torch.Tensor, l0: int) -> None:
         """Start each code's threshold at its (1 - l0/k) quantile over `pre_nk`, so the initial mean L0 is
         about l0 and no code starts dead. (A fixed small start, as in Rajamanoharan et al., needs far more
-        steps than a few epochs: Adam moves log(theta) by about lr per step.)"""
+        steps than a few epochs.)"""
         q = 1 - l0 / pre_nk.shape[1]
         self.log_threshold.copy_(torch.quantile(pre_nk.float(), q, dim=0).clamp_min(1e-3).log())
 
@@ -127,4 +164,4 @@ class JumpReLU(nn.Module):
         return pre_nk * self._gate(pre_nk)
 
     def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
-        return self.l0 * self._gate(pre_nk).sum(1).mean()
+        return self.coeff * self._gate(pre_nk).sum(1).mean()

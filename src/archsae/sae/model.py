@@ -87,6 +87,18 @@ class SAE(nn.Module):
     def k(self) -> int:
         return self.dictionary.k
 
+    @torch.no_grad()
+    def init_sparsity_(self, x_nd: torch.Tensor, l0: int) -> None:
+        """Data-dependent start of the mechanisms whose sparsity is learned, so that about `l0` codes per token
+        fire on the calibration tokens `x_nd` (n, d) and none is dead: JumpReLU's thresholds, and ReLU's
+        encoder biases (from 0, a tied ReLU starts with half its codes active, and its L1 coefficient would
+        overshoot pulling them down). A no-op for TopK and BatchTopK."""
+        pre_nk = self.encoder(x_nd - self.b_pre)
+        if isinstance(self.activation, JumpReLU):
+            self.activation.init_thresholds(pre_nk, l0)
+        elif isinstance(self.activation, ReLU):
+            self.encoder.bias.sub_(torch.quantile(pre_nk, 1 - l0 / self.k, dim=0))
+
     def atoms(self) -> torch.Tensor:
         """The dictionary D (k, d) as used by the decoder."""
         return self.dictionary()
@@ -160,6 +172,9 @@ class SAE(nn.Module):
             return StepOutput(loss=loss, sse=sse.detach(), sst=sst, l0=active.sum(), fired_k=fired_k)
 
 
+RELU_L1_START, JUMPRELU_L0_START = 0.1, 1e-3  # adapted coefficients start here (L0 reaches top_k in ~100 steps)
+
+
 def build_activation(cfg: TrainConfig, k: int) -> nn.Module:
     """The sparsity mechanism `cfg.sparsity` with its hyper-parameters."""
     if cfg.sparsity == "topk":
@@ -167,8 +182,8 @@ def build_activation(cfg: TrainConfig, k: int) -> nn.Module:
     if cfg.sparsity == "batchtopk":
         return BatchTopK(cfg.top_k)
     if cfg.sparsity == "jumprelu":
-        return JumpReLU(k, cfg.l0, cfg.bandwidth)
-    return ReLU(cfg.l1)
+        return JumpReLU(k, cfg.l0 or JUMPRELU_L0_START, 0 if cfg.l0 else cfg.top_k, cfg.bandwidth)
+    return ReLU(cfg.l1 or RELU_L1_START, 0 if cfg.l1 else cfg.top_k)
 
 
 def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = None,
