@@ -6,7 +6,7 @@ from .classical import CLASSICAL, build_baseline, fit_baseline, load_baseline
 from .config import (METHODS, ClassicalConfig, DemoConfig, DistillationBenchConfig, DistillConfig, EvaluateConfig,
                      ExtractConfig, IdentifiabilityBenchConfig, PlausibilityBenchConfig, ReportConfig, RunConfig,
                      StabilityConfig, TrainConfig)
-from .data import build_demo, list_images
+from .data import build_demo, list_images, planted_dictionary
 from .distill import distill, kmeans
 from .errors import ArchsaeError
 from .evaluate import evaluate, load_model
@@ -26,5 +26,5 @@ __all__ = [
     "SAE", "StabilityConfig", "Subset", "TopK", "TrainConfig", "build_baseline", "build_demo", "build_sae", "distill",
     "distillation_benchmark", "evaluate", "extract", "fit_baseline", "identifiability_benchmark", "import_matrix",
     "kmeans", "list_images", "load_backbone", "load_baseline", "load_model", "load_sae", "metrics",
-    "plausibility_benchmark", "run", "run_stability", "stability_plots", "train", "train_many", "write_report",
+    "planted_dictionary", "plausibility_benchmark", "run", "run_stability", "stability_plots", "train", "train_many", "write_report",
 ]

@@ -1,6 +1,7 @@
-"""Images in: user folders and the embedded demo set."""
+"""Data in: user image folders, the embedded demo set, and planted dictionaries (synthetic activations)."""
 
 from .demo import build_demo
 from .folders import ImageItem, list_images, load_image
+from .planted import Planted, planted_dictionary
 
-__all__ = ["ImageItem", "build_demo", "list_images", "load_image"]
+__all__ = ["ImageItem", "Planted", "build_demo", "list_images", "load_image", "planted_dictionary"]

@@ -17,8 +17,8 @@ class Planted:
     """Synthetic activations with known atoms.
 
     acts_nd: (n, d) float32, the activations; atoms_kd: (k, d) float32 unit-norm planted atoms D*;
-    frequency_k: (k,) float64, the probability that each atom is active on a token; mean_d: (d,) float32,
-    the offset added to every token.
+    frequency_k: (k,) float64, the share of tokens each atom is active on; mean_d: (d,) float32, the offset
+    added to every token.
     """
 
     acts_nd: np.ndarray
@@ -27,9 +27,11 @@ class Planted:
     mean_d: np.ndarray
 
 
-def planted_dictionary(n: int, d: int, k: int, active: int, *, zipf: float = 0.0, offset: float = 0.0,
-                       noise: float = 0.0, seed: int = 0, chunk: int = 8192) -> Planted:
-    """n tokens, each the sum of `active` distinct planted atoms out of k, with weights uniform in [0.5, 1.5].
+def planted_dictionary(n: int, d: int, k: int, active: int, *, varying: bool = False, zipf: float = 0.0,
+                       offset: float = 0.0, noise: float = 0.0, seed: int = 0, chunk: int = 8192) -> Planted:
+    """n tokens, each the sum of `active` distinct planted atoms out of k, with weights uniform in [0.5, 1.5];
+    with `varying`, each token has its own number of atoms, uniform in 1 .. 2 active - 1 (mean `active`), so
+    some tokens are nearly pure atoms, as images show some concepts alone.
 
     k unit atoms D* drawn uniformly on the sphere of R^d. Atom i is drawn with probability proportional to
     r_i^-zipf, r a seeded random ranking (zipf = 0: every atom equally frequent; 1: Zipf's law, the rarest
@@ -55,8 +57,11 @@ def planted_dictionary(n: int, d: int, k: int, active: int, *, zipf: float = 0.0
     counts = np.zeros(k)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        idx = np.argpartition(-(log_p + rng.gumbel(size=(m, k))), active - 1, axis=1)[:, :active]
-        w = rng.uniform(0.5, 1.5, size=(m, active, 1))
-        np.add.at(counts, idx.ravel(), 1)
+        top = 2 * active - 1 if varying else active
+        idx = np.argpartition(-(log_p + rng.gumbel(size=(m, k))), top - 1, axis=1)[:, :top]
+        w = rng.uniform(0.5, 1.5, size=(m, top, 1))
+        if varying:  # keep the first c of each token's atoms, c uniform in 1 .. top
+            w *= (np.arange(top)[None, :] < rng.integers(1, top + 1, size=(m, 1)))[..., None]
+        np.add.at(counts, idx[w[..., 0] > 0], 1)
         acts[start:start + m] = (w * atoms[idx]).sum(1) + mean + noise * signal_std * rng.normal(size=(m, d))
     return Planted(acts, atoms.astype(np.float32), counts / n, mean.astype(np.float32))

@@ -1,0 +1,233 @@
+"""Learner quality: archsae beside a textbook TopK SAE, at equal steps, on data whose answer is known (issue 11).
+
+    .venv/bin/python benchmarks/quality.py                                  # planted regimes, all 12 methods
+    .venv/bin/python benchmarks/quality.py --store RUN/store --no-planted   # the default store instead
+    .venv/bin/python benchmarks/quality.py --rev 4d3c4fd --rev HEAD --method topk   # the same code at two commits
+
+(a) Planted dictionaries (`archsae.data.planted`): tokens A = Z D* + offset + noise with known unit atoms D*,
+in several regimes (sizes, uneven frequencies, a mean far from the origin, noise). Every learner gets a
+dictionary of k = the number of planted atoms and top_k = the number active per token. Recovery is the mean,
+over planted atoms, of the best |cos| with a learned atom, in the standardised space the learners see
+(D*_i / sigma); also the share of planted atoms found above 0.9, R² on held-out tokens, dead codes and L0.
+(b) A real store (`--store`): held-out R², dead codes and L0 only.
+
+The reference is the 25-line textbook TopK SAE of the issue: decoder rows random unit vectors, encoder the
+decoder's transpose, b_pre = 0, Adam at a constant 1e-3, batch 1,024, loss = squared error summed over d and
+averaged over the batch, decoder rows renormalised after each step, no AuxK; in memory, on the same
+standardised train tokens, for the same number of steps. archsae runs each method at its defaults (ReLU and
+JumpReLU adapt their coefficient to mean L0 = top_k); archetypal methods get k-means candidates C with
+n' = 4 k (planted) or `--n-centroids` (store).
+
+`--rev` runs archsae as it was at a git commit (a temporary worktree, in a child process that uses only the
+API every commit shares), so the ablation table of benchmarks/README.md is the same command over the commits
+that added each part of the recipe. Results go to `--out` (JSON) and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 1024
+REGIMES = {  # planted data: n tokens of d features, k atoms, `active` per token; steps of training
+    "small": dict(n=50_000, d=64, k=128, active=4, zipf=0.0, offset=0.0, noise=0.0, steps=400),
+    "uneven": dict(n=60_000, d=96, k=192, active=6, zipf=1.0, offset=0.0, noise=0.1, steps=520),
+    "offset": dict(n=60_000, d=96, k=192, active=6, zipf=0.5, offset=20.0, noise=0.1, steps=520),
+    "noisy": dict(n=60_000, d=96, k=192, active=6, zipf=0.5, offset=0.0, noise=0.5, steps=520),
+    "large": dict(n=150_000, d=256, k=1024, active=16, zipf=0.5, offset=0.0, noise=0.1, steps=800),
+}
+METHODS = ["topk", "batchtopk", "jumprelu", "relu", "a-topk", "a-batchtopk", "a-jumprelu", "a-relu",
+           "ra-topk", "ra-batchtopk", "ra-jumprelu", "ra-relu"]
+
+
+def scores(store, encode_decode, atoms_kd, planted_kd=None) -> dict:
+    """Held-out R², dead codes and L0 of a learner (encode_decode: x -> (x_hat, codes), standardised space),
+    and recovery of the planted atoms (k, d) when given (raw space; mapped by 1 / sigma)."""
+    from archsae import metrics
+
+    x = store.standardise(store.sample(20_000, 0, "heldout"))
+    with torch.no_grad():
+        x_hat, codes = encode_decode(x)
+    out = {"r2": metrics.r2(x, x_hat), "dead": metrics.dead_codes(codes), "l0": metrics.l0(codes)}
+    if planted_kd is not None:
+        best = metrics.cosines(torch.as_tensor(planted_kd) / store.std_d, atoms_kd).abs().max(1).values
+        out.update(recovery=best.mean().item(), found=(best > 0.9).float().mean().item())
+    return out
+
+
+def textbook_topk(x_nd: torch.Tensor, k: int, top_k: int, steps: int, seed: int = 0):
+    """The issue's textbook TopK SAE trained on x (n, d) in memory; returns (encode_decode, atoms (k, d))."""
+    g = torch.Generator().manual_seed(seed)
+    dec = torch.randn(k, x_nd.shape[1], generator=g)
+    dec = torch.nn.Parameter(dec / dec.norm(dim=1, keepdim=True))
+    enc, b_enc, b_pre = (torch.nn.Parameter(t) for t in (dec.detach().T.clone(), torch.zeros(k), torch.zeros(x_nd.shape[1])))
+    opt = torch.optim.Adam([dec, enc, b_enc, b_pre], lr=1e-3)
+
+    def forward(x):
+        values, idx = ((x - b_pre) @ enc + b_enc).topk(top_k, dim=1)
+        z = torch.zeros(len(x), k).scatter(1, idx, torch.relu(values))
+        return z @ dec + b_pre, z
+
+    per_epoch = len(x_nd) // BATCH
+    for step in range(steps):
+        if step % per_epoch == 0:
+            order = torch.randperm(len(x_nd), generator=g)
+        x = x_nd[order[step % per_epoch * BATCH:(step % per_epoch + 1) * BATCH]]
+        loss = (forward(x)[0] - x).pow(2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            dec /= dec.norm(dim=1, keepdim=True)
+    return (lambda x: tuple(t.detach() for t in forward(x))), dec.detach()
+
+
+def child(spec: dict) -> list[dict]:
+    """Train `spec["methods"]` with whichever archsae is importable, in one pass; score each model.
+
+    Uses only what every commit of archsae since 4d3c4fd offers: import_matrix, ActivationStore, kmeans,
+    TrainConfig (fields it does not know are dropped), Job, train_many."""
+    from archsae.config import TrainConfig
+    from archsae.distill import kmeans
+    from archsae.store import ActivationStore, import_matrix
+    from archsae.train import Job, train_many
+
+    work = Path(spec["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    store = (ActivationStore(spec["store"]) if spec.get("store")
+             else import_matrix(spec["acts"], work / "store", shard_tokens=8192))
+    planted = np.load(spec["atoms"]) if spec.get("atoms") else None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    epochs = spec["steps"] / (store.n_split("train") // BATCH)
+    candidates = None
+    if any(m.startswith(("a-", "ra-")) for m in spec["methods"]):
+        path = work.parent / f"C{spec['n_centroids']}-s{spec['seed']}.npy"  # shared by the commits compared
+        if not path.exists():
+            sample = store.standardise(store.sample(100_000, spec["seed"], "train")).numpy()
+            np.save(path, kmeans(sample, spec["n_centroids"], spec["seed"]))
+        candidates = torch.from_numpy(np.load(path))
+    jobs = []
+    for method in spec["methods"]:
+        fields = dict(method=method, k=spec["k"], top_k=spec["top_k"], epochs=epochs, batch_size=BATCH,
+                      seed=spec["seed"], data_seed=spec["seed"], checkpoint_every=10**9, **spec.get("extra", {}))
+        cfg = TrainConfig(**{f: v for f, v in fields.items() if f in known})
+        jobs.append(Job(cfg, work / f"{method}-s{spec['seed']}", candidates if method.startswith(("a-", "ra-")) else None))
+    start = time.perf_counter()
+    models = train_many(store, jobs, "cpu")
+    seconds = time.perf_counter() - start
+    return [{"method": job.cfg.method, **scores(store, model.eval(), model.atoms().detach(), planted),
+             "pass_seconds": seconds} for job, model in zip(jobs, models)]
+
+
+def run_child(spec: dict, rev: str | None, worktrees: dict[str, Path]) -> list[dict]:
+    """`child(spec)` in a fresh process, with archsae from the working tree or from commit `rev`."""
+    src = ROOT / "src"
+    if rev:
+        if rev not in worktrees:
+            worktrees[rev] = Path(tempfile.mkdtemp(prefix="archsae-rev-"))
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(worktrees[rev]), rev],
+                           check=True, capture_output=True)
+        src = worktrees[rev] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{rev or 'working tree'} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regime", action="append", choices=list(REGIMES), help="planted regimes (default: all)")
+    parser.add_argument("--no-planted", action="store_true", help="skip the planted regimes")
+    parser.add_argument("--store", type=Path, help="also measure on this activation store (e.g. the default run's)")
+    parser.add_argument("--k", type=int, default=2560, help="store: dictionary size")
+    parser.add_argument("--top-k", type=int, default=32, help="store: active codes per token")
+    parser.add_argument("--steps", type=int, default=344, help="store: training steps (344 = 4 epochs of the default)")
+    parser.add_argument("--n-centroids", type=int, default=4096, help="store: candidates C of archetypal methods")
+    parser.add_argument("--method", action="append", choices=METHODS, help="archsae methods (default: all 12)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per setting (model init and data order)")
+    parser.add_argument("--rev", action="append", help="git commits to measure (default: the working tree)")
+    parser.add_argument("--extra", type=json.loads, default={}, help="JSON of TrainConfig fields set for every model")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+
+    from archsae.data.planted import planted_dictionary
+    from archsae.files import write_json
+    from archsae.store import ActivationStore, import_matrix
+
+    methods, revs = args.method or METHODS, args.rev or [None]
+    settings = [] if args.no_planted else [(name, REGIMES[name]) for name in (args.regime or REGIMES)]
+    if args.store:
+        settings.append(("store", dict(k=args.k, active=args.top_k, steps=args.steps)))
+    rows, worktrees = [], {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, regime in settings:
+                for seed in range(args.seeds):
+                    work = Path(tmp) / f"{name}-s{seed}"
+                    spec = dict(methods=methods, k=regime["k"], top_k=regime["active"], steps=regime["steps"],
+                                seed=seed, extra=args.extra)
+                    if name == "store":
+                        store, planted = ActivationStore(args.store), None
+                        spec.update(store=str(args.store.resolve()), n_centroids=args.n_centroids)
+                    else:
+                        data = planted_dictionary(**{k: v for k, v in regime.items() if k != "steps"}, seed=seed)
+                        work.mkdir(parents=True)
+                        np.save(work / "acts.npy", data.acts_nd)
+                        np.save(work / "atoms.npy", data.atoms_kd)
+                        planted = data.atoms_kd
+                        store = import_matrix(work / "acts.npy", work / "ref-store", shard_tokens=8192)
+                        spec.update(acts=str(work / "acts.npy"), atoms=str(work / "atoms.npy"), n_centroids=4 * regime["k"])
+                    train = store.standardise(torch.cat([store.read_shard(i, "train").acts_md
+                                                         for i in range(store.n_shards)]))
+                    start = time.perf_counter()
+                    encode_decode, atoms = textbook_topk(train, regime["k"], regime["active"], regime["steps"], seed)
+                    ref = {"setting": name, "seed": seed, "rev": "reference", "method": "textbook topk",
+                           **scores(store, encode_decode, atoms, planted), "pass_seconds": time.perf_counter() - start}
+                    rows.append(ref)
+                    print(json.dumps(ref), flush=True)
+                    del train
+                    for rev in revs:
+                        for i, row in enumerate(run_child({**spec, "work": str(work / (rev or "tree"))}, rev, worktrees)):
+                            rows.append({"setting": name, "seed": seed, "rev": rev or "working tree", **row})
+                            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        for path in worktrees.values():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+    write_json(args.out, {"regimes": REGIMES, "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                       for k, v in vars(args).items() if k != "child"}, "rows": rows})
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    """Markdown: one line per (setting, rev, method), means over seeds."""
+    keys = ["recovery", "found", "r2", "dead", "l0"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["setting"], r["rev"], r["method"]), []).append(r)
+    print("| setting | code | method | recovery | > 0.9 | held-out R² | dead | L0 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for (setting, rev, method), rs in groups.items():
+        cells = [f"{np.mean([r[k] for r in rs]):.3f}" if k in rs[0] else "" for k in keys]
+        print(f"| {setting} | {rev} | {method} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
