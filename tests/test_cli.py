@@ -91,14 +91,19 @@ def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     import json
 
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = evaluated["models"]
     assert {m["method"] for m in metrics.values()} == {"topk", "ra-topk"}
     for name, m in metrics.items():
-        for key in ("r2", "dead_codes", "l0", "ood", "stability", "max_cosine", "stable_rank", "effective_rank",
-                    "coherence", "connectivity", "negative_interference", "plausibility"):
+        for key in ("r2", "dead_codes", "l0", "ood", "stable_rank", "effective_rank", "coherence", "connectivity",
+                    "negative_interference", "plausibility"):
             assert np.isfinite(m[key]), (name, key)
-        assert 0 < m["r2"] < 1 and 0 <= m["dead_codes"] <= 1 and m["stability"] <= m["max_cosine"] <= 1
+        assert 0 < m["r2"] < 1 and 0 <= m["dead_codes"] <= 1
         assert 1 <= m["effective_rank"] <= 512 and -1 <= m["plausibility"] <= 1
+    for group in ("topk", "ra-topk"):  # two runs each: one pair
+        g = evaluated["groups"][group]
+        assert g["stability"]["pairs"] == 1 and g["stability"]["std"] == 0
+        assert 0 < g["stability"]["mean"] <= g["mmcs"]["mean"] <= g["max_cosine"]["mean"] <= 1
     html = (tmp_path / "run" / "report" / "index.html").read_text()
     assert "topk-s0" in html and "ra-topk-s0" in html
     strips = list((tmp_path / "run" / "report" / "concepts").glob("*.png"))

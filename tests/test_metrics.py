@@ -58,15 +58,18 @@ def test_token_metrics_are_the_same_in_chunks(monkeypatch):
     assert chunked == pytest.approx(whole, rel=1e-9)
 
 
-def test_max_cosine_on_a_hand_case_and_never_below_stability():
+def test_max_cosine_is_eq8_over_all_pairs_and_mmcs_the_mean_best_partner():
     D1 = np.array([[1.0, 0.0], [0.6, 0.8]])
     D2 = np.array([[0.0, -2.0], [1.0, 0.0]])
-    # atom 0 of D1 best |cos| 1 (D2_1); atom 1: |cos| 0.8 with D2_0, 0.6 with D2_1 -> (1 + 0.8) / 2
-    assert metrics.max_cosine(D1, D2) == pytest.approx(0.9)
+    # eq. 8: the largest |cos| over all pairs: D1_0 with D2_1 -> 1
+    assert metrics.max_cosine(D1, D2) == pytest.approx(1.0)
+    # MMCS: atom 0 of D1 best |cos| 1 (D2_1); atom 1: |cos| 0.8 with D2_0, 0.6 with D2_1 -> (1 + 0.8) / 2
+    assert metrics.mmcs(D1, D2) == pytest.approx(0.9)
+    assert metrics.max_cosine(np.array([[1.0, 0.0]]), np.array([[0.6, 0.8], [-0.8, 0.6]])) == pytest.approx(0.8)
     # one-to-one: D1_0-D2_1 (1) and D1_1-D2_0 (0.8) -> also 0.9 here; a crowded case differs:
     D3 = np.array([[1.0, 0.0], [1.0, 0.01]])
-    assert metrics.max_cosine(D3, D1) == pytest.approx(1.0, abs=1e-4)
-    assert metrics.stability(D3, D1) < 0.85 <= metrics.max_cosine(D3, D1)
+    assert metrics.mmcs(D3, D1) == pytest.approx(1.0, abs=1e-4)
+    assert metrics.stability(D3, D1) < 0.85 <= metrics.mmcs(D3, D1)
 
 
 def test_ranks_on_orthonormal_and_collinear_atoms():
@@ -100,12 +103,17 @@ def test_connectivity_on_a_hand_case():
     assert metrics.connectivity(np.zeros((2, 4))) == 1.0
 
 
-def test_negative_interference_on_a_hand_case():
+def test_negative_interference_on_a_hand_case_in_unit_atom_units_per_token():
     D = np.array([[1.0, 0.0], [-0.5, 3**0.5 / 2], [0.0, 5.0]])  # cos(0,1) = -0.5, cos(0,2) = 0, cos(1,2) > 0
     Z = np.array([[1.0, 2.0, 1.0], [1.0, 1.0, 0.0]])
-    # Z^T Z (0,1) = 2 + 1 = 3; -(3 * -0.5) = 1.5; the rest is <= 0 -> [[0, 1.5, 0], [1.5, 0, 0], [0, 0, 0]]
-    assert metrics.negative_interference(Z, D) == pytest.approx(1.5)
+    # codes in unit-atom units: column 2 times ||D_2|| = 5. Z^T Z / n (0,1) = (2 + 1) / 2 = 1.5;
+    # -(1.5 * -0.5) = 0.75; the rest is <= 0 -> [[0, .75, 0], [.75, 0, 0], [0, 0, 0]], largest eigenvalue 0.75
+    assert metrics.negative_interference(Z, D) == pytest.approx(0.75)
     assert metrics.negative_interference(Z, np.eye(3)) == 0.0  # orthogonal atoms never interfere
+    # the same reconstruction Z D with atoms rescaled, and the same tokens twice, give the same value
+    scale = np.array([2.0, 0.5, 3.0])
+    assert metrics.negative_interference(Z / scale, D * scale[:, None]) == pytest.approx(0.75)
+    assert metrics.negative_interference(np.concatenate([Z, Z]), D) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="shape"):
         metrics.negative_interference(Z, np.eye(4))
 

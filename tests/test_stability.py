@@ -41,8 +41,10 @@ def test_shared_runs_agree_exactly_at_t0_and_independent_ones_do_not(experiment)
     # alike (the galaxy-far-away effect) until the mean direction is projected out
     uncentred = group(results, "ra-topk", "independent", "uncentred")["trajectory"][0]
     assert uncentred["stability"] > centred + 0.1 and uncentred["stability_projected"] < uncentred["stability"] - 0.1
-    # training moves the shared runs apart: their encoders differ
-    assert group(results, "ra-topk", "shared")["final"] < 1 - 1e-3
+    # with a tied encoder, shared runs differ only in their data order: they stay where they started, far
+    # above independent runs (the objection of Brzozowski & Chung 2026, in one line)
+    shared_final = group(results, "ra-topk", "shared")["final"]
+    assert shared_final > 0.98 and shared_final > group(results, "ra-topk", "independent")["final"] + 0.1
 
 
 def test_trajectories_run_from_the_start_to_the_end_of_training(experiment):

@@ -208,15 +208,21 @@ def evaluate_cmd(run: Path, evaluate: EvaluateConfig) -> str:
     from .store import ActivationStore
 
     results = do_evaluate(ActivationStore(run / "store"), run / "models", evaluate, run / "metrics.json")
-    columns = {"r2": "R2", "dead_codes": "dead", "l0": "L0", "stability": "stab.", "max_cosine": "maxcos",
-               "ood": "OOD", "stable_rank": "s.rank", "effective_rank": "e.rank", "coherence": "coher.",
-               "connectivity": "conn.", "negative_interference": "neg.int", "plausibility": "plaus."}
-    width = max(len(n) for n in results) + 2
+    columns = {"r2": "R2", "dead_codes": "dead", "l0": "L0", "ood": "OOD", "stable_rank": "s.rank",
+               "effective_rank": "e.rank", "coherence": "coher.", "connectivity": "conn.",
+               "negative_interference": "neg.int", "plausibility": "plaus."}
+    models = results["models"]
+    width = max(map(len, [*models, *results["groups"]])) + 2
     lines = ["model".ljust(width) + "".join(f"{title:>10}" for title in columns.values())]
-    for n, m in results.items():
+    for n, m in models.items():
         lines.append(n.ljust(width) + "".join(f"{m[key]:>10.4g}" if m[key] is not None else f"{'-':>10}"
                                               for key in columns))
-    return "\n".join(lines + [f"written to {run / 'metrics.json'}"])
+    lines.append("\n" + "runs of".ljust(width) + "".join(f"{t:>16}" for t in ("stability", "MMCS", "max cos")))
+    for group, g in results["groups"].items():
+        if "stability" in g:
+            lines.append(group.ljust(width) + "".join(f"{g[k]['mean']:>9.4f} ±{g[k]['std']:.3f}"
+                                                      for k in ("stability", "mmcs", "max_cosine")))
+    return "\n".join(lines + [f"mean ± std over pairs of runs; written to {run / 'metrics.json'}"])
 
 
 @command(app, "stability", {"stability": StabilityConfig, "train": TrainConfig, "distill": DistillConfig},
@@ -237,15 +243,19 @@ def stability_cmd(run: Path, device: str, stability: StabilityConfig, train: lis
 
     results = run_stability(run, ActivationStore(run / "store"), train, stability, distill, device or None)
     stability_plots(results, run / "stability")
-    lines = [f"{'configuration':<28}{'mode':<13}{'t=0':>7}{'final':>7}{'-kmeans':>8}{'proj.':>7}{'codes':>7}{'R2':>7}"]
+    lines = [f"{'configuration':<28}{'mode':<13}{'t=0':>7}{'final':>7}{'-kmeans':>8}{'proj.':>7}{'codes':>7}{'R2':>7}"
+             f"{'dup.t0':>7}{'cos C':>7}"]
     for g in results["groups"]:
-        proj = f"{g['final_projected']:7.3f}" if g["final_projected"] is not None else f"{'-':>7}"
+        opt = lambda v: f"{v:7.3f}" if v is not None else f"{'-':>7}"  # noqa: E731
         name = g["label"] + (" (uncentred)" if g["space"] == "uncentred" else "")
         lines.append(f"{name:<28}{g['mode']:<13}{g['t0']:7.3f}{g['final']:7.3f}{g['final_minus_null']['kmeans']:8.3f}"
-                     f"{proj}{g['code_correlation']:7.3f}{g['r2']:7.3f}")
+                     f"{opt(g['final_projected'])}{g['code_correlation']:7.3f}{g['r2']:7.3f}{g['duplicates_t0']:7.3f}"
+                     f"{opt(g['candidate_cosine'])}")
     nulls = ", ".join(f"k-space {key}: random {v['random']:.3f}, k-means {v['kmeans']:.3f}"
                       for key, v in results["nulls"].items())
-    return "\n".join(lines + [f"nulls: {nulls}", f"written to {run / 'stability'}"])
+    return "\n".join(lines + [f"nulls: {nulls}", "dup.t0: share of atoms with a near-duplicate (|cos| > 0.99) at "
+                               "t = 0; cos C: archetypal atoms' mean best cos with a candidate",
+                               f"written to {run / 'stability'}"])
 
 
 DEVICE = _param("device", str, "", "torch device; default: a GPU if any, else cpu", "--device")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import asdict, replace
@@ -89,14 +90,37 @@ def group_label(cfg: TrainConfig | ClassicalConfig, name: str, labels: dict[str,
     return labels.setdefault(key, re.sub(r"-s\d+$", "", name))
 
 
+CONNECTIVITY_TOKENS = 8192  # connectivity falls as tokens are added: always counted on this many (or all, if fewer)
+
+
 def dictionary_metrics(atoms_kd: torch.Tensor, codes_nk: torch.Tensor, acts_nd: torch.Tensor) -> dict[str, float]:
-    """The metrics of one model that need no other run (Fel et al. 2025, eqs. 6, 9-14), codes and atoms
-    on the same held-out tokens."""
+    """The metrics of one model that need no other run (Fel et al. 2025, eqs. 6, 9-14), codes (n, k) and
+    atoms (k, d) on the same held-out tokens acts (n, d)."""
     return {"dead_codes": metrics.dead_codes(codes_nk), "l0": metrics.l0(codes_nk),
             "ood": metrics.ood_score(atoms_kd, acts_nd), "stable_rank": metrics.stable_rank(atoms_kd),
             "effective_rank": metrics.effective_rank(atoms_kd), "coherence": metrics.coherence(atoms_kd),
-            "connectivity": metrics.connectivity(codes_nk),
+            "connectivity": metrics.connectivity(codes_nk[:CONNECTIVITY_TOKENS]),
             "negative_interference": metrics.negative_interference(codes_nk, atoms_kd)}
+
+
+PAIR_METRICS = {"stability": metrics.stability, "mmcs": metrics.mmcs, "max_cosine": metrics.max_cosine}
+
+
+def pair_metrics(atoms: list[torch.Tensor]) -> dict[str, dict[str, float]] | None:
+    """Stability (eq. 2), MMCS and max cosine (eq. 8) between every pair of runs' dictionaries (k, d): per
+    metric its mean, standard deviation, min and max over the pairs (MMCS both ways round). None for fewer
+    than 2 runs."""
+    pairs = list(itertools.combinations(range(len(atoms)), 2))
+    if not pairs:
+        return None
+    out = {}
+    for key, score in PAIR_METRICS.items():
+        values = [score(atoms[i], atoms[j]) for i, j in pairs]
+        if key == "mmcs":
+            values += [score(atoms[j], atoms[i]) for i, j in pairs]
+        out[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "min": float(np.min(values)),
+                    "max": float(np.max(values)), "pairs": len(pairs)}
+    return out
 
 
 def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig, out: str | Path) -> dict:
@@ -104,12 +128,13 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     held-out tokens, in the standardised space (an uncentred model is fed A / std and its reconstruction
     shifted back, which leaves R^2 unchanged).
 
-    Per model: R^2 (eq. 5), dead codes (eq. 6), mean L0, OOD score (eq. 9), stable rank (eq. 10),
-    effective rank (eq. 11), coherence (eq. 12), connectivity (eq. 13), negative interference (eq. 14),
-    plausibility (Sec. 5.2, when the store's model has a classifier head over these features), and
-    stability (eq. 2) and max cosine (eq. 8) against the other runs of its group (mean over pairs). A
-    group is the models whose configurations differ only in their seeds (see `group_label`). Written to
-    `out` (metrics.json) with the configuration beside it (evaluate.json).
+    Returns (and writes to `out`, metrics.json, with the configuration in evaluate.json beside it):
+    `models`: per model, R^2 (eq. 5), dead codes (eq. 6), mean L0, OOD score (eq. 9), stable rank (eq. 10),
+    effective rank (eq. 11), coherence (eq. 12), connectivity (eq. 13, on CONNECTIVITY_TOKENS tokens),
+    negative interference (eq. 14) and plausibility (Sec. 5.2, when the store's model has a classifier head
+    over these features); `groups`: per group of runs (models whose configurations differ only in their
+    seeds, see `group_label`), its runs and, with two or more, stability, MMCS and max cosine over pairs of
+    runs (`pair_metrics`): properties of pairs, not of one run.
     """
     acts = store.standardise(store.sample(cfg.max_tokens, cfg.seed, "heldout"))
     heads, heads_from = class_directions(store)
@@ -125,20 +150,14 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
                          "r2": metrics.r2(acts, acts_hat - shift),
                          **dictionary_metrics(atoms[name], codes, acts + shift),
                          "plausibility": metrics.plausibility(atoms[name], heads) if heads is not None else None}
-    stability: dict[frozenset, float] = {}  # symmetric: one matching per pair of runs
-    for group in {r["group"] for r in results.values()}:
+    groups = {}
+    for group in dict.fromkeys(r["group"] for r in results.values()):
         names = [n for n, r in results.items() if r["group"] == group]
-        for name in names:
-            others = [o for o in names if o != name and atoms[o].shape == atoms[name].shape]
-            for o in others:
-                if frozenset((name, o)) not in stability:
-                    stability[frozenset((name, o))] = metrics.stability(atoms[name], atoms[o])
-            results[name]["stability"] = (float(np.mean([stability[frozenset((name, o))] for o in others]))
-                                          if others else None)
-            results[name]["max_cosine"] = (float(np.mean([metrics.max_cosine(atoms[name], atoms[o]) for o in others]))
-                                           if others else None)
-    write_json(out, results)
+        same_size = [n for n in names if atoms[n].shape == atoms[names[0]].shape]
+        groups[group] = {"runs": names, **(pair_metrics([atoms[n] for n in same_size]) or {})}
+    summary = {"models": results, "groups": groups}
+    write_json(out, summary)
     write_json(Path(out).with_name("evaluate.json"),
                {"config": to_dict(cfg), "held_out_tokens": len(acts), "space": "standardised",
-                "plausibility_directions": heads_from})
-    return results
+                "connectivity_tokens": min(len(acts), CONNECTIVITY_TOKENS), "plausibility_directions": heads_from})
+    return summary

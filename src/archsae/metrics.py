@@ -209,11 +209,25 @@ def stability(D1, D2) -> float:
 
 
 def max_cosine(D1, D2) -> float:
-    """Max cosine = (1/k1) sum_i max_j |cos(D1_i, D2_j)| (Fel et al. 2025, eq. 8): stability without the
-    one-to-one constraint, so several atoms of D1 may claim the same atom of D2.
+    """Max cosine = max_{i,j} |cos(D1_i, D2_j)| over all pairs of atoms of D1 (k1, d) and D2 (k2, d), as printed
+    in Fel et al. 2025, eq. 8.
 
-    In [0, 1], and >= stability(D1, D2): 1 = every atom of D1 appears (up to sign) in D2. Raises ValueError
-    if d differs.
+    In [0, 1]: 1 = some atom appears (up to sign) in both dictionaries. It reports the single best-shared
+    direction, so it is close to 1 for almost any two trained dictionaries; `mmcs` averages over atoms.
+    Raises ValueError if d differs.
+    """
+    D1, D2 = unit_atoms(D1), unit_atoms(D2)
+    _shape("D2", D2, D1.shape[1])
+    return max((d @ D2.T).abs().max().item() for d in D1.split(CHUNK))
+
+
+def mmcs(D1, D2) -> float:
+    """Mean max cosine similarity: MMCS = (1/k1) sum_i max_j |cos(D1_i, D2_j)| (Sharkey et al. 2022): how many
+    atoms of D1 reappear in D2, stability without the one-to-one constraint (several atoms of D1 may claim
+    the same atom of D2).
+
+    In [0, 1], and >= stability(D1, D2) for dictionaries of equal size: 1 = every atom of D1 appears (up to
+    sign) in D2. Raises ValueError if d differs.
     """
     D1, D2 = unit_atoms(D1), unit_atoms(D2)
     _shape("D2", D2, D1.shape[1])
@@ -273,6 +287,25 @@ def coherence(D) -> float:
     return best
 
 
+def duplicate_share(D, threshold: float = 0.99) -> float:
+    """The share of atoms of D (k, d) that have another atom at |cos| > `threshold`: near-duplicates, which
+    an archetypal dictionary gets when two atoms start on (nearly) the same candidate. In [0, 1]."""
+    D = unit_atoms(D)
+    dup = torch.zeros(len(D), dtype=torch.bool)
+    for i, d in enumerate(D.split(CHUNK)):
+        g = (d @ D.T).abs()
+        g[torch.arange(len(d)), torch.arange(len(d)) + i * CHUNK] = 0
+        dup[i * CHUNK:i * CHUNK + len(d)] = (g > threshold).any(1)
+    return dup.float().mean().item()
+
+
+def candidate_cosine(D, C) -> float:
+    """How far archetypal atoms D (k, d) moved from the candidates C (n', d): the mean over atoms of the
+    largest cos with a candidate. 1 = every atom is (the direction of) a candidate."""
+    C = unit_atoms(C)
+    return torch.cat([(d @ C.T).max(1).values for d in unit_atoms(D).split(CHUNK)]).mean().item()
+
+
 def _gram(Z) -> torch.Tensor:
     """Z^T Z (k, k) in float64, accumulated over chunks of tokens."""
     _, k = _shape("Z", Z)
@@ -288,7 +321,9 @@ def connectivity(Z) -> float:
     pairs with itself).
 
     In [0, 1]: 0 = every pair of codes co-fires somewhere (dense, entangled codes); 1 = no code ever
-    fires. Co-firing is counted on the non-zero pattern, so signed codes cannot cancel to a false 0.
+    fires. Co-firing is counted on the non-zero pattern, so signed codes cannot cancel to a false 0. It
+    falls as tokens are added (more pairs get a chance to co-fire): compare it on equal numbers of tokens
+    (`evaluate` uses CONNECTIVITY_TOKENS).
     """
     _, k = _shape("Z", Z)
     pairs = torch.zeros(k, k, dtype=torch.bool)
@@ -299,17 +334,22 @@ def connectivity(Z) -> float:
 
 
 def negative_interference(Z, D) -> float:
-    """Negative interference = ||relu(-(Z^T Z) * (D D^T))||_2, the matrix 2-norm (largest singular value)
-    as printed in Fel et al. 2025, eq. 14; * is element-wise, atoms unit-norm.
+    """Negative interference = ||relu(-(Z^T Z / n) * (D D^T))||_2 on unit atoms, the matrix 2-norm (largest
+    singular value) as printed in Fel et al. 2025, eq. 14; * is element-wise.
 
-    >= 0: 0 = no two co-firing codes have atoms at an obtuse angle (their reconstructions never cancel);
-    it grows with how often and how strongly co-active atoms oppose each other (units of Z^2). The matrix
-    is symmetric and non-negative, so its 2-norm is its largest eigenvalue (Perron-Frobenius).
-    Raises ValueError unless Z is (n, k) and D (k, d).
+    The codes are taken in unit-atom units, Z_i ||D_i|| (so Z D is unchanged while the atoms are normalised),
+    and Z^T Z is divided by the number of tokens n: dictionaries of any scale, and sets of any size, compare.
+    >= 0, in squared activation units per token: 0 = no two co-firing codes have atoms at an obtuse angle
+    (their reconstructions never cancel); it grows with how often and how strongly co-active atoms oppose
+    each other. The matrix is symmetric and non-negative, so its 2-norm is its largest eigenvalue
+    (Perron-Frobenius). Raises ValueError unless Z is (n, k) and D (k, d).
     """
-    D = unit_atoms(D)
-    _shape("Z", Z, len(D))
-    m = torch.relu(-_gram(Z) * (D.double() @ D.double().T)).numpy()
+    n, _ = _shape("Z", Z)
+    norms_k = torch.as_tensor(np.asarray(D) if not torch.is_tensor(D) else D).double().norm(dim=1)
+    Du = unit_atoms(D)
+    _shape("Z", Z, len(Du))
+    gram = _gram(Z) * torch.outer(norms_k, norms_k) / n
+    m = torch.relu(-gram * (Du.double() @ Du.double().T)).numpy()
     return float(scipy.linalg.eigh(m, eigvals_only=True, subset_by_index=[len(m) - 1, len(m) - 1])[0])
 
 

@@ -47,7 +47,8 @@ def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: Stabil
                snapshot_every: int) -> TrainConfig:
     """The training configuration of run `run` of `base` under an initialisation mode (STABILITY_MODES)."""
     seed = base.seed + run
-    common = dict(seed=seed, centre=centre, snapshot_every=snapshot_every)
+    # Every mode varies the data order: with a tied encoder, shared runs would otherwise be one run repeated.
+    common = dict(seed=seed, data_seed=base.data_seed + run, centre=centre, snapshot_every=snapshot_every)
     if mode == "shared":  # one C, W = identity: every run's dictionary starts at the same atoms
         return replace(base, **common, centroids_seed=base.seed, w_init="identity").canonical()
     if mode == "perturbed":
@@ -132,15 +133,19 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
 
 def _group_scores(out: Path, runs: list[str], store: ActivationStore, acts_nd: torch.Tensor) -> dict:
     """Stability along training (and with the data mean projected out, for uncentred runs), R² and code
-    correlation on the held-out tokens `acts_nd` (centred standardised space) of one group of runs."""
+    correlation on the held-out tokens `acts_nd` (centred standardised space) of one group of runs; the
+    share of near-duplicate atoms at t = 0 and at the end, and, for archetypal runs, how close the atoms
+    stay to their candidates (mean best cos)."""
     trajectories = [_snapshots(out / run) for run in runs]
-    r2, codes = [], []
+    r2, codes, near = [], [], []
     for run in runs:
         model, tcfg, _ = load_sae(out / run)
         shift = model_space(store, tcfg)
         acts_hat, z = reconstruct(model, acts_nd + shift)
         r2.append(metrics.r2(acts_nd, acts_hat - shift))
         codes.append(z)
+        if tcfg.archetypal:
+            near.append(metrics.candidate_cosine(model.atoms().detach(), model.dictionary.candidates))
     rows = []
     for step in sorted(set.intersection(*(set(t) for t in trajectories))):
         atoms = [t[step] for t in trajectories]
@@ -150,9 +155,13 @@ def _group_scores(out: Path, runs: list[str], store: ActivationStore, acts_nd: t
             row["stability_projected"] = _mean_pairwise(
                 metrics.stability, [metrics.project_out(a, store.uncentred_mean_d) for a in atoms])[0]
         rows.append(row)
+    first, last = rows[0]["step"], rows[-1]["step"]  # steps every run kept
     return {"trajectory": rows, "t0": rows[0]["stability"], "final": rows[-1]["stability"],
             "final_projected": rows[-1].get("stability_projected"), "r2": float(np.mean(r2)),
-            "code_correlation": _mean_pairwise(metrics.code_correlation, codes)[0]}
+            "code_correlation": _mean_pairwise(metrics.code_correlation, codes)[0],
+            "duplicates_t0": float(np.mean([metrics.duplicate_share(t[first]) for t in trajectories])),
+            "duplicates_final": float(np.mean([metrics.duplicate_share(t[last]) for t in trajectories])),
+            "candidate_cosine": float(np.mean(near)) if near else None}
 
 
 def _nulls(store: ActivationStore, ks: list[int], spaces: list[bool], cfg: StabilityConfig,

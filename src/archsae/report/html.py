@@ -18,11 +18,14 @@ from ..store import ActivationStore  # noqa: E402
 from .gallery import concept_gallery  # noqa: E402
 from .plots import tradeoff_plot  # noqa: E402
 
-# (metrics.json key, column title): the paper's Table 1, in its order.
+# (metrics.json key, column title): the paper's Table 1, in its order, with MMCS beside max cosine.
 METRICS = [("r2", "R² ↑"), ("dead_codes", "dead ↓"), ("l0", "L0"), ("stability", "stability ↑"),
-           ("max_cosine", "max cos ↑"), ("ood", "OOD ↓"), ("stable_rank", "stable rank"),
+           ("mmcs", "MMCS ↑"), ("max_cosine", "max cos ↑"), ("ood", "OOD ↓"), ("stable_rank", "stable rank"),
            ("effective_rank", "eff. rank"), ("coherence", "coherence ↓"), ("connectivity", "connectivity"),
            ("negative_interference", "neg. interf. ↓"), ("plausibility", "plausibility ↑")]
+
+
+PAIRS = ("stability", "mmcs", "max_cosine")  # metrics of pairs of runs: on a group's row only
 
 
 def _training_curves(models_dir: Path, out: Path) -> None:
@@ -48,13 +51,14 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     Raises ArchsaeError if the store, models or metrics.json are missing."""
     run_dir = Path(run_dir)
     out = run_dir / "report"
-    metrics = read_json(run_dir / "metrics.json")
+    evaluated = read_json(run_dir / "metrics.json")
+    metrics = evaluated["models"]
     store = ActivationStore(run_dir / "store")
     config = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    groups: dict[str, list[str]] = {}
-    for name, m in metrics.items():
-        groups.setdefault(m["group"], []).append(name)
-    summary = {group: {key: _mean([metrics[n].get(key) for n in names]) for key, _ in METRICS}
+    groups = {group: g["runs"] for group, g in evaluated["groups"].items()}
+    # A group's row: the mean of its runs' metrics, and the metrics of pairs of runs (mean and std over pairs).
+    summary = {group: {key: evaluated["groups"][group].get(key) if key in PAIRS else
+                       _mean([metrics[n].get(key) for n in names]) for key, _ in METRICS}
                for group, names in groups.items()}
     galleries = []
     for group, names in groups.items():
@@ -67,7 +71,7 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
                 save_image(out / c.file, c.strip)
         galleries.append({"name": name, "group": group, "concepts": concepts})
     _training_curves(run_dir / "models", out / "training.png")
-    tradeoff = tradeoff_plot(metrics, out / "tradeoff.png")
+    tradeoff = tradeoff_plot(evaluated, out / "tradeoff.png")
     bench = {name: read_json(path) for name in ("distillation", "plausibility", "identifiability")
              if (path := run_dir / "benchmarks" / name / "results.json").exists()}
     stability = run_dir / "stability" / "results.json"

@@ -135,20 +135,19 @@ def plausibility_plot(results: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-def tradeoff_plot(metrics: dict, path: str | Path) -> Path | None:
+def tradeoff_plot(evaluated: dict, path: str | Path) -> Path | None:
     """Fel et al. 2025, Fig. 3 from `archsae evaluate`'s metrics.json: stability between runs against R²,
-    one point per group of runs (mean over its runs), the groups of one method joined in order of L0 so a
-    method's sparsity levels form a curve. None when no group has two runs."""
-    groups: dict[str, list[dict]] = {}
-    for m in metrics.values():
-        if m.get("stability") is not None:
-            groups.setdefault(m["group"], []).append(m)
-    if not groups:
-        return None
+    one point per group of runs (stability: mean over pairs; R², L0: mean over runs), the groups of one
+    method joined in order of L0 so a method's sparsity levels form a curve. None when no group has two runs."""
     points: dict[str, list[tuple[float, float, float]]] = {}
-    for runs in groups.values():
+    for g in evaluated["groups"].values():
+        if "stability" not in g:
+            continue
+        runs = [evaluated["models"][n] for n in g["runs"]]
         mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
-        points.setdefault(runs[0]["method"], []).append((mean("l0"), mean("r2"), mean("stability")))
+        points.setdefault(runs[0]["method"], []).append((mean("l0"), mean("r2"), g["stability"]["mean"]))
+    if not points:
+        return None
     fig, ax = plt.subplots(figsize=(7, 5))
     for i, (method, pts) in enumerate(sorted(points.items())):
         pts.sort()
