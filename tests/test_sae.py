@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def planted(tmp_path_factory):
     return store, atoms_std
 
 
-def _random_level(planted, k, seed=0):
+def _random_level(planted, k, seed=1):  # not 0: planted_data draws its atoms from seed 0
     return recovery(np.random.default_rng(seed).normal(size=(k, planted.shape[1])), planted)
 
 
@@ -206,3 +207,68 @@ def test_sparse_support_w_starts_like_the_dense_one_and_stays_row_stochastic(k):
     for row, col in zip(nearest_candidates(candidates, cols, 4), cols):
         others = [j for j in dist[col].argsort().tolist() if j != col][:3]
         assert row.tolist() == [col.item()] + others
+
+
+def test_encoder_starts_tied_to_the_unit_atoms_free_and_archetypal():
+    for method in ("topk", "ra-topk"):
+        model = build_sae(TrainConfig(method=method, k=16, top_k=2), 8, torch.randn(40, 8) * 3)
+        atoms = model.atoms().detach()
+        assert torch.allclose(model.encoder.weight, atoms / atoms.norm(dim=1, keepdim=True), atol=1e-6)
+        assert torch.equal(model.encoder.bias, torch.zeros(16))
+
+
+def test_loss_is_fvu_plus_auxk_normalised_by_the_residual_variance():
+    """By hand: FVU of the batch, plus aux_coeff times the FVU of the residual reconstructed by the dead codes'
+    largest pre-activations."""
+    torch.manual_seed(0)
+    model = build_sae(TrainConfig(method="topk", k=12, top_k=2), 6)
+    x = torch.randn(50, 6)
+    dead = torch.zeros(12, dtype=torch.bool)
+    dead[[3, 7, 9]] = True
+    out = model.losses(x, dead, aux_k=2, aux_coeff=0.25)
+    with torch.no_grad():
+        x_hat, _ = model(x)
+        fvu = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        pre = model.encoder(x - model.b_pre)
+        masked = pre.masked_fill(~dead, -float("inf"))
+        idx = masked.topk(2, dim=1).indices
+        z = torch.zeros_like(pre).scatter(1, idx, torch.relu(pre.gather(1, idx)))
+        e, e_hat = x - x_hat, z @ model.atoms()
+        aux = (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+    assert out.loss.item() == pytest.approx((fvu + 0.25 * aux).item(), rel=1e-5)
+    assert model.losses(x, dead, aux_k=0).loss.item() == pytest.approx(fvu.item(), rel=1e-5)
+
+
+def test_adapted_coefficients_move_towards_the_target_l0():
+    from archsae.sae.activations import ADAPT_RATE, JumpReLU, ReLU
+
+    relu = ReLU(0.1, target_l0=8)
+    relu.adapt_(16.0)  # twice the target: log 2, under the clip of 1
+    assert relu.coeff.item() == pytest.approx(0.1 * math.exp(ADAPT_RATE * math.log(2)))
+    relu.adapt_(0.0)  # far below: clipped at -1
+    assert relu.coeff.item() == pytest.approx(0.1 * math.exp(ADAPT_RATE * (math.log(2) - 1)))
+    fixed = ReLU(0.1)
+    fixed.adapt_(100.0)
+    assert fixed.coeff.item() == pytest.approx(0.1)
+    jump = JumpReLU(4, 1e-3, target_l0=8)
+    for _ in range(100):  # L0 too low: the multiplier crosses 0 and grows negative
+        jump.adapt_(2.0)
+    assert jump.coeff.item() < -1e-3
+
+
+def test_too_few_candidates_for_the_atoms_is_a_user_error():
+    cfg = TrainConfig(method="a-topk", k=32, top_k=2)
+    with pytest.raises(ArchsaeError, match="n' = 20"):
+        build_sae(cfg, 4, torch.randn(20, 4))
+    build_sae(replace(cfg, w_init="random"), 4, torch.randn(20, 4))  # random mixtures start distinct anyway
+
+
+def test_relaxation_is_delta_times_a_unit_bounded_direction():
+    d = ArchetypalDictionary(torch.randn(30, 5), k=10, delta=0.3, w_init="permuted",
+                             generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        d.relax.normal_().mul_(5)
+    d.project_()
+    assert (d.relax.norm(dim=1) <= 1 + 1e-6).all()
+    assert torch.allclose(d.relaxation().norm(dim=1), torch.full((10,), 0.3), atol=1e-6)
+    assert torch.allclose(d(), (d.dense_weights() @ d.candidates + d.relaxation()) * d.log_scale.exp(), atol=1e-5)

@@ -32,8 +32,29 @@ BASE = TrainConfig(k=48, top_k=2, l1=3e-2, l0=1e-1, delta=0.05, w_support=16, ep
                    warmup_steps=20, aux_k=8, dead_tokens=2000)
 
 
-def test_all_twelve_methods_train_in_one_pass_and_recover_planted_atoms(planted, tmp_path, monkeypatch):
-    store, atoms, candidates = planted
+# The recipe's regression bounds, at the defaults (planted data below, 245 steps): each method's recovery
+# of the planted atoms and its held-out R². Measured when set: topk 0.98 / 0.96, relu 0.92 / 0.68 (L1
+# shrinkage at L0 = 3), archetypal 0.89-0.94 / 0.69-0.89. benchmarks/quality.py measures the same at scale.
+RECOVERY = {"topk": 0.95, "batchtopk": 0.95, "jumprelu": 0.95, "relu": 0.88}
+R2 = {"topk": 0.93, "batchtopk": 0.93, "jumprelu": 0.93, "relu": 0.6}
+
+
+@pytest.fixture(scope="module")
+def recipe_planted(tmp_path_factory):
+    """Planted data of 64 atoms, 3 per token, uneven frequencies and noise (archsae.data.planted), its store
+    and k-means candidates (n' = 4 k)."""
+    from archsae.data.planted import planted_dictionary
+
+    data = planted_dictionary(20_000, d=48, k=64, active=3, zipf=0.5, noise=0.1, seed=0)
+    store = write_store(tmp_path_factory.mktemp("recipe") / "store", data.acts_nd, shard_tokens=4096)
+    sample = store.standardise(store.sample(20_000, seed=0, split="train")).numpy()
+    return store, data.atoms_kd / store.std_d.numpy(), torch.from_numpy(kmeans(sample, 256, seed=0))
+
+
+def test_all_twelve_methods_train_in_one_pass_and_recover_planted_atoms(recipe_planted, tmp_path, monkeypatch):
+    """Every method at its defaults (only k, top_k and the budget set) in one pass of the store; a recipe that
+    regresses falls under the bounds."""
+    store, atoms, candidates = recipe_planted
     gathered = {"rows": 0}
     real_gather = ActivationStore.gather
 
@@ -42,21 +63,27 @@ def test_all_twelve_methods_train_in_one_pass_and_recover_planted_atoms(planted,
         return real_gather(self, i, rows)
 
     monkeypatch.setattr(ActivationStore, "gather", counting_gather)
-    jobs = [Job(replace(BASE, method=m), tmp_path / m, candidates) for m in METHODS]
+    base = TrainConfig(k=64, top_k=3, batch_size=512, epochs=7, warmup_steps=10)  # 245 steps
+    jobs = [Job(replace(base, method=m), tmp_path / m, candidates) for m in METHODS]
     models = train_many(store, jobs)
     # One pass: each epoch reads each train token once (but the dropped partial batch) for all 12 models.
-    assert gathered["rows"] == BASE.epochs * (store.n_split("train") // BASE.batch_size * BASE.batch_size)
+    assert gathered["rows"] == 7 * (store.n_split("train") // 512 * 512)
     acts = store.standardise(store.sample(3000, seed=1, split="heldout"))
     for job, model in zip(jobs, models):
         with torch.no_grad():
             acts_hat, codes = model(acts)
+        method, sparsity = job.cfg.method, job.cfg.sparsity
         score, r2 = recovery(model.atoms().detach(), atoms), metrics.r2(acts, acts_hat)
-        assert score > 0.85 and r2 > 0.85, (job.cfg.method, score, r2)  # random atoms score ~0.4
-        assert metrics.l0(codes) < 8, job.cfg.method  # sparse: planted tokens hold 1 or 2 atoms
-        if job.cfg.archetypal:
+        if job.cfg.archetypal:  # atoms kept near the data: lower, but far above random atoms (~0.45)
+            assert score > 0.85 and r2 > R2[sparsity] - 0.3, (method, score, r2)
             w = model.dictionary.weights.detach()
             assert (w >= 0).all() and torch.allclose(w.sum(1), torch.ones(len(w)), atol=1e-5)
-            assert (model.dictionary.relax is None) == job.cfg.method.startswith("a-")
+            assert (model.dictionary.relax is None) == method.startswith("a-")
+        else:
+            assert score > RECOVERY[sparsity] and r2 > R2[sparsity], (method, score, r2)
+        assert abs(metrics.l0(codes) - 3) < 0.75, method  # every sparsity at the asked L0
+        # dead codes: free 0-3 %; archetypal ones 5-16 % (an atom held near its candidates cannot follow AuxK)
+        assert metrics.dead_codes(codes) < (0.25 if job.cfg.archetypal else 0.06), method
 
 
 def test_a_model_trained_in_a_group_equals_the_same_model_trained_alone(planted, tmp_path):
@@ -109,7 +136,7 @@ def test_relative_delta_is_resolved_against_the_mean_activation_norm(planted, tm
     expected = 0.02 * calibration.norm(dim=1).mean().item()
     info = json.loads((tmp_path / "rel" / "config.json").read_text())
     assert info["delta_abs"] == pytest.approx(expected, rel=1e-6)
-    norms = model.dictionary.relax.detach().norm(dim=1)
+    norms = model.dictionary.relaxation().detach().norm(dim=1)
     assert norms.max() <= expected + 1e-5 and norms.max() > 0.5 * expected  # bound active and respected
     reloaded, _, _ = load_sae(tmp_path / "rel")
     assert torch.equal(reloaded.atoms(), model.atoms())

@@ -73,11 +73,12 @@ DISTILL_METHODS = {
 class DistillConfig:
     """A -> C: n' candidates chosen from the standardised activations (Fel et al. 2025, Sec. 4 and App. C)."""
 
-    n_centroids: int = opt(1024, "n', the number of candidates C")
+    n_centroids: int = opt(4096, "n', the number of candidates C; above k, so that no two atoms start on one "
+                                 "candidate (the paper: 32,000 for k = 5 d)")
     seed: int = opt(0, "seed of the token sample and of the method (k-means, Isolation Forest)")
     method: str = opt("kmeans", "how C is chosen: " + "; ".join(f"{m} = {h}" for m, h in DISTILL_METHODS.items()))
     max_points: int = opt(100_000, "train tokens sampled (bounded memory)")
-    n_iter: int = opt(20, "k-means iterations")
+    n_iter: int = opt(10, "k-means iterations")
     hull_dims: int = opt(6, "hull: PCA dimensions of the projection (qhull's cost explodes beyond ~8)")
     subset: float = opt(1.0, "fraction of the train tokens k-means samples from (seeded by subset_seed)")
     subset_seed: int = opt(0, "seed of the token subset, when subset < 1")
@@ -118,7 +119,9 @@ class TrainConfig:
                          "top_k")
     bandwidth: float = opt(0.5, "jumprelu: bandwidth of the Silverman kernel of the threshold's gradient, in "
                                 "standardised units (pre-activations are O(1); 1e-2 left 5 % of codes dead)")
-    delta: float = opt(0.01, "ra-: bound on ||Lambda_i||, standardised units (or x mean ||A|| if delta_relative)")
+    delta: float = opt(4.0, "ra-: bound on ||Lambda_i|| in the units of C, standardised activations, as the paper's "
+                            "(or x mean ||A|| with delta_relative). 4 = the smallest that keeps held-out R² within "
+                            "0.02 of TopK's on the default store, about 13 % of a centroid's norm there (~31 at d = 1,280)")
     delta_relative: bool = opt(False, "ra-: delta is a fraction of the mean norm of the standardised activations")
     w_init: str = opt("permuted", "a-/ra-: W init: permuted (seeded), identity (the paper's) or random")
     w_support: int = opt(64, "a-/ra-: candidates per row of W (its start and nearest neighbours); 0 = dense W")
@@ -147,7 +150,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
-        _check(self.k >= self.top_k, f"k ({self.k}) must be >= top_k ({self.top_k}): at most k codes are active")
+        _check(self.k >= self.top_k or "top_k" in self.unused_fields(),
+               f"k ({self.k}) must be >= top_k ({self.top_k}): at most k codes are active")
         _check(self.l1 >= 0 and self.l0 >= 0, f"l1 and l0 must be >= 0, got {self.l1}, {self.l0}")
         _check(self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth}")
         _check(self.delta >= 0, f"delta must be >= 0, got {self.delta}")
@@ -267,8 +271,9 @@ class EvaluateConfig:
 
 
 STABILITY_MODES = {
-    "independent": "each run its own k-means seed, W initialisation and encoder seed (the default)",
-    "shared": "the paper's: one C, W = identity, only the encoder seed differs",
+    "independent": "each run its own k-means seed, W initialisation, dictionary seed and data order (the default)",
+    "shared": "the paper's: one C and W = identity, so every run starts from the same dictionary (and, tied, the "
+              "same encoder); runs differ only in their data order",
     "perturbed": "independent seeds, and each run (k-means included) on its own subset of the train tokens",
 }
 
@@ -303,8 +308,8 @@ class DistillationBenchConfig:
 
     method: tuple = opt(tuple(DISTILL_METHODS), "distillation methods compared [repeat for several]")
     runs: int = opt(2, "runs per method (token sample, method and A-SAE seeds all differ), for stability")
-    n_centroids: int = opt(1024, "n', candidates per method")
-    max_points: int = opt(20_000, "train tokens each method chooses from (One-Class SVM is O(n^2) in it)")
+    n_centroids: int = opt(4096, "n', candidates per method (at least the A-SAE's --train-k)")
+    max_points: int = opt(40_000, "train tokens each method chooses from (One-Class SVM is O(n^2) in it)")
     max_tokens: int = opt(10_000, "held-out tokens for R² and the OOD score")
 
     def __post_init__(self) -> None:
@@ -321,8 +326,8 @@ class PlausibilityBenchConfig:
     """`archsae benchmark plausibility` (Fel et al. 2025, Sec. 5.2, Table 2): atoms against the classifier
     head's class directions."""
 
-    k: tuple = opt((512, 2048, 8192), "dictionary sizes [repeat for several]")
-    delta: tuple = opt((0.0, 0.01, 0.1, 1.0), "archetypal deltas: 0 = A-SAE, > 0 = RA-SAE [repeat for several]")
+    k: tuple = opt((512, 1024, 2048), "dictionary sizes, each below n' (--distill-n-centroids) [repeat for several]")
+    delta: tuple = opt((0.0, 1.0, 4.0, 16.0), "archetypal deltas: 0 = A-SAE, > 0 = RA-SAE [repeat for several]")
     sparsity: str = opt("topk", "sparsity of every SAE compared (topk, batchtopk, jumprelu, relu)")
 
     def __post_init__(self) -> None:
@@ -395,8 +400,8 @@ class RunConfig:
         """A small configuration for smoke tests (a few minutes on 2 cores)."""
         return cls(
             demo=DemoConfig(n_images=160),
-            distill=DistillConfig(n_centroids=256, max_points=20_000, n_iter=10),
-            train=TrainConfig(k=512, top_k=16, epochs=3.0, batch_size=512, warmup_steps=5, dead_tokens=10_000),
+            distill=DistillConfig(n_centroids=1024, max_points=20_000),
+            train=TrainConfig(k=512, top_k=16, epochs=3.0, batch_size=512, warmup_steps=5),
             evaluate=EvaluateConfig(max_tokens=5_000),
         )
 

@@ -91,21 +91,25 @@ def init_support(k: int, n_prime: int, m: int, mode: str, candidates_nd: torch.T
 
 
 class ArchetypalDictionary(nn.Module):
-    """D = W C + Lambda, Fel et al. 2025, eq. 4 (RA-SAE; delta = 0 is A-SAE).
+    """D = (W C + Lambda) exp(s), Fel et al. 2025, eq. 4 (RA-SAE; delta = 0 is A-SAE).
 
-    C (n', d) fixed candidates (k-means centroids of the activations), W (k, n') row-stochastic
-    (W >= 0, W 1 = 1), ||Lambda_i||_2 <= delta. With delta = 0 there is no Lambda at all, so the
-    constraint is exact and no 0/0 arises.
+    C (n', d) fixed candidates (k-means centroids of the standardised activations), W (k, n') row-stochastic
+    (W >= 0, W 1 = 1), Lambda = delta U with ||U_i||_2 <= 1, so ||Lambda_i||_2 <= delta in the units of C
+    (standardised activations, as in the paper; a centroid's norm is about sqrt(d) times the share of
+    variance it keeps). Learning U rather than Lambda makes Lambda's step scale with delta: Adam moves
+    each coordinate of U by about lr per step, so Lambda reaches its bound in about 1 / (lr sqrt(d)) steps
+    whatever delta, and a sweep of delta (Fel et al. Fig. 4) changes how far atoms may leave the hull, not
+    how fast. With delta = 0 there is no U at all, so the constraint is exact and no 0/0 arises.
 
     `support` = m > 0 keeps only m candidates per row of W (the atom's starting candidate and its
     nearest neighbours; see `init_support`): W is stored as (k, m) weights over a fixed (k, m) index
     buffer, and D is built by gathering, which costs k m d instead of k n' d and holds k m instead of
     k n' parameters (+ Adam state). support = 0 (or >= n') is the paper's dense W.
 
-    As in the authors' implementation, D is multiplied by a learned positive scalar exp(log_scale) (it
-    changes no atom's direction); we start it at 1 / mean ||C_i|| so the initial atoms have unit mean
-    norm like a free dictionary's, instead of spending the first steps shrinking codes against
-    centroids of norm ~ sqrt(d) in standardised units.
+    As in the authors' implementation, D is multiplied by a learned positive scalar exp(s) (it changes no
+    atom's direction); we start it at 1 / mean ||C_i|| so the initial atoms have unit mean norm like a free
+    dictionary's, instead of spending the first steps shrinking codes against centroids of norm ~ sqrt(d)
+    in standardised units.
     """
 
     def __init__(self, candidates_nd: torch.Tensor, k: int, delta: float, w_init: str, generator: torch.Generator,
@@ -123,7 +127,7 @@ class ArchetypalDictionary(nn.Module):
         self.weights = nn.Parameter(weights)
         # delta is a buffer, so a model saved with a delta resolved from a relative setting reloads as is.
         self.register_buffer("delta", torch.tensor(float(delta)))
-        self.relax = nn.Parameter(torch.zeros(k, d)) if delta > 0 else None
+        self.relax = nn.Parameter(torch.zeros(k, d)) if delta > 0 else None  # U, with Lambda = delta U
         mean_norm = self.candidates.norm(dim=1).mean().clamp_min(1e-12)
         self.log_scale = nn.Parameter(-mean_norm.log().reshape(()))
 
@@ -138,22 +142,25 @@ class ArchetypalDictionary(nn.Module):
         w = torch.zeros(self.k, len(self.candidates), device=self.weights.device)
         return w.scatter_add_(1, self.support, self.weights.detach())
 
+    def relaxation(self) -> torch.Tensor | None:
+        """Lambda = delta U (k, d), in the units of C; None for an A-SAE (delta = 0)."""
+        return None if self.relax is None else self.delta * self.relax
+
     def forward(self) -> torch.Tensor:
         if self.support is None:
             atoms = self.weights @ self.candidates
         else:
             atoms = F.embedding_bag(self.support, self.candidates, per_sample_weights=self.weights, mode="sum")
         if self.relax is not None:
-            atoms = atoms + self.relax
+            atoms = atoms + self.delta * self.relax
         return atoms * self.log_scale.exp()
 
     @torch.no_grad()
     def project_(self) -> None:
-        """W <- relu(W), rows renormalised to sum 1 (an all-zero row becomes uniform); Lambda_i scaled to norm <= delta."""
+        """W <- relu(W), rows renormalised to sum 1 (an all-zero row becomes uniform); U_i scaled to norm <= 1."""
         w = self.weights.clamp_(min=0)
         sums = w.sum(1, keepdim=True)
         # In place (W can hold 0.5 G entries): an all-zero row gets 0 / tiny + 1 / n = uniform.
         w.div_(sums.clamp_min(1e-30)).add_((sums == 0).to(w.dtype) / w.shape[1])
         if self.relax is not None:
-            norms = self.relax.norm(dim=1, keepdim=True)
-            self.relax *= (self.delta / norms.clamp_min(1e-30)).clamp(max=1.0)
+            self.relax /= self.relax.norm(dim=1, keepdim=True).clamp_min(1.0)

@@ -93,7 +93,7 @@ class SAE(nn.Module):
         fire on the calibration tokens `x_nd` (n, d) and none is dead: JumpReLU's thresholds, and ReLU's
         encoder biases (from 0, a tied ReLU starts with half its codes active, and its L1 coefficient would
         overshoot pulling them down). A no-op for TopK and BatchTopK."""
-        pre_nk = self.encoder(x_nd - self.b_pre)
+        pre_nk, l0 = self.encoder(x_nd - self.b_pre), min(l0, self.k)
         if isinstance(self.activation, JumpReLU):
             self.activation.init_thresholds(pre_nk, l0)
         elif isinstance(self.activation, ReLU):
@@ -190,9 +190,10 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
               delta: float | None = None) -> SAE:
     """An SAE as `cfg` describes: any sparsity with a free or an (relaxed) archetypal dictionary.
 
-    Archetypal methods need the candidates C (n', d). `delta` is the absolute bound on ||Lambda_i|| when
-    it was resolved from `cfg.delta_relative` (default: cfg.effective_delta). Seeds come from `cfg.seed`.
-    Raises ArchsaeError for missing or mis-shaped candidates.
+    Archetypal methods need the candidates C (n', d), n' >= k unless W starts random (so that no two atoms
+    start on the same candidate). `delta` is the absolute bound on ||Lambda_i|| when it was resolved from
+    `cfg.delta_relative` (default: cfg.effective_delta). Seeds come from `cfg.seed`. Raises ArchsaeError for
+    missing, mis-shaped or too few candidates.
     """
     dict_gen = torch.Generator().manual_seed(cfg.seed)
     if not cfg.archetypal:
@@ -202,6 +203,10 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
             raise ArchsaeError(f"{cfg.method} needs k-means candidates C: run `archsae distill` first")
         if candidates_nd.ndim != 2 or candidates_nd.shape[1] != d:
             raise ArchsaeError(f"candidates C have shape {tuple(candidates_nd.shape)}; expected (n', {d})")
+        if len(candidates_nd) < cfg.k and cfg.w_init != "random":
+            raise ArchsaeError(f"{cfg.method} with k = {cfg.k} atoms needs at least as many candidates, got "
+                               f"n' = {len(candidates_nd)}: atoms would start as copies of one another (the paper "
+                               "uses n' = 32,000 for k = 5 d); distill with --n-centroids above k, or lower --k")
         delta = cfg.effective_delta if delta is None else delta
         dictionary = ArchetypalDictionary(candidates_nd, cfg.k, delta, cfg.w_init, dict_gen, cfg.w_support)
     return SAE(d, dictionary, build_activation(cfg, cfg.k))
