@@ -309,7 +309,7 @@ class DistillationBenchConfig:
     method: tuple = opt(tuple(DISTILL_METHODS), "distillation methods compared [repeat for several]")
     runs: int = opt(2, "runs per method (token sample, method and A-SAE seeds all differ), for stability")
     n_centroids: int = opt(4096, "n', candidates per method (at least the A-SAE's --train-k)")
-    max_points: int = opt(40_000, "train tokens each method chooses from (One-Class SVM is O(n^2) in it)")
+    max_points: int = opt(20_000, "train tokens each method chooses from (One-Class SVM is O(n^2) in it)")
     max_tokens: int = opt(10_000, "held-out tokens for R² and the OOD score")
 
     def __post_init__(self) -> None:
