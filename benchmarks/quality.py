@@ -127,8 +127,21 @@ def child(spec: dict) -> list[dict]:
     start = time.perf_counter()
     models = train_many(store, jobs, "cpu")
     seconds = time.perf_counter() - start
-    return [{"method": job.cfg.method, **scores(store, model.eval(), model.atoms().detach(), planted),
+    return [{"method": job.cfg.method, **scores(store, in_standardised_space(model.eval(), store),
+                                                model.atoms().detach(), planted),
              "pass_seconds": seconds} for job, model in zip(jobs, models)]
+
+
+def in_standardised_space(model, store):
+    """The model as x -> (x_hat, codes) on centred standardised x. Since issue 12 a model carries its input
+    normalisation and takes raw activations; before, it took standardised ones."""
+    if not hasattr(model, "input_scale"):
+        return model
+
+    def encode_decode(x):
+        acts_hat, codes = model(store.std_d * x + store.mean_d)
+        return store.standardise(acts_hat), codes
+    return encode_decode
 
 
 def run_child(spec: dict, rev: str | None, worktrees: dict[str, Path]) -> list[dict]:

@@ -97,7 +97,8 @@ def test_convex_nmf_can_mix_the_runs_kmeans_candidates(demo_store, tmp_path):
     invoke("distill", "--run-dir", run, "--n-centroids", 32, "--max-points", 800)
     invoke("classical", "--run-dir", run, "--method", "convex_nmf", "--basis", "centroids", "--k", 8, "--n-iter", 3,
            "--max-tokens", 800)
-    model, cfg = load_baseline(run / "models" / "convex_nmf-s0")
+    model = load_baseline(run / "models" / "convex_nmf-s0")
+    cfg = model.config
     candidates = load_centroids(run / "centroids" / "seed0.safetensors")
     assert cfg.basis == "centroids" and model.weights_km.shape == (8, 32) and (model.weights_km >= 0).all()
     assert np.allclose(model.weights_km @ candidates, model.dictionary, atol=1e-4)

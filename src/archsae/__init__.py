@@ -1,30 +1,77 @@
-"""archsae: stable, honest concept extraction from vision models with (archetypal) sparse autoencoders."""
+"""archsae: stable, honest concept extraction from vision models with (archetypal) sparse autoencoders.
 
-from . import metrics
-from .benchmarks import distillation_benchmark, identifiability_benchmark, plausibility_benchmark
-from .classical import CLASSICAL, build_baseline, fit_baseline, load_baseline
-from .config import (METHODS, ClassicalConfig, DemoConfig, DistillationBenchConfig, DistillConfig, EvaluateConfig,
-                     ExtractConfig, IdentifiabilityBenchConfig, PlausibilityBenchConfig, ReportConfig, RunConfig,
-                     StabilityConfig, TrainConfig)
-from .data import build_demo, list_images, planted_dictionary
-from .distill import distill, kmeans
-from .errors import ArchsaeError
-from .evaluate import evaluate, load_model
-from .extract import extract
-from .models import load_backbone
-from .pipeline import run
-from .report import stability_plots, write_report
-from .sae import SAE, ArchetypalDictionary, BatchTopK, FreeDictionary, JumpReLU, ReLU, TopK, build_sae, load_sae
-from .stability import run_stability
-from .store import ActivationStore, Subset, import_matrix
-from .train import Job, train, train_many
+`import archsae` loads nothing heavy: names are imported from their modules on first use (PEP 562),
+so scikit-learn, faiss, timm and matplotlib load only when a function that needs them is called, and
+nothing global (such as matplotlib's backend) changes.
+"""
 
-__all__ = [
-    "CLASSICAL", "METHODS", "ActivationStore", "ArchetypalDictionary", "ArchsaeError", "BatchTopK", "ClassicalConfig",
-    "DemoConfig", "DistillConfig", "DistillationBenchConfig", "EvaluateConfig", "ExtractConfig", "FreeDictionary",
-    "IdentifiabilityBenchConfig", "Job", "JumpReLU", "PlausibilityBenchConfig", "ReLU", "ReportConfig", "RunConfig",
-    "SAE", "StabilityConfig", "Subset", "TopK", "TrainConfig", "build_baseline", "build_demo", "build_sae", "distill",
-    "distillation_benchmark", "evaluate", "extract", "fit_baseline", "identifiability_benchmark", "import_matrix",
-    "kmeans", "list_images", "load_backbone", "load_baseline", "load_model", "load_sae", "metrics",
-    "planted_dictionary", "plausibility_benchmark", "run", "run_stability", "stability_plots", "train", "train_many", "write_report",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_WHERE = {  # public name -> the module that defines it
+    "metrics": None,
+    "distillation_benchmark": "benchmarks", "identifiability_benchmark": "benchmarks",
+    "plausibility_benchmark": "benchmarks",
+    "CLASSICAL": "classical", "build_baseline": "classical", "fit_baseline": "classical", "load_baseline": "classical",
+    "METHODS": "config", "ClassicalConfig": "config", "DemoConfig": "config", "DistillConfig": "config",
+    "DistillationBenchConfig": "config", "EvaluateConfig": "config", "ExtractConfig": "config",
+    "IdentifiabilityBenchConfig": "config", "PlausibilityBenchConfig": "config", "ReportConfig": "config",
+    "RunConfig": "config", "StabilityConfig": "config", "TrainConfig": "config",
+    "build_demo": "data", "list_images": "data", "planted_dictionary": "data",
+    "distill": "distill", "kmeans": "distill",
+    "ArchsaeError": "errors",
+    "evaluate": "evaluate", "load_model": "evaluate",
+    "extract": "extract",
+    "load_backbone": "models",
+    "run": "pipeline",
+    "stability_plots": "report", "write_report": "report",
+    "SAE": "sae", "ArchetypalDictionary": "sae", "BatchTopK": "sae", "FreeDictionary": "sae", "JumpReLU": "sae",
+    "ReLU": "sae", "TopK": "sae", "build_sae": "sae", "load_sae": "sae",
+    "run_stability": "stability",
+    "ActivationStore": "store", "Subset": "store", "import_matrix": "store",
+    "Job": "train", "train": "train", "train_many": "train",
+}
+__all__ = sorted(_WHERE)
+
+# Functions named as their module: importing the module (archsae.train) would set the package attribute to
+# it, so these are bound now, after their (light) modules, not on first use.
+from .distill import distill  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .extract import extract  # noqa: E402
+from .train import train  # noqa: E402
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'archsae' has no attribute {name!r}")
+    module = importlib.import_module(f".{_WHERE[name] or name}", __name__)
+    value = module if _WHERE[name] is None else getattr(module, name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from . import metrics
+    from .benchmarks import distillation_benchmark, identifiability_benchmark, plausibility_benchmark
+    from .classical import CLASSICAL, build_baseline, fit_baseline, load_baseline
+    from .config import (METHODS, ClassicalConfig, DemoConfig, DistillConfig, DistillationBenchConfig,
+                         EvaluateConfig, ExtractConfig, IdentifiabilityBenchConfig, PlausibilityBenchConfig,
+                         ReportConfig, RunConfig, StabilityConfig, TrainConfig)
+    from .data import build_demo, list_images, planted_dictionary
+    from .distill import distill, kmeans
+    from .errors import ArchsaeError
+    from .evaluate import evaluate, load_model
+    from .extract import extract
+    from .models import load_backbone
+    from .pipeline import run
+    from .report import stability_plots, write_report
+    from .sae import SAE, ArchetypalDictionary, BatchTopK, FreeDictionary, JumpReLU, ReLU, TopK, build_sae, load_sae
+    from .stability import run_stability
+    from .store import ActivationStore, Subset, import_matrix
+    from .train import Job, train, train_many

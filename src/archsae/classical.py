@@ -17,25 +17,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-from sklearn.decomposition import PCA, FastICA, MiniBatchSparsePCA, TruncatedSVD
-from sklearn.exceptions import ConvergenceWarning
-
 from .config import CLASSICAL, ClassicalConfig, from_dict
-from .distill import kmeans
 from .errors import ArchsaeError
-from .files import read_json, write_json, write_safetensors
+from .files import read_json, read_safetensors, refuse_if_different, write_json, write_safetensors
+from .normalisation import RawSpace
 
 
 def _tensor(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float()
 
 
-class Baseline:
-    """The common interface; `dictionary` (k, d) is set by `fit`."""
+class Baseline(RawSpace):
+    """The common interface; `dictionary` (k, d) is set by `fit`. `fit` takes the tokens in the space to fit
+    in (standardised, by `fit_baseline`); `encode` and `decode` take and return raw activations once
+    `set_normalisation_` was called (saved with the model; identity before). `config` is its
+    ClassicalConfig when it was fitted by `fit_baseline` or loaded."""
 
     k: int
     dictionary: torch.Tensor
+    input_shift, input_scale = torch.tensor(0.0), torch.tensor(1.0)  # the identity until set_normalisation_
+    config: ClassicalConfig | None = None
 
     def _check(self, acts_nd: torch.Tensor) -> torch.Tensor:
         acts_nd = _tensor(acts_nd)
@@ -50,14 +51,22 @@ class Baseline:
         raise NotImplementedError
 
     def encode(self, acts_nd) -> torch.Tensor:
-        raise NotImplementedError
+        """Codes Z (n, k) of raw activations (n, d); ArchsaeError for a wrong shape."""
+        return self._encode(self.standardise(self._check(acts_nd)))
 
     def decode(self, codes_nk) -> torch.Tensor:
-        return _tensor(codes_nk) @ self.dictionary
+        """Raw activations (n, d) reconstructed from codes Z (n, k)."""
+        return self.unstandardise(self._decode(_tensor(codes_nk)))
+
+    def _encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode(self, codes_nk: torch.Tensor) -> torch.Tensor:
+        return codes_nk @ self.dictionary
 
     def state(self) -> dict[str, torch.Tensor]:
         """What `load_state` needs to encode and decode again (saved by `save_baseline`)."""
-        return {"dictionary": self.dictionary}
+        return {"dictionary": self.dictionary, "input_shift": self.input_shift, "input_scale": self.input_scale}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> "Baseline":
         for name, value in state.items():
@@ -76,6 +85,8 @@ class SklearnBaseline(Baseline):
 
     def __init__(self, name: str, k: int, seed: int = 0, alpha: float = 1.0):
         self.name, self.k = name, k
+        from sklearn.decomposition import PCA, FastICA, MiniBatchSparsePCA, TruncatedSVD  # heavy: when used
+
         self.estimator = {
             "pca": lambda: PCA(n_components=k, random_state=seed),
             "ica": lambda: FastICA(n_components=k, random_state=seed, whiten="unit-variance", max_iter=400),
@@ -89,6 +100,8 @@ class SklearnBaseline(Baseline):
         if self.k > min(acts_nd.shape):
             raise ArchsaeError(f"{self.name} finds at most min(n, d) = {min(acts_nd.shape)} components; "
                                f"got k = {self.k}")
+        from sklearn.exceptions import ConvergenceWarning
+
         with warnings.catch_warnings(record=True) as caught:  # sparse PCA's inner lasso warns once per batch
             warnings.simplefilter("always", ConvergenceWarning)
             est = self.estimator.fit(acts_nd.numpy())
@@ -108,14 +121,14 @@ class SklearnBaseline(Baseline):
         self.encoder_kd = components.float()
         return self
 
-    def encode(self, acts_nd) -> torch.Tensor:
-        return (self._check(acts_nd) - self.mean_d) @ self.encoder_kd.T
+    def _encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+        return (x_nd - self.mean_d) @ self.encoder_kd.T
 
-    def decode(self, codes_nk) -> torch.Tensor:
-        return _tensor(codes_nk) @ self.dictionary + self.mean_d
+    def _decode(self, codes_nk: torch.Tensor) -> torch.Tensor:
+        return codes_nk @ self.dictionary + self.mean_d
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"dictionary": self.dictionary, "encoder_kd": self.encoder_kd, "mean_d": self.mean_d}
+        return {**super().state(), "encoder_kd": self.encoder_kd, "mean_d": self.mean_d}
 
 
 class KMeansBaseline(Baseline):
@@ -126,12 +139,13 @@ class KMeansBaseline(Baseline):
         self.k, self.seed, self.n_iter = k, seed, n_iter
 
     def fit(self, acts_nd) -> "KMeansBaseline":
+        from .distill import kmeans
+
         self.dictionary = torch.from_numpy(kmeans(self._check(acts_nd).numpy(), self.k, self.seed, self.n_iter))
         return self
 
-    def encode(self, acts_nd) -> torch.Tensor:
-        acts_nd = self._check(acts_nd)
-        nearest = torch.cdist(acts_nd, self.dictionary).argmin(1)
+    def _encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+        nearest = torch.cdist(x_nd, self.dictionary).argmin(1)
         return torch.nn.functional.one_hot(nearest, self.k).float()
 
 
@@ -161,6 +175,8 @@ class SemiNMF(Baseline):
         self.k, self.l1, self.seed, self.n_iter = k, l1, seed, n_iter
 
     def fit(self, acts_nd) -> "SemiNMF":
+        from .distill import kmeans
+
         acts_nd = self._check(acts_nd)
         self.dictionary = torch.from_numpy(kmeans(acts_nd.numpy(), self.k, self.seed))
         codes = None
@@ -170,8 +186,8 @@ class SemiNMF(Baseline):
             self.dictionary = torch.linalg.solve(gram, codes.T @ acts_nd)
         return self
 
-    def encode(self, acts_nd) -> torch.Tensor:
-        return nonneg_lasso(self._check(acts_nd), self.dictionary, self.l1, 200)
+    def _encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+        return nonneg_lasso(x_nd, self.dictionary, self.l1, 200)
 
 
 class ConvexNMF(Baseline):
@@ -205,10 +221,10 @@ class ConvexNMF(Baseline):
         return self
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"dictionary": self.dictionary, "weights_km": self.weights_km}
+        return {**super().state(), "weights_km": self.weights_km}
 
-    def encode(self, acts_nd) -> torch.Tensor:
-        return nonneg_lasso(self._check(acts_nd), self.dictionary, self.l1, 200)
+    def _encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+        return nonneg_lasso(x_nd, self.dictionary, self.l1, 200)
 
 
 def build_baseline(name: str, k: int, seed: int = 0, l1: float = 0.1, basis_nd=None, n_iter: int = 30) -> Baseline:
@@ -235,28 +251,38 @@ def save_baseline(model: Baseline, out_dir: str | Path, cfg: ClassicalConfig, **
     write_json(out_dir / "config.json", {"classical": asdict(cfg), "d": int(model.dictionary.shape[1]), **info})
 
 
-def load_baseline(model_dir: str | Path) -> tuple[Baseline, ClassicalConfig]:
-    """A baseline saved by `save_baseline`, ready to encode and decode. Raises ArchsaeError if missing."""
+def load_baseline(model_dir: str | Path) -> Baseline:
+    """A baseline saved by `save_baseline`, ready to encode and decode raw activations, `config` its
+    ClassicalConfig. Raises ArchsaeError if missing, damaged or from another version."""
     model_dir = Path(model_dir)
     if not (model_dir / "model.safetensors").exists():
         raise ArchsaeError(f"no fitted model in {model_dir}: run `archsae classical`")
     cfg = from_dict(ClassicalConfig, read_json(model_dir / "config.json")["classical"])
-    model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, n_iter=cfg.n_iter)
-    return model.load_state(load_file(str(model_dir / "model.safetensors"))), cfg
+    state = read_safetensors(model_dir / "model.safetensors")
+    if "input_scale" not in state:
+        raise ArchsaeError(f"{model_dir} was fitted by an older archsae (no input normalisation saved); fit it again")
+    model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, n_iter=cfg.n_iter).load_state(state)
+    model.config = cfg
+    return model
 
 
 def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Path | None = None, basis_nd=None,
-                 **info) -> Baseline:
+                 normalisation: tuple[torch.Tensor, torch.Tensor] | None = None, **info) -> Baseline:
     """Fit `cfg.method` on standardised tokens `acts_nd` (n, d) (Convex-NMF over `basis_nd` when given) and
     save it to `out_dir` when given; a folder already holding a model of the same configuration is loaded
-    instead of refitted. Raises ArchsaeError when `out_dir` holds a model of another configuration, or for
-    the errors of `build_baseline` and `fit` (unknown method, k > min(n, d), wrong shape)."""
+    instead of refitted. `normalisation` (shift, scale), both (d,), is how raw activations were standardised
+    (`ActivationStore.normalisation`), so the model encodes raw ones. Raises ArchsaeError when `out_dir`
+    holds a model of another configuration, or for the errors of `build_baseline` and `fit` (unknown
+    method, k > min(n, d), wrong shape)."""
     if out_dir is not None and (Path(out_dir) / "model.safetensors").exists():
-        model, saved = load_baseline(out_dir)
-        if saved == cfg:
-            return model
-        raise ArchsaeError(f"{out_dir} holds a {saved.method} fitted with other settings; choose another --name")
+        model = load_baseline(out_dir)
+        refuse_if_different(asdict(model.config), asdict(cfg), out_dir, f"a {model.config.method}",
+                            "choose another --name")
+        return model
     model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, basis_nd, cfg.n_iter).fit(acts_nd)
+    model.config = cfg
+    if normalisation is not None:
+        model.set_normalisation_(*normalisation)
     if out_dir is not None:
         save_baseline(model, out_dir, cfg, **info)
     return model

@@ -28,7 +28,7 @@ def atoms_of(model: SAE | Baseline) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct(model: SAE | Baseline, acts_nd: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A_hat (n, d), Z (n, k)) for activations in the model's own space, in chunks."""
+    """(A_hat (n, d), Z (n, k)) for raw activations A (n, d), in chunks."""
     if isinstance(model, Baseline):
         codes = [model.encode(a) for a in acts_nd.split(chunk)]
         return torch.cat([model.decode(z) for z in codes]), torch.cat(codes)
@@ -41,13 +41,15 @@ def reconstruct(model: SAE | Baseline, acts_nd: torch.Tensor, chunk: int = 4096)
     return torch.cat(hats), torch.cat(codes)
 
 
-def load_model(model_dir: str | Path) -> tuple[SAE | Baseline, TrainConfig | ClassicalConfig]:
-    """A trained SAE (`archsae train`) or a fitted classical model (`archsae classical`) and its config.
-    Raises ArchsaeError when the folder holds no finished model."""
+def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> SAE | Baseline:
+    """A trained SAE (`archsae train`, see `load_sae`) or a fitted classical model (`archsae classical`),
+    either of which encodes raw activations (n, d) and decodes back to them; `config` is its
+    configuration. Classical models run on the CPU. Raises ArchsaeError when the folder holds no
+    finished model or its files are damaged."""
     config = Path(model_dir) / "config.json"
     if config.exists() and "classical" in read_json(config):
         return load_baseline(model_dir)
-    return load_sae(model_dir)[:2]
+    return load_sae(model_dir, device)
 
 
 def model_space(store: ActivationStore, cfg: TrainConfig | ClassicalConfig) -> torch.Tensor:
@@ -125,8 +127,9 @@ def pair_metrics(atoms: list[torch.Tensor]) -> dict[str, dict[str, float]] | Non
 
 def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig, out: str | Path) -> dict:
     """The paper's metric suite (its Table 1) for every model under `models_dir`, on up to `cfg.max_tokens`
-    held-out tokens, in the standardised space (an uncentred model is fed A / std and its reconstruction
-    shifted back, which leaves R^2 unchanged).
+    held-out tokens. Each model takes the raw tokens (it carries its normalisation); R^2 compares its
+    reconstruction with them in the store's standardised space, the paper's, so `load_model(path)` on raw
+    tokens gives the same R^2 (shift-invariant: uncentred models too).
 
     Returns (and writes to `out`, metrics.json, with the configuration in evaluate.json beside it):
     `models`: per model, R^2 (eq. 5), dead codes (eq. 6), mean L0, OOD score (eq. 9), stable rank (eq. 10),
@@ -134,30 +137,47 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     negative interference (eq. 14) and plausibility (Sec. 5.2, when the store's model has a classifier head
     over these features); `groups`: per group of runs (models whose configurations differ only in their
     seeds, see `group_label`), its runs and, with two or more, stability, MMCS and max cosine over pairs of
-    runs (`pair_metrics`): properties of pairs, not of one run.
+    runs (`pair_metrics`): properties of pairs, not of one run; `skipped`, if any, the models that could
+    not be scored (a damaged file, ...) with the reason, the others being scored. Raises ArchsaeError when
+    no model can be scored.
     """
-    acts = store.standardise(store.sample(cfg.max_tokens, cfg.seed, "heldout"))
+    raw = store.sample(cfg.max_tokens, cfg.seed, "heldout")
+    acts = store.standardise(raw)
     heads, heads_from = class_directions(store)
     found = find_models(models_dir)
-    results, atoms, labels = {}, {}, {}
+    results, atoms, labels, skipped = {}, {}, {}, {}
     for name, path in tqdm(found.items(), desc="evaluate", unit="model", disable=len(found) < 2):
-        model, tcfg = load_model(path)
-        shift = model_space(store, tcfg)
-        acts_hat, codes = reconstruct(model, acts + shift)
-        atoms[name] = atoms_of(model)
-        results[name] = {"method": tcfg.method, "group": group_label(tcfg, name, labels), "seed": tcfg.seed,
-                         "k": tcfg.k, "centre": getattr(tcfg, "centre", True),
-                         "r2": metrics.r2(acts, acts_hat - shift),
-                         **dictionary_metrics(atoms[name], codes, acts + shift),
-                         "plausibility": metrics.plausibility(atoms[name], heads) if heads is not None else None}
+        try:
+            results[name] = _model_metrics(store, load_model(path), name, raw, acts, heads, labels)
+        except (ArchsaeError, ValueError) as e:  # one model that cannot be scored does not sink the others
+            skipped[name] = str(e)
+            tqdm.write(f"evaluate: skipped {name}: {e}")
+            continue
+        atoms[name] = results[name].pop("atoms")
+    if not results:
+        raise ArchsaeError(f"no model under {models_dir} could be scored: "
+                           + "; ".join(f"{n}: {e}" for n, e in skipped.items()))
     groups = {}
     for group in dict.fromkeys(r["group"] for r in results.values()):
         names = [n for n, r in results.items() if r["group"] == group]
         same_size = [n for n in names if atoms[n].shape == atoms[names[0]].shape]
         groups[group] = {"runs": names, **(pair_metrics([atoms[n] for n in same_size]) or {})}
-    summary = {"models": results, "groups": groups}
+    summary = {"models": results, "groups": groups, **({"skipped": skipped} if skipped else {})}
     write_json(out, summary)
     write_json(Path(out).with_name("evaluate.json"),
                {"config": to_dict(cfg), "held_out_tokens": len(acts), "space": "standardised",
                 "connectivity_tokens": min(len(acts), CONNECTIVITY_TOKENS), "plausibility_directions": heads_from})
     return summary
+
+
+def _model_metrics(store: ActivationStore, model: SAE | Baseline, name: str, raw: torch.Tensor, acts: torch.Tensor,
+                   heads: torch.Tensor | None, labels: dict) -> dict:
+    """One model's row of metrics.json (and its atoms, under "atoms", for the metrics of pairs)."""
+    tcfg = model.config
+    shift = model_space(store, tcfg)
+    acts_hat, codes = reconstruct(model, raw)
+    atoms = atoms_of(model)
+    return {"method": tcfg.method, "group": group_label(tcfg, name, labels), "seed": tcfg.seed, "k": tcfg.k,
+            "centre": getattr(tcfg, "centre", True), "r2": metrics.r2(acts, store.standardise(acts_hat)),
+            **dictionary_metrics(atoms, codes, acts + shift),
+            "plausibility": metrics.plausibility(atoms, heads) if heads is not None else None, "atoms": atoms}

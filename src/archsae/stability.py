@@ -36,7 +36,7 @@ from tqdm import tqdm
 from . import metrics
 from .config import DistillConfig, StabilityConfig, TrainConfig, sweep_labels, to_dict
 from .distill import centroids_path, distill, kmeans
-from .evaluate import model_space, reconstruct
+from .evaluate import reconstruct
 from .files import write_json
 from .sae import load_sae
 from .store import ActivationStore
@@ -112,7 +112,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
                        "runs": [str(f.relative_to(out)) for f in folders]})
     train_many(store, list(jobs.values()), device)
 
-    acts = store.standardise(store.sample(cfg.max_tokens, 0, "heldout"))
+    acts = store.sample(cfg.max_tokens, 0, "heldout")
     nulls = _nulls(store, sorted({g["k"] for g in groups}), spaces, cfg, distill_cfg)
     cache: dict[tuple, dict] = {}  # a free dictionary's shared and independent groups are the same runs
     for group in tqdm(groups, desc="stability", unit="group"):
@@ -133,16 +133,16 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
 
 def _group_scores(out: Path, runs: list[str], store: ActivationStore, acts_nd: torch.Tensor) -> dict:
     """Stability along training (and with the data mean projected out, for uncentred runs), R² and code
-    correlation on the held-out tokens `acts_nd` (centred standardised space) of one group of runs; the
+    correlation on the held-out raw tokens `acts_nd` of one group of runs; the
     share of near-duplicate atoms at t = 0 and at the end, and, for archetypal runs, how close the atoms
     stay to their candidates (mean best cos)."""
     trajectories = [_snapshots(out / run) for run in runs]
     r2, codes, near = [], [], []
     for run in runs:
-        model, tcfg, _ = load_sae(out / run)
-        shift = model_space(store, tcfg)
-        acts_hat, z = reconstruct(model, acts_nd + shift)
-        r2.append(metrics.r2(acts_nd, acts_hat - shift))
+        model = load_sae(out / run)
+        tcfg = model.config
+        acts_hat, z = reconstruct(model, acts_nd)
+        r2.append(metrics.r2(store.standardise(acts_nd), store.standardise(acts_hat)))
         codes.append(z)
         if tcfg.archetypal:
             near.append(metrics.candidate_cosine(model.atoms().detach(), model.dictionary.candidates))

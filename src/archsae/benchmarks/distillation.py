@@ -44,15 +44,16 @@ def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Dis
                                 info={"candidates": to_dict(dcfg)})
     train_many(store, list(jobs.values()), device)
 
-    acts = store.standardise(store.sample(cfg.max_tokens, 0, "heldout"))
+    raw = store.sample(cfg.max_tokens, 0, "heldout")
+    acts = store.standardise(raw)
     results = {}
     for method in cfg.method:
         r2, ood, atoms = [], [], []
         for run in range(cfg.runs):
-            model, _, _ = load_sae(jobs[method, run].out_dir)
-            acts_hat, _ = reconstruct(model, acts)
+            model = load_sae(jobs[method, run].out_dir)
+            acts_hat, _ = reconstruct(model, raw)
             atoms.append(atoms_of(model))
-            r2.append(metrics.r2(acts, acts_hat))
+            r2.append(metrics.r2(acts, store.standardise(acts_hat)))
             ood.append(metrics.ood_score(atoms[-1], acts))
         pairs = list(itertools.combinations(range(cfg.runs), 2))
         results[method] = {

@@ -98,7 +98,7 @@ def _contact_sheet(images: list[Image.Image]) -> Image.Image:
 def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfig, methods: list[str],
                n_objects: int, train_nd: torch.Tensor, test_nd: torch.Tensor, device: str | None) -> dict:
     """Train the SAE `methods` (k = n_objects) on `store` (the train features); {method: (train codes, test
-    codes)} of the standardised features `train_nd`, `test_nd`."""
+    codes)} of the raw features `train_nd`, `test_nd`."""
     batch = min(64, store.n_split("train"))
     steps = math.ceil(cfg.epochs * (store.n_split("train") // batch))
     base = TrainConfig(k=n_objects, top_k=cfg.top_k, epochs=cfg.epochs, batch_size=batch, seed=cfg.seed,
@@ -113,7 +113,7 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
         tcfg = replace(base, method=method).canonical()
         jobs.append(Job(tcfg, out / "models" / method, candidates if tcfg.archetypal else None))
     train_many(store, jobs, device)
-    return {method: tuple(reconstruct(load_sae(job.out_dir)[0], a)[1] for a in (train_nd, test_nd))
+    return {method: tuple(reconstruct(load_sae(job.out_dir), a)[1] for a in (train_nd, test_nd))
             for method, job in zip(methods, jobs)}
 
 
@@ -140,11 +140,12 @@ def identifiability_benchmark(run_dir: str | Path, cfg: IdentifiabilityBenchConf
         n_objects = feats["train_labels"].shape[1]
         store = matrix_store(feats["train"].numpy(), folder / "store", "collage train features",
                              holdout_every=len(feats["train"]) + 1)  # only row 0 held out: SAEs see all of train
-        train_acts, test_acts = store.standardise(feats["train"]), store.standardise(feats["test"])
+        train_acts, test_acts = feats["train"], feats["test"]  # raw: every model carries its normalisation
         codes = _sae_codes(folder, store, cfg, sae_methods, n_objects, train_acts, test_acts, device) \
             if sae_methods else {}
         for method in (m for m in cfg.method if m in CLASSICAL):
-            baseline = build_baseline(method, n_objects, cfg.seed, cfg.l1).fit(train_acts)
+            baseline = build_baseline(method, n_objects, cfg.seed, cfg.l1).fit(store.standardise(train_acts))
+            baseline.set_normalisation_(*store.normalisation())
             codes[method] = baseline.encode(train_acts), baseline.encode(test_acts)
         scores = {m: metrics.soft_identifiability(codes[m][0], feats["train_labels"], codes[m][1], feats["test_labels"])
                   for m in cfg.method}

@@ -55,7 +55,7 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
     train_many(store, list(jobs.values()), device)
 
     def score(delta: float | None, k: int) -> float:
-        return metrics.plausibility(atoms_of(load_sae(jobs[delta, k].out_dir)[0]), heads)
+        return metrics.plausibility(atoms_of(load_sae(jobs[delta, k].out_dir)), heads)
 
     rows = {method_label(cfg.sparsity, delta): {str(k): score(delta, k) for k in cfg.k} for delta in dictionaries}
     g = torch.Generator().manual_seed(0)

@@ -27,31 +27,29 @@ class Concept:
 
 
 @torch.no_grad()
-def _codes(model: SAE, store: ActivationStore, acts_nd: torch.Tensor, centre: bool) -> torch.Tensor:
-    return torch.cat([model.encode(store.standardise(a, centre)) for a in acts_nd.split(4096)])
+def _codes(model: SAE, acts_nd: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model.encode(a) for a in acts_nd.split(4096)])
 
 
 @torch.no_grad()
-def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_images: int = 8,
-                    centre: bool = True) -> list[Concept]:
+def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_images: int = 8) -> list[Concept]:
     """The `n_concepts` codes active on most tokens; for each, the `n_images` images with the largest
     token activation, drawn with that code's activation per token as a heatmap over the image.
 
     Streams the store twice (usage, then per-image maxima of the chosen codes); memory is
-    O(k + images x n_concepts). Imported stores (no images) give concepts without strips. `centre` is
-    the model's training space (TrainConfig.centre).
+    O(k + images x n_concepts). Imported stores (no images) give concepts without strips.
     """
     k = model.k
     usage = torch.zeros(k)
     for i in range(store.n_shards):
-        usage += (_codes(model, store, store.read_shard(i).acts_md, centre) > 0).sum(0)
+        usage += (_codes(model, store.read_shard(i).acts_md) > 0).sum(0)
     top = usage.topk(min(n_concepts, k)).indices
     n_img = max(len(store.images), 1)
     best = torch.full((n_img, len(top)), -1.0)
     if store.images:
         for i in range(store.n_shards):
             shard = store.read_shard(i)
-            z = _codes(model, store, shard.acts_md, centre)[:, top]
+            z = _codes(model, shard.acts_md)[:, top]
             best.scatter_reduce_(0, shard.image_m[:, None].expand_as(z), z, reduce="amax")
     concepts = [Concept(int(c), float(usage[c] / store.n)) for c in top]
     if not store.images:
@@ -66,7 +64,7 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
             tokens = store.image_tokens(img)
             spatial = tokens.pos_m >= 0
             heat = torch.zeros(grid[0] * grid[1])
-            heat[tokens.pos_m[spatial]] = _codes(model, store, tokens.acts_md[spatial], centre)[:, concept.index]
+            heat[tokens.pos_m[spatial]] = _codes(model, tokens.acts_md[spatial])[:, concept.index]
             heats.append(heat.reshape(grid).numpy())
             concept.images.append({"image": img, "label": store.images[img]["label"], "max": score})
         vmax = max(max(h.max() for h in heats), 1e-12)

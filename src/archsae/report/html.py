@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+from jinja2 import Environment, PackageLoader, select_autoescape
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: E402
-
-from ..config import ReportConfig  # noqa: E402
-from ..files import atomic_write, read_json, save_image, write_text  # noqa: E402
-from ..evaluate import load_model  # noqa: E402
-from ..store import ActivationStore  # noqa: E402
-from .gallery import concept_gallery  # noqa: E402
-from .plots import tradeoff_plot  # noqa: E402
+from ..config import ReportConfig
+from ..files import read_json, save_image, write_text
+from ..evaluate import load_model
+from ..store import ActivationStore
+from .gallery import concept_gallery
+from .plots import save_figure, subplots, tradeoff_plot
 
 # (metrics.json key, column title): the paper's Table 1, in its order, with MMCS beside max cosine.
 METRICS = [("r2", "R² ↑"), ("dead_codes", "dead ↓"), ("l0", "L0"), ("stability", "stability ↑"),
@@ -29,7 +25,7 @@ PAIRS = ("stability", "mmcs", "max_cosine")  # metrics of pairs of runs: on a gr
 
 
 def _training_curves(models_dir: Path, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = subplots(figsize=(9, 5))
     for log in sorted(models_dir.glob("*/log.jsonl")):
         rows = [json.loads(l) for l in log.read_text().splitlines()]
         ax.plot([r["tokens"] for r in rows], [r["r2"] for r in rows], label=log.parent.name)
@@ -38,9 +34,7 @@ def _training_curves(models_dir: Path, out: Path) -> None:
     ax.set_ylim(bottom=max(-0.1, ax.get_ylim()[0]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 8 else 1)
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Path:
@@ -63,8 +57,7 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     galleries = []
     for group, names in groups.items():
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
-        model, tcfg = load_model(run_dir / "models" / name)
-        concepts = concept_gallery(model, store, cfg.n_concepts, cfg.n_images, getattr(tcfg, "centre", True))
+        concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images)
         for c in concepts:
             if c.strip is not None:
                 c.file = f"concepts/{name}_{c.index}.png"

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..files import atomic_write  # noqa: E402
+from ..files import atomic_write
 
 
-def _save(fig, path: Path) -> None:
+def subplots(*args, figsize: tuple[float, float], **kwargs):
+    """(figure, axes) drawn without pyplot: no backend chosen, no global state, so a notebook's inline
+    plots are untouched by archsae."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Save `fig` as PNG at `path` atomically."""
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
 
 
 def _name(group: dict) -> str:
@@ -35,7 +40,7 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
     modes = list(dict.fromkeys(g["mode"] for g in groups))
     colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(_name(g) for g in groups))}
 
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), sharey=True, squeeze=False)
+    fig, axes = subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), sharey=True, squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for g in (g for g in groups if g["mode"] == mode):
             tokens = [r["tokens"] for r in g["trajectory"]]
@@ -61,29 +66,29 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("stability between runs (eq. 2)")
     axes[0][0].set_ylim(0, 1.02)
-    _save(fig, out_dir / "trajectories.png")
+    save_figure(fig, out_dir / "trajectories.png")
     paths.append(out_dir / "trajectories.png")
 
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, ax = subplots(figsize=(10, 5))
     points: dict[tuple, dict] = {}  # one point per set of runs (a free dictionary's modes share theirs)
     for g in groups:
         points.setdefault(tuple(g["runs"]), {**g, "modes": []})["modes"].append(g["mode"])
     for i, g in enumerate(points.values()):
         params = ", ".join(f"{k}={v}" for k, v in g["params"].items())
-        ax.scatter(g["r2"], g["final"], marker="os^"[modes.index(g["modes"][0])], s=45, color=plt.cm.tab20(i % 20),
+        ax.scatter(g["r2"], g["final"], marker="os^"[modes.index(g["modes"][0])], s=45, color=colormaps["tab20"](i % 20),
                    label=f"{_name(g)}, {params} [{' = '.join(g['modes'])}]")
     ax.set_xlabel("R² (held-out)")
     ax.set_ylabel("stability at the end of training")
     ax.set_title("stability against reconstruction (Fel et al. 2025, Fig. 3)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    _save(fig, out_dir / "stability_r2.png")
+    save_figure(fig, out_dir / "stability_r2.png")
     paths.append(out_dir / "stability_r2.png")
 
     relaxed = [g for g in groups if g["method"].startswith("ra-")]
     relative = any(t.get("delta_relative") for t in results.get("train", []))
     if len({g["params"]["delta"] for g in relaxed}) > 1:
-        fig, (ax_s, ax_r) = plt.subplots(1, 2, figsize=(11, 4.5))
+        fig, (ax_s, ax_r) = subplots(1, 2, figsize=(11, 4.5))
         lines: dict[tuple, list] = {}  # one line per (mode, space, every parameter but delta)
         for g in relaxed:
             others = tuple((k, v) for k, v in g["params"].items() if k != "delta")
@@ -101,7 +106,7 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle("RA-SAE: stability and R² against δ (Fel et al. 2025, Fig. 4)")
-        _save(fig, out_dir / "delta.png")
+        save_figure(fig, out_dir / "delta.png")
         paths.append(out_dir / "delta.png")
     return paths
 
@@ -109,20 +114,20 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
 def distillation_plot(results: dict, path: str | Path) -> Path:
     """Fel et al. 2025, Fig. 11: R², stability and OOD score of A-SAE per distillation method (bars)."""
     methods = results["methods"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig, axes = subplots(1, 3, figsize=(12, 3.8))
     for ax, (key, title) in zip(axes, [("r2", "R² (held-out)"), ("stability", "stability between runs"),
                                        ("ood", "OOD score (lower = closer to the data)")]):
         ax.bar(list(methods), [m[key] for m in methods.values()], color=[f"C{i}" for i in range(len(methods))])
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=30)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
 def plausibility_plot(results: dict, path: str | Path) -> Path:
     """Fel et al. 2025, Table 2 as a figure: plausibility against dictionary size, one line per dictionary,
     the references dashed."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = subplots(figsize=(6.5, 4.5))
     for label, row in results["rows"].items():
         ax.plot([int(k) for k in row], list(row.values()), "o-", label=label)
     ks = [int(k) for k in next(iter(results["rows"].values()))]
@@ -131,7 +136,7 @@ def plausibility_plot(results: dict, path: str | Path) -> Path:
         ax.plot(ks, values, "--", color="grey" if isinstance(ref, dict) else "black", label=label)
     ax.set(xscale="log", xlabel="dictionary size k", ylabel="plausibility (mean best cosine to a class)")
     ax.legend(fontsize=8)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
@@ -148,7 +153,7 @@ def tradeoff_plot(evaluated: dict, path: str | Path) -> Path | None:
         points.setdefault(runs[0]["method"], []).append((mean("l0"), mean("r2"), g["stability"]["mean"]))
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = subplots(figsize=(7, 5))
     for i, (method, pts) in enumerate(sorted(points.items())):
         pts.sort()
         ax.plot([p[1] for p in pts], [p[2] for p in pts], "-", color=f"C{i % 10}", label=method,
@@ -159,5 +164,5 @@ def tradeoff_plot(evaluated: dict, path: str | Path) -> Path | None:
     ax.set(xlabel="R² (held-out)", ylabel="stability between runs (eq. 2)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)

@@ -6,13 +6,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, from_dict
 from ..errors import ArchsaeError
-from ..files import read_json, write_json, write_safetensors
+from ..files import read_json, read_safetensors, write_json, write_safetensors
+from ..normalisation import RawSpace
 from .activations import BatchTopK, JumpReLU, ReLU, TopK
 from .dictionary import ArchetypalDictionary, FreeDictionary
 
@@ -52,13 +52,17 @@ class StepOutput:
     fired_k: torch.Tensor  # bool (k,): codes nonzero on at least one token of the batch
 
 
-class SAE(nn.Module):
+class SAE(RawSpace, nn.Module):
     """A sparse autoencoder over d-dimensional activations with a k-atom dictionary.
 
-    Z = s(W_enc (x - b) + b_enc), x_hat = Z D + b, with s a sparsity mechanism (activations.py) and D a
-    dictionary (dictionary.py). `encode(x_nd) -> codes_nk`, `decode(codes_nk) -> x_hat_nd`,
-    `forward(x_nd) -> (x_hat_nd, codes_nk)`; all float32. `losses` is the training forward pass. Call
-    `project_()` after each optimiser step to restore the dictionary's constraint.
+    Z = s(W_enc (x - b) + b_enc), x_hat = Z D + b, with s a sparsity mechanism (activations.py), D a
+    dictionary (dictionary.py) and x = (A - input_shift) / input_scale the standardised activations the SAE
+    trained on (normalisation.py; identity until `set_normalisation_`). The public passes take and return
+    raw activations A, float32: `encode(acts_nd) -> codes_nk`, `decode(codes_nk) -> acts_hat_nd`,
+    `forward(acts_nd) -> (acts_hat_nd, codes_nk)`; they raise ArchsaeError for a wrong d. The atoms (k, d)
+    live in the standardised space. `losses` is the training forward pass on standardised x. Call
+    `project_()` after each optimiser step to restore the dictionary's constraint. `config` is the
+    TrainConfig it was built from.
 
     With TopK the training pass is sparse: pre-activations are computed without autograd, and only the
     top_k chosen codes are recomputed with it (so the encoder's backward costs n top_k d, not n k d), and
@@ -72,6 +76,9 @@ class SAE(nn.Module):
         self.activation = activation
         self.encoder = nn.Linear(d, k)
         self.b_pre = nn.Parameter(torch.zeros(d))
+        self.register_buffer("input_shift", torch.zeros(d))
+        self.register_buffer("input_scale", torch.ones(d))
+        self.config: TrainConfig | None = None
         self.tie_encoder_()
 
     @torch.no_grad()
@@ -103,16 +110,25 @@ class SAE(nn.Module):
         """The dictionary D (k, d) as used by the decoder."""
         return self.dictionary()
 
-    def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.encoder(x_nd - self.b_pre))
+    @property
+    def d(self) -> int:
+        return self.b_pre.shape[0]
+
+    def encode(self, acts_nd: torch.Tensor) -> torch.Tensor:
+        """Codes Z (n, k) of raw activations A (n, d) (numpy or torch, moved to the model's device)."""
+        acts_nd = torch.as_tensor(acts_nd, dtype=torch.float32, device=self.b_pre.device)
+        if acts_nd.ndim != 2 or acts_nd.shape[1] != self.d:
+            raise ArchsaeError(f"activations have shape {tuple(acts_nd.shape)}; this SAE expects (n, {self.d})")
+        return self.activation(self.encoder(self.standardise(acts_nd) - self.b_pre))
 
     def decode(self, codes_nk: torch.Tensor, atoms_kd: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw-space reconstruction (n, d) of codes Z (n, k); `atoms_kd` saves rebuilding D per call."""
         atoms_kd = self.atoms() if atoms_kd is None else atoms_kd
-        return codes_nk @ atoms_kd + self.b_pre
+        return self.unstandardise(codes_nk @ atoms_kd + self.b_pre)
 
-    def forward(self, x_nd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, acts_nd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         atoms_kd = self.atoms()  # built once per step
-        codes_nk = self.encode(x_nd)
+        codes_nk = self.encode(acts_nd)
         return self.decode(codes_nk, atoms_kd), codes_nk
 
     def project_(self) -> None:
@@ -209,7 +225,9 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
                                "uses n' = 32,000 for k = 5 d); distill with --n-centroids above k, or lower --k")
         delta = cfg.effective_delta if delta is None else delta
         dictionary = ArchetypalDictionary(candidates_nd, cfg.k, delta, cfg.w_init, dict_gen, cfg.w_support)
-    return SAE(d, dictionary, build_activation(cfg, cfg.k))
+    model = SAE(d, dictionary, build_activation(cfg, cfg.k))
+    model.config = cfg
+    return model
 
 
 def sae_config(cfg: TrainConfig, d: int, **info) -> dict:
@@ -224,15 +242,25 @@ def save_sae(model: SAE, out_dir: str | Path, config: dict) -> None:
     write_json(out_dir / "config.json", config)
 
 
-def load_sae(model_dir: str | Path) -> tuple[SAE, TrainConfig, dict]:
-    """Load a trained SAE saved by `save_sae`; returns (model in eval mode, its TrainConfig, config.json)."""
+def load_sae(model_dir: str | Path, device: torch.device | str = "cpu") -> SAE:
+    """A trained SAE saved by `archsae train`, ready for inference on `device`: eval mode, no gradients,
+    `config` its TrainConfig, and its input normalisation loaded, so `encode` takes raw activations (n, d).
+    Needs only the model folder (model.safetensors + config.json; README "Files"), not the store. Raises
+    ArchsaeError when the folder holds no finished SAE, or its files are damaged or from another version."""
     model_dir = Path(model_dir)
     path = model_dir / "model.safetensors"
     if not path.exists():
         raise ArchsaeError(f"no trained model in {model_dir} (model.safetensors missing): run `archsae train`")
     info = read_json(model_dir / "config.json")
+    if "train" not in info or "d" not in info:
+        raise ArchsaeError(f"{model_dir / 'config.json'} is not an SAE's configuration (no 'train' or 'd'); "
+                           "classical models load with archsae.load_model")
     cfg = from_dict(TrainConfig, info["train"])
-    state = load_file(str(path))
+    state = read_safetensors(path)
     model = build_sae(cfg, info["d"], state.get("dictionary.candidates"))
-    model.load_state_dict(state)
-    return model.eval(), cfg, info
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ArchsaeError(f"{path} does not match its config.json ({str(e).splitlines()[0]}...): it was written "
+                           "by another version of archsae or is damaged; train it again") from None
+    return model.eval().requires_grad_(False).to(device)
