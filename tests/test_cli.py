@@ -32,7 +32,7 @@ def _error(result, pattern):
     assert pattern in result.output and "Traceback" not in result.output
 
 
-def test_bad_image_folders(tmp_path):
+def test_bad_image_folders(tmp_path, monkeypatch):
     _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "missing"), "does not exist")
     (tmp_path / "empty").mkdir()
     _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "empty"), "holds no images")
@@ -42,6 +42,19 @@ def test_bad_image_folders(tmp_path):
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
     _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "imgs"), "cannot read image")
     assert not (tmp_path / "r" / "store").exists()
+    (folder / "broken.jpg").unlink()
+    Image.new("RGB", (400, 300)).save(folder / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # 400 x 300 is above twice that: Pillow refuses it
+    _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "imgs"), "larger than Pillow's limit")
+    assert not (tmp_path / "r" / "store").exists()
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    from archsae.data import load_image
+
+    Image.fromarray(np.full((8, 8), 120 * 257, np.uint16)).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    assert np.asarray(load_image(str(tmp_path / "grey16.png"))).mean() == 120  # Pillow's convert("RGB"): 255
 
 
 def test_bad_matrices_and_settings(tmp_path):
@@ -56,6 +69,12 @@ def test_bad_matrices_and_settings(tmp_path):
            "at least n' = 5000")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 16), "must be >= top_k")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--delta", -1), "delta must be >= 0")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--epochs", "inf"), "epochs must be finite")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 1, "--top-k", 1), "k must be >= 2")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 10**9, "--top-k", 2, "--batch-size", 64), "GiB available")
+    assert not (tmp_path / "c" / "models").exists()
+    np.save(tmp_path / "complex.npy", np.ones((20, 4), np.complex64))
+    _error(invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e"), "expected real numbers")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--method", "ra-topk"), "run `archsae distill`")
     _error(invoke("evaluate", "--run-dir", tmp_path / "c"), "no trained models")
     _error(invoke("stability", "--run-dir", tmp_path / "c", "--mode", "together"), "mode must be one of")
@@ -86,7 +105,7 @@ def test_stability_command_sweeps_methods_and_modes(tmp_path):
 def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
     """The real console script, end to end on the quick configuration."""
     exe = Path(sys.executable).with_name("archsae")
-    out = subprocess.run([str(exe), "run", "--quick", "--out", str(tmp_path / "run")],
+    out = subprocess.run([str(exe), "run", "--quick", "--run-dir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     import json
@@ -109,6 +128,41 @@ def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
     strips = list((tmp_path / "run" / "report" / "concepts").glob("*.png"))
     assert len(strips) == 2 * 16
     assert Image.open(strips[0]).size == (8 * 160, 160)
+    _saved_models_work_anywhere(tmp_path, evaluated)
+
+
+def _saved_models_work_anywhere(tmp_path, evaluated):
+    """A model folder moved away from its run, loaded in a fresh process with the README's three lines,
+    encodes raw held-out activations and reconstructs them with the R² that metrics.json reports."""
+    import json
+    import shutil
+
+    from archsae.store import ActivationStore
+
+    cfg = json.loads((tmp_path / "run" / "evaluate.json").read_text())["config"]
+    raw = ActivationStore(tmp_path / "run" / "store").sample(cfg["max_tokens"], cfg["seed"], "heldout")
+    np.save(tmp_path / "heldout.npy", raw.numpy())
+    for name in ("topk-s0", "ra-topk-s0"):
+        shutil.copytree(tmp_path / "run" / "models" / name, tmp_path / "elsewhere" / name)
+    shutil.rmtree(tmp_path / "run")
+    script = """
+import sys, json, numpy as np, archsae
+acts = np.load(sys.argv[1])
+out = {}
+for name in sys.argv[2:]:
+    sae = archsae.load_sae(name)
+    acts_hat = sae.decode(sae.encode(acts))
+    out[name] = archsae.metrics.r2(sae.standardise(acts), sae.standardise(acts_hat))
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "heldout.npy"), "topk-s0", "ra-topk-s0"],
+                          cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, r2 in json.loads(done.stdout).items():
+        assert r2 == pytest.approx(evaluated["models"][name]["r2"], abs=1e-5), name
+    wrong = subprocess.run([sys.executable, "-c", "import archsae, torch; archsae.load_sae('topk-s0').encode(torch.zeros(2, 7))"],
+                           cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and "ArchsaeError" in wrong.stderr and "expects (n, 1280)" in wrong.stderr
 
 
 def test_train_sweep_trains_each_distinct_model_once_with_a_readable_name(tmp_path):
@@ -124,3 +178,67 @@ def test_train_sweep_trains_each_distinct_model_once_with_a_readable_name(tmp_pa
     assert sorted(p.name for p in (tmp_path / "r" / "models").iterdir()) == [
         "relu-l10.01-s0", "relu-l10.01-s1", "relu-l10.03-s0", "relu-l10.03-s1", "topk-s0", "topk-s1"]
     _error(invoke("train", "--run-dir", tmp_path / "r", "--seed", "0", "--seed", "1", "--name", "x"), "drop --name")
+
+
+def test_a_moved_run_folder_is_the_same_run(tmp_path):
+    """Models and centroids record the store by content, not by path: after `mv runs/A runs/B`, the same
+    commands reuse every result instead of refusing it as "another configuration"."""
+    import shutil
+
+    from conftest import planted_data
+
+    np.save(tmp_path / "a.npy", planted_data(n=3000, d=16)[0])
+    args = ["--k", 16, "--top-k", 2, "--epochs", 0.5, "--batch-size", 256]
+    assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "A").exit_code == 0
+    assert invoke("distill", "--run-dir", tmp_path / "A", "--n-centroids", 32).exit_code == 0
+    result = invoke("train", "--run-dir", tmp_path / "A", "--method", "ra-topk", *args)
+    assert result.exit_code == 0, result.output
+    model = tmp_path / "B" / "models" / "ra-topk-s0" / "model.safetensors"
+    shutil.move(tmp_path / "A", tmp_path / "B")
+    before = model.stat().st_mtime_ns
+    for cmd in (["distill", "--run-dir", tmp_path / "B", "--n-centroids", 32],
+                ["train", "--run-dir", tmp_path / "B", "--method", "ra-topk", *args]):
+        result = invoke(*cmd)
+        assert result.exit_code == 0, result.output
+    assert model.stat().st_mtime_ns == before  # reused, not retrained
+
+
+def test_evaluate_reports_a_model_it_cannot_score_and_scores_the_others(tmp_path):
+    import json
+
+    from conftest import planted_data
+
+    np.save(tmp_path / "a.npy", planted_data(n=3000, d=16)[0])
+    assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "r").exit_code == 0
+    result = invoke("train", "--run-dir", tmp_path / "r", "--seed", 0, "--seed", 1, "--k", 16, "--top-k", 2,
+                    "--epochs", 0.5, "--batch-size", 256)
+    assert result.exit_code == 0, result.output
+    damaged = tmp_path / "r" / "models" / "topk-s1" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    result = invoke("evaluate", "--run-dir", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert list(evaluated["models"]) == ["topk-s0"] and "damaged" in evaluated["skipped"]["topk-s1"]
+
+
+def test_results_get_the_users_umask_and_a_read_only_run_dir_fails_before_any_work(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from conftest import planted_data
+
+    np.save(tmp_path / "a.npy", planted_data(n=600, d=8)[0])
+    old = os.umask(0o022)
+    try:
+        assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "r").exit_code == 0
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "r" / "store").iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644, path  # readable by a colleague or a web server
+
+    def read_only(*args, **kwargs):  # what a read-only mount answers (root ignores chmod, so simulate it)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    _error(invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "ro"), "cannot write in")
+    assert not (tmp_path / "ro").exists()

@@ -97,7 +97,7 @@ def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, mon
         assert torch.equal(a, b), name
     log = lambda p: [json.loads(l)["step"] for l in (p / "log.jsonl").read_text().splitlines()]
     assert log(tmp_path / "full") == log(tmp_path / "resumed")
-    reloaded, _, _ = load_sae(tmp_path / "resumed")
+    reloaded = load_sae(tmp_path / "resumed")
     assert torch.equal(reloaded.atoms(), full.atoms())
 
 
@@ -272,3 +272,51 @@ def test_relaxation_is_delta_times_a_unit_bounded_direction():
     assert (d.relax.norm(dim=1) <= 1 + 1e-6).all()
     assert torch.allclose(d.relaxation().norm(dim=1), torch.full((10,), 0.3), atol=1e-6)
     assert torch.allclose(d(), (d.dense_weights() @ d.candidates + d.relaxation()) * d.log_scale.exp(), atol=1e-5)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(planted, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    store, _ = planted
+    cfg = TrainConfig(method="topk", k=24, top_k=2, epochs=2, batch_size=512, checkpoint_every=20)
+    real_batches = type(store).batches
+    seen = {"n": 0}
+
+    def poisoned_batches(self, *args, **kwargs):
+        for batch in real_batches(self, *args, **kwargs):
+            seen["n"] += 1
+            yield batch * float("nan") if seen["n"] == 25 else batch  # after the checkpoint at step 20
+
+    monkeypatch.setattr(type(store), "batches", poisoned_batches)
+    with pytest.raises(ArchsaeError, match="diverged by step 30 .*last good checkpoint"):
+        train(store, cfg, tmp_path / "m")
+    out = tmp_path / "m"
+    assert not (out / "model.safetensors").exists()
+    ckpt = load_file(str(out / "checkpoint.safetensors"))
+    assert all(torch.isfinite(v).all() for v in ckpt.values() if v.is_floating_point())
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]  # valid JSON
+    assert [r["step"] for r in rows] == [9, 19] and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_a_checkpoint_resumes_only_on_as_many_processes_as_it_was_started_on(planted, tmp_path, monkeypatch):
+    import importlib
+
+    train_module = importlib.import_module("archsae.train")  # the module (archsae.train is its function)
+    store, _ = planted
+    cfg = TrainConfig(method="topk", k=24, top_k=2, epochs=2, batch_size=512, checkpoint_every=10, streams=2)
+    real_batches = type(store).batches
+
+    def dying_batches(self, *args, **kwargs):
+        for i, batch in enumerate(real_batches(self, *args, **kwargs)):
+            if i == 15:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(type(store), "batches", dying_batches)
+    with pytest.raises(KeyboardInterrupt):
+        train(store, cfg, tmp_path / "m")  # one process, two streams; checkpoint at step 10
+    monkeypatch.setattr(type(store), "batches", real_batches)
+    two = train_module.World(rank=0, size=2)  # as torchrun --nproc-per-node 2 would join (refused before any collective)
+    monkeypatch.setattr(train_module.World, "from_env", classmethod(lambda cls, device: two))
+    with pytest.raises(ArchsaeError, match="checkpoint of a run on 1 process"):
+        train(store, cfg, tmp_path / "m")

@@ -118,3 +118,72 @@ def test_interrupted_extraction_resumes_to_the_uninterrupted_store(demo_images, 
 def test_extract_into_a_store_of_another_configuration_is_refused(demo_images, demo_store):
     with pytest.raises(ArchsaeError, match="another configuration"):
         extract(demo_images, demo_store.root, ExtractConfig(shard_tokens=5 * 49, batch_size=8, holdout_every=3))
+
+
+def test_a_class_sorted_folder_is_stored_in_a_seeded_random_order_so_every_shard_mixes_classes(demo_images, tmp_path):
+    """Two classes of 10 images, listed class by class; 5 images per shard: in folder order every shard
+    would hold one class."""
+    from archsae.data import ImageItem
+
+    items = [ImageItem(it.path, label) for label in ("a", "b") for it in demo_images[:10]]
+    cfg = ExtractConfig(shard_tokens=5 * 49, batch_size=8)
+    store = extract(items, tmp_path / "store", cfg)
+    labels = [im["label"] for im in store.images]
+    assert sorted(labels) == sorted(it.label for it in items) and labels != [it.label for it in items]
+    for i in range(store.n_shards):
+        shard_images = set(store.read_shard(i).image_m.tolist())
+        assert {labels[j] for j in shard_images} == {"a", "b"}, i
+    again = extract(items, tmp_path / "again", cfg)  # the order depends on the seed only
+    assert again.images == store.images
+    other = extract(items, tmp_path / "other", ExtractConfig(shard_tokens=5 * 49, batch_size=8, order_seed=1))
+    assert other.images != store.images
+
+
+def test_flipped_bytes_in_a_shard_stop_training_naming_the_file(tmp_path):
+    from archsae import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    store = import_matrix(_save(tmp_path, rng.normal(size=(600, 4)).astype(np.float32)), tmp_path / "s",
+                          shard_tokens=200)
+    path = store.root / store.meta["shards"][1]["file"]
+    data = bytearray(path.read_bytes())
+    data[-100:-90] = b"\xff" * 10  # inside the activations: still a valid safetensors file, now with NaN
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArchsaeError, match=f"{path.name} is corrupt"):
+        train(ActivationStore(tmp_path / "s"), TrainConfig(k=8, top_k=2, batch_size=64, epochs=1), tmp_path / "m")
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_an_edited_or_incomplete_store_json_is_a_clear_error(tmp_path):
+    import_matrix(_save(tmp_path, np.ones((20, 3), np.float32)), tmp_path / "s", shard_tokens=10)
+    meta_path = tmp_path / "s" / "store.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "mean": [0.0, 0.0, 0.0]}))
+    with pytest.raises(ArchsaeError, match="edited or damaged"):
+        ActivationStore(tmp_path / "s")
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "shards"}))
+    with pytest.raises(ArchsaeError, match="lacks shards"):
+        ActivationStore(tmp_path / "s")
+
+
+def test_a_changed_input_is_refused_not_mixed_in(demo_images, tmp_path):
+    rng = np.random.default_rng(0)
+    source = _save(tmp_path, rng.normal(size=(50, 3)).astype(np.float32))
+    import_matrix(source, tmp_path / "s", shard_tokens=10)
+    assert import_matrix(source, tmp_path / "s", shard_tokens=10).n == 50  # the same file: reused
+    np.save(source, rng.normal(size=(50, 3)).astype(np.float32))  # regenerated at the same path
+    with pytest.raises(ArchsaeError, match="another configuration .source_sha256: "):
+        import_matrix(source, tmp_path / "s", shard_tokens=10)
+    from archsae.data import ImageItem
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    items = []
+    for i, it in enumerate(demo_images[:3]):
+        (folder / f"{i}.jpg").write_bytes(open(it.path, "rb").read())
+        items.append(ImageItem(str(folder / f"{i}.jpg"), ""))
+    cfg = ExtractConfig(shard_tokens=49, batch_size=8)
+    extract(items, tmp_path / "store", cfg)
+    (folder / "1.jpg").write_bytes(open(demo_images[5].path, "rb").read())  # edited in place
+    with pytest.raises(ArchsaeError, match=r"images\[\d\] \(.*1.jpg\).sha256: "):
+        extract(items, tmp_path / "store", cfg)

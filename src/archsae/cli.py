@@ -16,6 +16,7 @@ from .config import (METHODS, ClassicalConfig, DemoConfig, DistillationBenchConf
                      ExtractConfig, IdentifiabilityBenchConfig, PlausibilityBenchConfig, ReportConfig, RunConfig,
                      StabilityConfig, TrainConfig, sweep_labels)
 from .errors import ArchsaeError
+from .files import check_writable
 
 app = typer.Typer(help="Stable, honest concept extraction from vision models with (archetypal) SAEs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -79,6 +80,8 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
         @functools.wraps(fn)
         def wrapper(**kw):
             try:
+                if "run" in kw:  # before any work: a read-only run directory would fail only at the end
+                    check_writable(kw["run"])
                 built = {}
                 for key, cls in configs.items():
                     values = {f.name: kw.pop(prefixes[key] + f.name) for f in dataclasses.fields(cls)
@@ -122,13 +125,20 @@ def extract_cmd(run: Path, images: Optional[Path], extract: ExtractConfig, demo:
     return f"{store.n} tokens of d = {store.d} in {store.root}"
 
 
-@command(store_app, "import", {"extract": ExtractConfig},
-         [_param("file", Path, ..., "an (n, d) matrix: .npy or .safetensors"), RUN_OPTION])
-def store_import_cmd(file: Path, run: Path, extract: ExtractConfig) -> str:
-    """Make RUN/store from an existing (n, d) activation matrix (only shard/dtype/holdout options apply)."""
+def _field(cls: type, name: str) -> inspect.Parameter:
+    """One config field as an option, with its default and help."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return _param(name, type(f.default), f.default, f.metadata["help"], "--" + name.replace("_", "-"))
+
+
+@command(store_app, "import", {}, [_param("file", Path, ..., "an (n, d) matrix: .npy or .safetensors"), RUN_OPTION,
+                                   *(_field(ExtractConfig, f) for f in ("shard_tokens", "dtype", "holdout_every"))])
+def store_import_cmd(file: Path, run: Path, shard_tokens: int, dtype: str, holdout_every: int) -> str:
+    """Make RUN/store from an existing (n, d) activation matrix (each row a token, its own "image")."""
     from .store import import_matrix
 
-    store = import_matrix(file, run / "store", extract.shard_tokens, extract.dtype, extract.holdout_every)
+    ExtractConfig(shard_tokens=shard_tokens, dtype=dtype, holdout_every=holdout_every)  # the same checks
+    store = import_matrix(file, run / "store", shard_tokens, dtype, holdout_every)
     return f"{store.n} tokens of d = {store.d} in {store.root}"
 
 
@@ -196,7 +206,7 @@ def classical_cmd(run: Path, classical: list[ClassicalConfig]) -> str:
         out = run / "models" / f"{label}-s{cfg.seed}"
         acts = store.standardise(store.sample(cfg.max_tokens, cfg.seed, "train"))
         basis = load_centroids(centroids_path(run, cfg.seed)) if cfg.basis == "centroids" else None
-        fit_baseline(acts, cfg, out, basis, store=str(store.root))
+        fit_baseline(acts, cfg, out, basis, store.normalisation(), store=store.fingerprint)
         lines.append(f"model in {out}")
     return "\n".join(lines)
 
@@ -342,13 +352,13 @@ def report_cmd(run: Path, report: ReportConfig) -> str:
 
 
 @command(app, "run", {}, [
-    _param("out", Path, Path("archsae-run"), "run directory", "--out"), IMAGES,
+    RUN_OPTION, IMAGES,
     _param("quick", bool, False, "a small configuration for smoke tests (~3 min on 2 cores)", "--quick"),
     _param("model", str, ExtractConfig.model, "timm model name (default: embedded EfficientNet-Lite0)", "--model"),
     _param("n_images", int, 0, "demo images (0 = the configuration's default)", "--n-images"),
     _param("method", List[str], list(RunConfig.methods), "methods to train, repeatable; 'all' = all 12", "--method"),
 ])
-def run_cmd(out: Path, images: Optional[Path], quick: bool, model: str, n_images: int, method: list[str]) -> str:
+def run_cmd(run: Path, images: Optional[Path], quick: bool, model: str, n_images: int, method: list[str]) -> str:
     """The whole job on the defaults: demo images -> extract -> distill -> train -> evaluate -> report."""
     from .pipeline import run as do_run
 
@@ -357,7 +367,7 @@ def run_cmd(out: Path, images: Optional[Path], quick: bool, model: str, n_images
     cfg = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, model=model), methods=methods)
     if n_images:
         cfg = dataclasses.replace(cfg, demo=dataclasses.replace(cfg.demo, n_images=n_images))
-    return f"report: {do_run(out, cfg, images).resolve()}"
+    return f"report: {do_run(run, cfg, images).resolve()}"
 
 
 def main() -> None:

@@ -51,7 +51,9 @@ class ExtractConfig:
     batch_size: int = opt(32, "images per forward pass")
     shard_tokens: int = opt(16384, "tokens per shard (rounded to whole images)")
     dtype: str = opt("float32", "storage dtype of activations: float32 or float16")
-    holdout_every: int = opt(10, "every N-th image is held out for evaluation")
+    holdout_every: int = opt(10, "every N-th image (in stored order) is held out for evaluation")
+    order_seed: int = opt(0, "images are stored in a random order drawn with this seed: folders sorted by class "
+                             "would otherwise give shards, and so training batches, of a few classes each")
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -150,6 +152,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        _check(self.k >= 2, f"k must be >= 2, got {self.k}: coherence, stability and ranks compare atoms")
         _check(self.k >= self.top_k or "top_k" in self.unused_fields(),
                f"k ({self.k}) must be >= top_k ({self.top_k}): at most k codes are active")
         _check(self.l1 >= 0 and self.l0 >= 0, f"l1 and l0 must be >= 0, got {self.l1}, {self.l0}")
@@ -162,7 +165,7 @@ class TrainConfig:
         _check(self.w_support >= 0, f"w_support must be >= 0 (0 = dense W), got {self.w_support}")
         _check(self.aux_k >= 0 and self.aux_coeff >= 0, "aux_k and aux_coeff must be >= 0")
         _check(self.dead_tokens >= 1, f"dead_tokens must be >= 1, got {self.dead_tokens}")
-        _check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        _check(math.isfinite(self.epochs) and self.epochs > 0, f"epochs must be finite and > 0, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr >= 0, f"lr must be >= 0 (0 = 0.06 / sqrt(d)), got {self.lr}")
         _check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
@@ -235,7 +238,8 @@ class ClassicalConfig:
         _check(self.method in CLASSICAL,
                f"classical method must be one of {', '.join(CLASSICAL)}; got {self.method!r}")
         _check(self.basis in ("sample", "centroids"), f"basis must be sample or centroids, got {self.basis!r}")
-        _check(self.k >= 1 and self.n_iter >= 1 and self.l1 >= 0, "k and n_iter must be >= 1 and l1 >= 0")
+        _check(self.k >= 2 and self.n_iter >= 1 and self.l1 >= 0,
+               "k must be >= 2 (coherence, stability and ranks compare atoms), n_iter >= 1 and l1 >= 0")
         _check(self.max_tokens >= self.k, f"max_tokens ({self.max_tokens}) must be >= k ({self.k})")
 
     def unused_fields(self) -> set[str]:
@@ -367,7 +371,8 @@ class IdentifiabilityBenchConfig:
                f"n_train must be >= n_centroids ({self.n_centroids}) and n_test >= 1; "
                f"got {self.n_train}, {self.n_test}")
         _check(1 <= self.top_k <= 9, f"top_k must be in 1..9 (the smallest theme has 9 objects), got {self.top_k}")
-        _check(self.epochs > 0 and self.l1 >= 0, "epochs must be > 0 and l1 >= 0")
+        _check(math.isfinite(self.epochs) and self.epochs > 0 and self.l1 >= 0, "epochs must be finite and > 0, "
+               "and l1 >= 0")
 
 
 @dataclass(frozen=True)

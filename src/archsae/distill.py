@@ -5,40 +5,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from scipy.spatial import ConvexHull, QhullError
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
-from sklearn.neighbors import LocalOutlierFactor
-from sklearn.svm import OneClassSVM
+from tqdm import trange
 
 from .config import DistillConfig, from_dict, to_dict
 from .errors import ArchsaeError
-from .files import read_json, write_json, write_safetensors
+from .files import read_json, refuse_if_different, write_json, write_safetensors
 from .store import ActivationStore, Subset
 
 
 def kmeans(acts_nd: np.ndarray, n_centroids: int, seed: int, n_iter: int = 20) -> np.ndarray:
     """faiss k-means: (n, d) float32 -> centroids (n', d) float32. Raises ArchsaeError if n < n'."""
+    import faiss  # loaded on first use, not by `import archsae`
+
     acts_nd = np.ascontiguousarray(acts_nd, dtype=np.float32)
     n, d = acts_nd.shape
     if n < n_centroids:
         raise ArchsaeError(f"k-means needs at least n' = {n_centroids} tokens, got {n}; lower --n-centroids")
     # Every token is used (max_points_per_centroid); min_points_per_centroid=1 only silences faiss's warning
     # below 39 tokens per centroid, which C's sizes (n' = 4,096 from 88,200 tokens) ask for knowingly.
-    km = faiss.Kmeans(d, n_centroids, niter=n_iter, seed=seed, max_points_per_centroid=n // n_centroids + 1,
-                      min_points_per_centroid=1, verbose=False)
-    km.train(acts_nd)
-    return km.centroids.copy()
+    # One faiss call per iteration, each from the last one's centroids (the same centroids as one call with
+    # niter = n_iter), so that a long k-means shows its progress.
+    centroids = None
+    for _ in trange(n_iter, desc=f"k-means ({n:,} tokens, n' = {n_centroids:,})", unit="iter",
+                    disable=n * n_centroids * d < 10**10):
+        km = faiss.Kmeans(d, n_centroids, niter=1, seed=seed, max_points_per_centroid=n // n_centroids + 1,
+                          min_points_per_centroid=1, verbose=False)
+        km.train(acts_nd, init_centroids=centroids)
+        centroids = km.centroids
+    return centroids.copy()
 
 
 def outlying(acts_nd: np.ndarray, n_points: int, method: str, seed: int) -> np.ndarray:
     """Indices of the `n_points` most outlying rows of `acts_nd` (n, d) under `method`: 'lof' (Local Outlier
     Factor, 20 neighbours), 'isolation_forest' or 'ocsvm' (One-Class SVM, RBF kernel, nu = 0.1), all
     scikit-learn's (Fel et al. 2025, App. C: points far from the bulk lie near the hull of the data)."""
+    from sklearn.ensemble import IsolationForest  # the outlier detectors load only when chosen
+    from sklearn.neighbors import LocalOutlierFactor
+    from sklearn.svm import OneClassSVM
+
     if method == "lof":
         score = -LocalOutlierFactor(n_neighbors=20).fit(acts_nd).negative_outlier_factor_
     elif method == "isolation_forest":
@@ -52,6 +59,9 @@ def hull_vertices(acts_nd: np.ndarray, n_points: int, dims: int, seed: int) -> n
     """Indices of `n_points` rows of `acts_nd` (n, d) on the outer convex-hull layers of its PCA projection
     to `dims` dimensions (scipy's qhull): the hull's vertices, then those of the hull of the rest, and so on;
     the last layer is subsampled (seeded) to reach exactly `n_points`. Raises ArchsaeError if qhull fails."""
+    from scipy.spatial import ConvexHull, QhullError
+    from sklearn.decomposition import PCA
+
     proj = PCA(dims, random_state=seed).fit_transform(acts_nd)
     left, chosen = np.arange(len(acts_nd)), []
     while sum(map(len, chosen)) < n_points:
@@ -101,15 +111,18 @@ def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path) -> torc
     exceeds the sampled tokens."""
     out = Path(out)
     meta_path = out.with_suffix(".json")
+    record = {"config": to_dict(cfg), "store": store.fingerprint}
     if out.exists() and meta_path.exists():
-        if from_dict(DistillConfig, read_json(meta_path)["config"]) == cfg:  # fields added since default
-            return load_centroids(out)
-        raise ArchsaeError(f"{out} holds centroids of another configuration; delete it or use another run directory")
+        stored = read_json(meta_path)
+        stored = {"config": to_dict(from_dict(DistillConfig, stored["config"])),  # fields added since: defaults
+                  "store": stored.get("store")}
+        refuse_if_different(stored, record, out, "centroids", "delete it or use another run directory")
+        return load_centroids(out)
     subset = Subset.of(cfg.subset, cfg.subset_seed)
     sample = store.standardise(store.sample(cfg.max_points, seed=cfg.seed, split="train", subset=subset))
     centroids = torch.from_numpy(select_candidates(sample.numpy(), cfg))
     write_safetensors(out, {"centroids": centroids})
-    write_json(meta_path, {"config": to_dict(cfg), "n_points": len(sample), "store": str(store.root)})
+    write_json(meta_path, {**record, "n_points": len(sample)})
     return centroids
 
 

@@ -8,17 +8,37 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+from .errors import ArchsaeError
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(folder: Path) -> None:
+    """Raise ArchsaeError unless files can be created in `folder` (or its nearest existing parent)."""
+    existing = next(p for p in [Path(folder), *Path(folder).absolute().parents] if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ArchsaeError(f"cannot write in {existing} ({e.strerror or e}); choose a writable --run-dir") from None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temp file beside `path`, then rename it onto `path`; nothing is left on failure."""
+    """Call `write(tmp)` on a temp file beside `path`, then rename it onto `path`; nothing is left on failure.
+    The file gets the permissions the user's umask gives any new file (mkstemp's would be 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -35,6 +55,14 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def read_safetensors(path: Path) -> dict:
+    """The tensors of a safetensors file we wrote (a model); ArchsaeError naming it if it is damaged."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for truncated or corrupt headers
+        raise ArchsaeError(f"{path} is damaged ({e}); delete its folder and train the model again") from None
+
+
 def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Save a dict of torch tensors as safetensors atomically (tensors made contiguous)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -49,11 +77,43 @@ def save_image(path: Path, image, **kwargs) -> None:
 
 def read_json(path: Path) -> Any:
     """Read JSON from `path`; raise ArchsaeError naming the file if it is missing or corrupt."""
-    from .errors import ArchsaeError
-
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ArchsaeError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArchsaeError(f"{path} is corrupt ({e}); delete it and re-run the step that wrote it") from None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def first_difference(stored: Any, asked: Any, key: str = "") -> str | None:
+    """The first field where two JSON-like records differ, in words ("k: 512 there, 1024 now"), or None."""
+    if isinstance(stored, dict) and isinstance(asked, dict):
+        for k in sorted(set(stored) | set(asked), key=str):
+            found = first_difference(stored.get(k, "(absent)"), asked.get(k, "(absent)"), f"{key}.{k}" if key else k)
+            if found:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(asked, list):
+        if len(stored) != len(asked):
+            return f"{key}: {len(stored)} items there, {len(asked)} now"
+        for i, (a, b) in enumerate(zip(stored, asked)):
+            where = f"{key}[{i}]" + (f" ({b['path']})" if isinstance(b, dict) and "path" in b else "")
+            found = first_difference(a, b, where)
+            if found:
+                return found
+        return None
+    return None if stored == asked else f"{key}: {_short(stored)} there, {_short(asked)} now"
+
+
+def refuse_if_different(stored: dict, asked: dict, where: Path, what: str, fix: str) -> None:
+    """The one rule for results kept in a run directory: a result is reused only when the record it was
+    made with (configuration, store fingerprint, inputs' checksums) equals the one asked for now; else
+    ArchsaeError names the first difference and `fix`, and nothing is overwritten."""
+    found = first_difference(stored, asked)
+    if found:
+        raise ArchsaeError(f"{where} holds {what} made with another configuration ({found}); {fix}")

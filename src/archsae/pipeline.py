@@ -19,10 +19,9 @@ from pathlib import Path
 from .config import RunConfig, to_dict
 from .data import build_demo, list_images
 from .distill import centroids_path, distill
-from .errors import ArchsaeError
 from .evaluate import evaluate
 from .extract import extract
-from .files import read_json, write_json
+from .files import read_json, refuse_if_different, write_json
 from .report import write_report
 from .train import Job, train_many
 
@@ -34,8 +33,8 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
     """
     run_dir = Path(run_dir)
     resolved = {"config": to_dict(cfg), "images": str(Path(images).resolve()) if images else None}
-    if (run_dir / "run.json").exists() and read_json(run_dir / "run.json") != resolved:
-        raise ArchsaeError(f"{run_dir} holds a run of another configuration; choose another --out")
+    if (run_dir / "run.json").exists():
+        refuse_if_different(read_json(run_dir / "run.json"), resolved, run_dir, "a run", "choose another --run-dir")
     write_json(run_dir / "run.json", resolved)
     items = list_images(images) if images else build_demo(run_dir / "images", cfg.demo)
     store = extract(items, run_dir / "store", cfg.extract)

@@ -14,7 +14,9 @@ Reads are memory-mapped (`safe_open`) and streamed: the whole store is never hel
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -23,10 +25,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import ArchsaeError
-from .files import read_json, write_json, write_safetensors
+from .files import read_json, refuse_if_different, write_json, write_safetensors
 
 VERSION = 1
 SPLITS = ("train", "heldout", "all")
+_VERIFIED: set[tuple[str, str]] = set()  # (shard path, sha256) checked in this process: each is hashed once
 
 
 def sha256(path: Path) -> str:
@@ -35,6 +38,35 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _meta_checksum(meta: dict) -> str:
+    """sha256 of store.json's content without its own checksum (keys sorted)."""
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_meta(root: Path, meta: dict) -> None:
+    """Write store.json atomically, with the checksum of its content."""
+    write_json(root / "store.json", {**meta, "checksum": _meta_checksum(meta)})
+
+
+def read_meta(root: Path) -> dict:
+    """store.json, checked: its keys and its checksum. Raises ArchsaeError naming the file and the fix."""
+    path = root / "store.json"
+    meta = read_json(path)
+    required = ("version", "complete", "header", "shards") + (("n", "mean", "std") if meta.get("complete") else ())
+    missing = [k for k in required if k not in meta] if isinstance(meta, dict) else list(required)
+    if missing:
+        raise ArchsaeError(f"{path} lacks {', '.join(missing)}: it is damaged or not an archsae store; delete "
+                           f"{root} and extract or import it again")
+    if "checksum" not in meta:
+        raise ArchsaeError(f"{path} has no checksum: the store was written by an older archsae; delete {root} and "
+                           "extract or import it again")
+    if meta["checksum"] != _meta_checksum(meta):
+        raise ArchsaeError(f"{path} was edited or damaged (its checksum does not match its content); restore it, "
+                           f"or delete {root} and extract or import it again")
+    return meta
 
 
 def merge_stats(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
@@ -66,10 +98,9 @@ class StoreWriter:
         self.images_per_shard = images_per_shard
         meta_path = self.root / "store.json"
         if meta_path.exists():
-            meta = read_json(meta_path)
-            if meta.get("header") != header:
-                raise ArchsaeError(f"{self.root} holds a store made with another configuration "
-                                   "(model, layer, images, ...); choose another output folder")
+            meta = read_meta(self.root)
+            refuse_if_different(meta["header"], header, self.root, "a store", "choose another output folder, or "
+                                "delete it to rebuild (a changed image or matrix shows as a changed sha256)")
             self.meta = meta
         else:
             self.meta = {"version": VERSION, "complete": False, "header": header,
@@ -116,7 +147,7 @@ class StoreWriter:
         self.meta["shards"].append({"file": name, "n": int(len(acts)), "n_heldout": heldout,
                                     "n_images": self._buf_images, "first_image": int(image[0]) if len(image) else 0,
                                     "sha256": sha256(self.root / name)})
-        write_json(self.root / "store.json", self.meta)
+        write_meta(self.root, self.meta)
         self._buf, self._buf_images = [], 0
 
     def finish(self, **extra) -> "ActivationStore":
@@ -130,7 +161,7 @@ class StoreWriter:
                 parts.append((s["n"], f.get_tensor("stat_mean"), f.get_tensor("stat_m2")))
         n, mean, m2 = merge_stats(parts)
         self.meta.update(extra, n=int(n), mean=mean.tolist(), std=np.sqrt(m2 / n).tolist(), complete=True)
-        write_json(self.root / "store.json", self.meta)
+        write_meta(self.root, self.meta)
         return ActivationStore(self.root)
 
 
@@ -166,8 +197,8 @@ class ActivationStore:
         self.root = Path(root)
         if not (self.root / "store.json").exists():
             raise ArchsaeError(f"no activation store at {self.root}: run `archsae extract` or `archsae store import`")
-        self.meta = read_json(self.root / "store.json")
-        if not self.meta.get("complete"):
+        self.meta = read_meta(self.root)
+        if not self.meta["complete"]:
             raise ArchsaeError(f"the store at {self.root} is incomplete (interrupted extraction); "
                                "re-run the same `archsae extract` to resume it")
         for s in self.meta["shards"]:
@@ -179,6 +210,12 @@ class ActivationStore:
         # Constant features (std 0, e.g. a channel ReLU6 never opens) standardise to 0, not NaN.
         self.std_d = torch.where(std > 1e-6, std, torch.ones_like(std))
 
+    @property
+    def fingerprint(self) -> str:
+        """The store's identity by content (store.json's checksum, which covers every shard's sha256): what
+        models, centroids and runs record, so a moved or renamed run folder is still the same run."""
+        return self.meta["checksum"]
+
     # ---- description -------------------------------------------------------------------------
     @property
     def d(self) -> int:
@@ -188,9 +225,10 @@ class ActivationStore:
     def n(self) -> int:
         return int(self.meta["n"])
 
-    @property
+    @cached_property
     def images(self) -> list[dict]:
-        return self.header.get("images", [])
+        """The images in stored order: {path (absolute), label, sha256}; [] for an imported matrix."""
+        return [{**im, "path": str(self.root / im["path"])} for im in self.header.get("images", [])]
 
     @property
     def n_shards(self) -> int:
@@ -207,13 +245,25 @@ class ActivationStore:
         return total
 
     def verify(self) -> None:
-        """Check every shard's sha256 against store.json; raise ArchsaeError naming a corrupt shard."""
-        for s in self.meta["shards"]:
-            if sha256(self.root / s["file"]) != s["sha256"]:
-                raise ArchsaeError(f"shard {s['file']} of {self.root} is corrupt (checksum mismatch); re-extract")
+        """Check every shard's sha256 against store.json now; raise ArchsaeError naming a corrupt shard."""
+        for i in range(self.n_shards):
+            self._verify(i, again=True)
+
+    def _verify(self, i: int, again: bool = False) -> None:
+        """Shard i's sha256 against store.json, once per process unless `again` (about 1.6 s per GB on 2
+        cores, see benchmarks/README.md): flipped bytes would otherwise train into NaN or a wrong model."""
+        s = self.meta["shards"][i]
+        key = (str((self.root / s["file"]).resolve()), s["sha256"])
+        if key in _VERIFIED and not again:
+            return
+        if sha256(self.root / s["file"]) != s["sha256"]:
+            raise ArchsaeError(f"shard {self.root / s['file']} is corrupt (its sha256 differs from store.json's); "
+                               "delete the store and extract or import it again")
+        _VERIFIED.add(key)
 
     # ---- reading -----------------------------------------------------------------------------
     def _open(self, i: int):
+        self._verify(i)
         path = self.root / self.meta["shards"][i]["file"]
         try:
             return safe_open(path, framework="pt")
@@ -254,10 +304,15 @@ class ActivationStore:
         """mean / std (d,): the data mean in the uncentred space A / std (see `standardise`)."""
         return self.mean_d / self.std_d
 
+    def normalisation(self, centre: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale), both (d,): `standardise` is (A - shift) / scale; shift = mean, or 0 uncentred."""
+        return (self.mean_d if centre else torch.zeros_like(self.mean_d)), self.std_d
+
     def standardise(self, acts_nd: torch.Tensor, centre: bool = True) -> torch.Tensor:
         """(A - mean) / std element-wise with the store's statistics (Fel et al. 2025, Sec. 5); with
         centre=False, A / std: the uncentred space, whose mean is `uncentred_mean_d`."""
-        return ((acts_nd - self.mean_d) if centre else acts_nd) / self.std_d
+        shift_d, scale_d = self.normalisation(centre)
+        return (acts_nd - shift_d) / scale_d
 
     def batches(self, batch_size: int, seed: int, epoch: int, split: str = "train", shuffle_shards: int = 4,
                 stream: int = 0, n_streams: int = 1, subset: Subset | None = None) -> Iterator[torch.Tensor]:
@@ -337,9 +392,11 @@ def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384,
         raise ArchsaeError(f"cannot read {path} ({e})") from None
     if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
         raise ArchsaeError(f"{path} holds shape {matrix.shape}; expected a 2-D (n, d) activation matrix")
-    if not np.issubdtype(matrix.dtype, np.number):
-        raise ArchsaeError(f"{path} holds dtype {matrix.dtype}; expected numbers")
-    return matrix_store(matrix, root, str(path.resolve()), shard_tokens, dtype, holdout_every)
+    if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
+        raise ArchsaeError(f"{path} holds dtype {matrix.dtype}; expected real numbers (take .real or abs() "
+                           "of complex activations yourself)")
+    return matrix_store(matrix, root, str(path.resolve()), shard_tokens, dtype, holdout_every,
+                        source_sha256=sha256(path))
 
 
 def matrix_store(matrix_nd, root: str | Path, source: str, shard_tokens: int = 16384, dtype: str = "float32",

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .config import TrainConfig, from_dict
 from .errors import ArchsaeError
-from .files import read_json, write_json, write_safetensors, write_text
+from .files import read_json, refuse_if_different, write_json, write_safetensors, write_text
 from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
 from .store import ActivationStore, Subset
 
@@ -94,22 +94,28 @@ class _Trainer:
         act_norm = calibration_nd.norm(dim=1).mean().item()
         delta = cfg.delta * act_norm if cfg.delta_relative and cfg.method.startswith("ra-") else None
         self.lr = cfg.peak_lr(store.d)
-        info = {**job.info, "peak_lr": self.lr, **({"delta_abs": delta} if delta is not None else {})}
-        self.config = sae_config(cfg, store.d, store=str(store.root), **info)
+        info = {**job.info, "peak_lr": self.lr, **({"delta_abs": delta} if delta is not None else {}),
+                "streams": n_streams, "processes": world.size}  # resolved: a resume must match them
+        self.config = sae_config(cfg, store.d, store=store.fingerprint, **info)
         self.done = False
         if (self.out_dir / "config.json").exists():
             stored = read_json(self.out_dir / "config.json")
             stored["train"] = asdict(from_dict(TrainConfig, stored["train"]))  # fields added since: defaults
-            if stored != self.config:
-                raise ArchsaeError(f"{self.out_dir} holds a model of another configuration; "
-                                   "use another name or delete it")
-            if (self.out_dir / "model.safetensors").exists():
-                self.model, self.done = load_sae(self.out_dir)[0], True
+            finished = (self.out_dir / "model.safetensors").exists()
+            refuse_if_different({**stored, "processes": None}, {**self.config, "processes": None}, self.out_dir,
+                                "a model", "use another name or delete it")
+            if not finished and stored.get("processes") != world.size:  # gradients summed in another order
+                raise ArchsaeError(f"{self.out_dir} holds a checkpoint of a run on {stored.get('processes')} "
+                                   f"process(es); resume it with torchrun --nproc-per-node {stored.get('processes')} "
+                                   "(the same processes give the same result), or delete the folder to restart")
+            if finished:
+                self.model, self.done = load_sae(self.out_dir, device), True
                 return
         candidates = job.candidates_nd
         if candidates is not None and not cfg.centre:  # k-means commutes with the shift to the uncentred space
             candidates = candidates + store.uncentred_mean_d
-        self.model = build_sae(cfg, store.d, candidates, delta).to(device).train()
+        self.model = build_sae(cfg, store.d, candidates, delta)
+        self.model.set_normalisation_(*store.normalisation(cfg.centre)).to(device).train()
         # beta2 = 0.99: at a few hundred steps, 0.999's second moment still remembers the large gradients of
         # the first steps and shrinks every later step (benchmarks/README.md). Fused: 10x faster on CPU too.
         self.opt = torch.optim.Adam(self._param_groups(store.d), lr=self.lr, betas=(0.9, 0.99), fused=True)
@@ -192,6 +198,8 @@ class _Trainer:
             if self.world.size > 1:
                 dist.all_reduce(self.window)
             loss, sse, sst, l0, tokens = self.window.tolist()
+            if not (math.isfinite(loss) and math.isfinite(sse)):
+                self._diverged(done, "its loss is NaN or Inf")
             now = time.perf_counter()
             if self.world.rank == 0:
                 steps = tokens / self.cfg.batch_size
@@ -208,8 +216,20 @@ class _Trainer:
         if self.world.rank == 0 and self.cfg.snapshot_every and (done % self.cfg.snapshot_every == 0
                                                                    or done == self.total):
             self._snapshot(done)
-        if done % self.cfg.checkpoint_every == 0 and done < self.total and self.world.rank == 0:
-            self._save_checkpoint(done)
+        if done % self.cfg.checkpoint_every == 0 and done < self.total:
+            self._check_finite(done)
+            if self.world.rank == 0:
+                self._save_checkpoint(done)
+
+    def _check_finite(self, done: int) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._diverged(done, "its parameters hold NaN or Inf")
+
+    def _diverged(self, done: int, what: str) -> None:
+        """Stop: nothing non-finite is logged, checkpointed or saved; the last good checkpoint stays."""
+        kept = f"its last good checkpoint ({self.ckpt.name}) is kept" if self.ckpt.exists() else "no checkpoint was made yet"
+        raise ArchsaeError(f"training {self.out_dir.name} diverged by step {done} ({what}); {kept}. Lower --lr, or "
+                           "check the store with `archsae store verify`")
 
     def _snapshot(self, step: int) -> None:
         if self.cfg.snapshot_every:
@@ -244,6 +264,7 @@ class _Trainer:
 
     def finish(self) -> SAE:
         """Calibrate BatchTopK's inference threshold, save the model (rank 0), drop the checkpoint."""
+        self._check_finite(self.total)
         model = self.model.eval()
         if isinstance(model.activation, BatchTopK):
             with torch.no_grad():
@@ -251,7 +272,7 @@ class _Trainer:
         if self.world.rank == 0:
             save_sae(model, self.out_dir, self.config)
             self.ckpt.unlink(missing_ok=True)
-        return model
+        return model.requires_grad_(False)
 
 
 def train(store: ActivationStore, cfg: TrainConfig, out_dir: str | Path, candidates_nd: torch.Tensor | None = None,
@@ -282,6 +303,33 @@ def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | s
     return models
 
 
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_memory(jobs: list[Job], d: int, micro: int, device: torch.device) -> None:
+    """Refuse a pass whose models cannot fit before allocating them: each float32 parameter is held four
+    times (value, gradient, two Adam moments), and dense sparsities keep a few (batch, k) matrices."""
+    need = 0
+    for job in jobs:
+        cfg, n_prime = job.cfg, 0 if job.candidates_nd is None else len(job.candidates_nd)
+        atoms = cfg.k * d if not cfg.archetypal or cfg.effective_delta > 0 else 0  # free atoms, or RA-SAE's U
+        w = cfg.k * (min(cfg.w_support, n_prime) if cfg.w_support else n_prime)  # archetypal W (0 for free)
+        params = cfg.k * d + atoms + w  # + the encoder
+        need += 4 * (4 * params + n_prime * d + 4 * micro * cfg.k)
+    try:
+        available = _available_bytes(device)
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return  # the platform does not say: let the allocator decide
+    if need > available:
+        ks = ", ".join(sorted({f"{job.cfg.k:,}" for job in jobs}))
+        raise ArchsaeError(f"training these {len(jobs)} model(s) (k = {ks}, d = {d}) needs about {need / 2**30:.1f} GiB, "
+                           f"more than the {available / 2**30:.1f} GiB available on {device}: lower --k, train fewer "
+                           "models at once, or use --w-support for archetypal ones")
+
+
 def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -> list[SAE]:
     cfg = jobs[0].cfg
     world = World.from_env(device)
@@ -299,7 +347,8 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
         raise ArchsaeError(f"a data stream of the store has fewer train tokens than one micro-batch ({micro}); "
                            "lower --batch-size or extract more images")
     total = math.ceil(cfg.epochs * steps_per_epoch)
-    mean_d, std_d = (store.mean_d if cfg.centre else torch.zeros_like(store.mean_d)).to(device), store.std_d.to(device)
+    _check_memory(jobs, store.d, micro, device)
+    mean_d, std_d = (t.to(device) for t in store.normalisation(cfg.centre))
     calibration = store.standardise(store.sample(CALIBRATION_TOKENS, cfg.data_seed, "train", subset),
                                     cfg.centre).to(device)
     trainers = [_Trainer(job, store, total, n_streams, device, world, calibration) for job in jobs]

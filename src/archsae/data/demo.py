@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..config import DemoConfig, to_dict
 from ..errors import ArchsaeError
-from ..files import read_json, save_image, write_json
+from ..files import read_json, refuse_if_different, save_image, write_json
 from .folders import ImageItem
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -77,9 +77,8 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> list[Imag
     manifest = out_dir / "demo.json"
     if manifest.exists():
         done = read_json(manifest)
-        if done["config"] == to_dict(cfg):
-            return [ImageItem(str(out_dir / p), label) for p, label in done["images"]]
-        raise ArchsaeError(f"{out_dir} holds a demo set built with another configuration; use another run directory")
+        refuse_if_different(done["config"], to_dict(cfg), out_dir, "a demo set", "use another run directory")
+        return [ImageItem(str(out_dir / p), label) for p, label in done["images"]]
     stamps = find_stamps()
     if not stamps:
         raise ArchsaeError(f"no Tux Paint stamps under {STAMPS}: run "

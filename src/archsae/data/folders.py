@@ -5,11 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ArchsaeError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError)  # what Pillow raises for a bad file
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (or 32-bit integer) greyscale
+
+
+def _unreadable(path: str, e: Exception) -> ArchsaeError:
+    if isinstance(e, Image.DecompressionBombError):
+        return ArchsaeError(f"image {path} is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+                            f"({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
+    return ArchsaeError(f"cannot read image {path} ({e}); remove or replace it")
 
 
 @dataclass(frozen=True)
@@ -38,20 +48,24 @@ def list_images(root: str | Path, check: bool = True) -> list[ImageItem]:
             try:
                 with Image.open(item.path) as im:
                     im.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError) as e:
-                raise ArchsaeError(f"cannot read image {item.path} ({e}); remove or replace it") from None
+            except (*UNREADABLE, Image.DecompressionBombError) as e:
+                raise _unreadable(item.path, e) from None
     return items
 
 
 def load_image(path: str) -> Image.Image:
-    """Decode one image as RGB (alpha composited on white). Raises ArchsaeError if unreadable."""
+    """Decode one image as 8-bit RGB (alpha composited on white; 16-bit greyscale scaled by 255 / 65535,
+    where Pillow's own conversion clips it). Raises ArchsaeError if unreadable or above Pillow's size limit."""
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode in WIDE_GREY:
+                grey = np.asarray(im, dtype=np.float64) * (255 / 65535)
+                return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
             if im.mode in ("RGBA", "LA", "P"):
                 im = im.convert("RGBA")
                 white = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 return Image.alpha_composite(white, im).convert("RGB")
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ArchsaeError(f"cannot read image {path} ({e}); remove or replace it") from None
+    except (*UNREADABLE, Image.DecompressionBombError) as e:
+        raise _unreadable(path, e) from None
