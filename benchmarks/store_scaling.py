@@ -1,6 +1,6 @@
 """Peak memory of training as the store grows: the default store, and one 10x larger (issue 3).
 
-    .venv/bin/archsae run --out /tmp/default-run        # the main job's default store, if not there yet
+    .venv/bin/archsae run --run-dir /tmp/default-run    # the main job's default store, if not there yet
     .venv/bin/python benchmarks/store_scaling.py --store /tmp/default-run/store
 
 The 10x store lists every shard of the given store ten times (hard links, so it costs no disk space); to
@@ -26,7 +26,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 def repeat_store(src: Path, dst: Path, times: int) -> None:
     """A store whose shard list is `times` copies of src's (hard-linked files, same statistics)."""
-    meta = json.loads((src / "store.json").read_text())
+    from archsae.store import read_meta, write_meta
+
+    meta = read_meta(src)
     dst.mkdir(parents=True)
     shards = []
     for r in range(times):
@@ -34,7 +36,7 @@ def repeat_store(src: Path, dst: Path, times: int) -> None:
             name = f"r{r}-{s['file']}"
             os.link(src / s["file"], dst / name)
             shards.append({**s, "file": name})
-    (dst / "store.json").write_text(json.dumps({**meta, "shards": shards, "n": meta["n"] * times}))
+    write_meta(dst, {**meta, "shards": shards, "n": meta["n"] * times})
 
 
 def child(store_dir: Path, steps: int) -> None:

@@ -44,7 +44,7 @@ def test_bad_image_folders(tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "store").exists()
     (folder / "broken.jpg").unlink()
     Image.new("RGB", (400, 300)).save(folder / "huge.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # 400 x 300 is above twice that: Pillow refuses it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 400 x 300 is below twice that: Pillow only warns
     _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "imgs"), "larger than Pillow's limit")
     assert not (tmp_path / "r" / "store").exists()
 
@@ -152,14 +152,16 @@ out = {}
 for name in sys.argv[2:]:
     sae = archsae.load_sae(name)
     acts_hat = sae.decode(sae.encode(acts))
-    out[name] = archsae.metrics.r2(sae.standardise(acts), sae.standardise(acts_hat))
+    out[name] = [archsae.metrics.r2(acts, acts_hat), archsae.metrics.r2(sae.standardise(acts), sae.standardise(acts_hat))]
 print(json.dumps(out))
 """
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "heldout.npy"), "topk-s0", "ra-topk-s0"],
                           cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    for name, r2 in json.loads(done.stdout).items():
+    for name, (r2_raw, r2) in json.loads(done.stdout).items():
+        assert r2_raw == pytest.approx(evaluated["models"][name]["r2_raw"], abs=1e-5), name
         assert r2 == pytest.approx(evaluated["models"][name]["r2"], abs=1e-5), name
+        assert abs(r2_raw - r2) > 1e-3  # two different numbers: the test tells them apart
     wrong = subprocess.run([sys.executable, "-c", "import archsae, torch; archsae.load_sae('topk-s0').encode(torch.zeros(2, 7))"],
                            cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120)
     assert wrong.returncode != 0 and "ArchsaeError" in wrong.stderr and "expects (n, 1280)" in wrong.stderr
@@ -215,10 +217,17 @@ def test_evaluate_reports_a_model_it_cannot_score_and_scores_the_others(tmp_path
     assert result.exit_code == 0, result.output
     damaged = tmp_path / "r" / "models" / "topk-s1" / "model.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:100])
+    np.save(tmp_path / "b.npy", planted_data(n=3000, d=16, seed=1)[0])  # a model of another store, copied in
+    assert invoke("store", "import", tmp_path / "b.npy", "--run-dir", tmp_path / "other").exit_code == 0
+    assert invoke("train", "--run-dir", tmp_path / "other", "--k", 16, "--top-k", 2, "--epochs", 0.5,
+                  "--batch-size", 256, "--name", "stranger").exit_code == 0
+    import shutil
+    shutil.copytree(tmp_path / "other" / "models" / "stranger", tmp_path / "r" / "models" / "stranger")
     result = invoke("evaluate", "--run-dir", tmp_path / "r")
     assert result.exit_code == 0, result.output
     evaluated = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert list(evaluated["models"]) == ["topk-s0"] and "damaged" in evaluated["skipped"]["topk-s1"]
+    assert "another store" in evaluated["skipped"]["stranger"]
 
 
 def test_results_get_the_users_umask_and_a_read_only_run_dir_fails_before_any_work(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ nothing global (such as matplotlib's backend) changes.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 _WHERE = {  # public name -> the module that defines it
     "metrics": None,
@@ -37,10 +36,10 @@ __all__ = sorted(_WHERE)
 
 # Functions named as their module: importing the module (archsae.train) would set the package attribute to
 # it, so these are bound now, after their (light) modules, not on first use.
-from .distill import distill  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .extract import extract  # noqa: E402
-from .train import train  # noqa: E402
+from .distill import distill  # noqa: E402, F401
+from .evaluate import evaluate  # noqa: E402, F401
+from .extract import extract  # noqa: E402, F401
+from .train import train  # noqa: E402, F401
 
 
 def __getattr__(name: str):
@@ -55,23 +54,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_WHERE))
 
-
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from . import metrics
-    from .benchmarks import distillation_benchmark, identifiability_benchmark, plausibility_benchmark
-    from .classical import CLASSICAL, build_baseline, fit_baseline, load_baseline
-    from .config import (METHODS, ClassicalConfig, DemoConfig, DistillConfig, DistillationBenchConfig,
-                         EvaluateConfig, ExtractConfig, IdentifiabilityBenchConfig, PlausibilityBenchConfig,
-                         ReportConfig, RunConfig, StabilityConfig, TrainConfig)
-    from .data import build_demo, list_images, planted_dictionary
-    from .distill import distill, kmeans
-    from .errors import ArchsaeError
-    from .evaluate import evaluate, load_model
-    from .extract import extract
-    from .models import load_backbone
-    from .pipeline import run
-    from .report import stability_plots, write_report
-    from .sae import SAE, ArchetypalDictionary, BatchTopK, FreeDictionary, JumpReLU, ReLU, TopK, build_sae, load_sae
-    from .stability import run_stability
-    from .store import ActivationStore, Subset, import_matrix
-    from .train import Job, train, train_many

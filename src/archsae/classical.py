@@ -276,8 +276,10 @@ def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Pat
     method, k > min(n, d), wrong shape)."""
     if out_dir is not None and (Path(out_dir) / "model.safetensors").exists():
         model = load_baseline(out_dir)
-        refuse_if_different(asdict(model.config), asdict(cfg), out_dir, f"a {model.config.method}",
-                            "choose another --name")
+        stored = read_json(Path(out_dir) / "config.json")
+        refuse_if_different({"config": asdict(model.config), "store": stored.get("store")},
+                            {"config": asdict(cfg), "store": info.get("store")}, out_dir,
+                            f"a {model.config.method}", "choose another --name")
         return model
     model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, basis_nd, cfg.n_iter).fit(acts_nd)
     model.config = cfg

@@ -61,14 +61,14 @@ def sweep(cls: type, values: dict[str, object]) -> list:
 
 
 def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list[inspect.Parameter],
-            swept: str = "", defaults: dict | None = None):
+            swept: str = "", defaults: dict | None = None, writes: bool = True):
     """Register `fn(**params, **{key: config})` as a command whose options mirror the configs' fields.
 
     `configs` maps the keyword `fn` receives to a config class; the key is the option prefix (--demo-seed)
     except for the command's own config (the first) and the `swept` one, whose options are plain (--k).
     The `swept` config's options may be repeated, and `fn` receives the list of configurations of their
-    product (a sweep); `defaults` replaces some of its fields' defaults. ArchsaeError becomes a one-line
-    message and exit status 2.
+    product (a sweep); `defaults` replaces some of its fields' defaults. A command that `writes` into its
+    --run-dir checks first that it can. ArchsaeError becomes a one-line message and exit status 2.
     """
     def deco(fn: Callable) -> Callable:
         prefixes = {key: "" if i == 0 or key == swept else key + "_" for i, key in enumerate(configs)}
@@ -80,7 +80,7 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
         @functools.wraps(fn)
         def wrapper(**kw):
             try:
-                if "run" in kw:  # before any work: a read-only run directory would fail only at the end
+                if writes and "run" in kw:  # before any work: a read-only run directory would fail only at the end
                     check_writable(kw["run"])
                 built = {}
                 for key, cls in configs.items():
@@ -142,7 +142,7 @@ def store_import_cmd(file: Path, run: Path, shard_tokens: int, dtype: str, holdo
     return f"{store.n} tokens of d = {store.d} in {store.root}"
 
 
-@command(store_app, "verify", {}, [RUN_OPTION])
+@command(store_app, "verify", {}, [RUN_OPTION], writes=False)
 def store_verify_cmd(run: Path) -> str:
     """Check every shard of RUN/store against its sha256."""
     from .store import ActivationStore

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm import trange
 
 from .config import DistillConfig, from_dict, to_dict
 from .errors import ArchsaeError
-from .files import read_json, refuse_if_different, write_json, write_safetensors
+from .files import read_json, read_safetensors, refuse_if_different, write_json, write_safetensors
 from .store import ActivationStore, Subset
 
 
@@ -131,4 +130,4 @@ def load_centroids(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.exists():
         raise ArchsaeError(f"no centroids at {path}: run `archsae distill` with that seed first")
-    return load_file(str(path))["centroids"]
+    return read_safetensors(path, "delete it and run `archsae distill` again")["centroids"]

@@ -132,7 +132,8 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     tokens gives the same R^2 (shift-invariant: uncentred models too).
 
     Returns (and writes to `out`, metrics.json, with the configuration in evaluate.json beside it):
-    `models`: per model, R^2 (eq. 5), dead codes (eq. 6), mean L0, OOD score (eq. 9), stable rank (eq. 10),
+    `models`: per model, R^2 (eq. 5; `r2_raw` the same on raw activations, where high-variance features
+    weigh more), dead codes (eq. 6), mean L0, OOD score (eq. 9), stable rank (eq. 10),
     effective rank (eq. 11), coherence (eq. 12), connectivity (eq. 13, on CONNECTIVITY_TOKENS tokens),
     negative interference (eq. 14) and plausibility (Sec. 5.2, when the store's model has a classifier head
     over these features); `groups`: per group of runs (models whose configurations differ only in their
@@ -148,6 +149,9 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     results, atoms, labels, skipped = {}, {}, {}, {}
     for name, path in tqdm(found.items(), desc="evaluate", unit="model", disable=len(found) < 2):
         try:
+            trained_on = read_json(path / "config.json").get("store")
+            if trained_on not in (None, store.fingerprint):
+                raise ArchsaeError("it was trained on another store (its config.json's fingerprint differs)")
             results[name] = _model_metrics(store, load_model(path), name, raw, acts, heads, labels)
         except (ArchsaeError, ValueError) as e:  # one model that cannot be scored does not sink the others
             skipped[name] = str(e)
@@ -179,5 +183,6 @@ def _model_metrics(store: ActivationStore, model: SAE | Baseline, name: str, raw
     atoms = atoms_of(model)
     return {"method": tcfg.method, "group": group_label(tcfg, name, labels), "seed": tcfg.seed, "k": tcfg.k,
             "centre": getattr(tcfg, "centre", True), "r2": metrics.r2(acts, store.standardise(acts_hat)),
+            "r2_raw": metrics.r2(raw, acts_hat),
             **dictionary_metrics(atoms, codes, acts + shift),
             "plausibility": metrics.plausibility(atoms, heads) if heads is not None else None, "atoms": atoms}

@@ -13,10 +13,13 @@ from safetensors.torch import load_file, save_file
 from .errors import ArchsaeError
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()  # read once: setting it to read it is not thread-safe
 
 
 def check_writable(folder: Path) -> None:
@@ -38,7 +41,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -55,12 +58,12 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def read_safetensors(path: Path) -> dict:
-    """The tensors of a safetensors file we wrote (a model); ArchsaeError naming it if it is damaged."""
+def read_safetensors(path: Path, fix: str = "delete its folder and train the model again") -> dict:
+    """The tensors of a safetensors file we wrote; ArchsaeError naming it, and `fix`, if it is damaged."""
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error type for truncated or corrupt headers
-        raise ArchsaeError(f"{path} is damaged ({e}); delete its folder and train the model again") from None
+        raise ArchsaeError(f"{path} is damaged ({e}); {fix}") from None
 
 
 def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:

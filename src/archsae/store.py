@@ -227,7 +227,8 @@ class ActivationStore:
 
     @cached_property
     def images(self) -> list[dict]:
-        """The images in stored order: {path (absolute), label, sha256}; [] for an imported matrix."""
+        """The images in stored order: {path, label, sha256}, paths as openable from here (store.json keeps
+        demo images relative to the store, so a run folder can move); [] for an imported matrix."""
         return [{**im, "path": str(self.root / im["path"])} for im in self.header.get("images", [])]
 
     @property

@@ -102,12 +102,15 @@ class _Trainer:
             stored = read_json(self.out_dir / "config.json")
             stored["train"] = asdict(from_dict(TrainConfig, stored["train"]))  # fields added since: defaults
             finished = (self.out_dir / "model.safetensors").exists()
-            refuse_if_different({**stored, "processes": None}, {**self.config, "processes": None}, self.out_dir,
-                                "a model", "use another name or delete it")
-            if not finished and stored.get("processes") != world.size:  # gradients summed in another order
-                raise ArchsaeError(f"{self.out_dir} holds a checkpoint of a run on {stored.get('processes')} "
-                                   f"process(es); resume it with torchrun --nproc-per-node {stored.get('processes')} "
-                                   "(the same processes give the same result), or delete the folder to restart")
+            resolved = dict.fromkeys(("streams", "processes"))  # how it ran: any will do for a finished model
+            refuse_if_different({**stored, **resolved}, {**self.config, **resolved}, self.out_dir, "a model",
+                                "use another name or delete it")
+            if not finished and any(stored.get(key) != self.config[key] for key in resolved):
+                raise ArchsaeError(
+                    f"{self.out_dir} holds a checkpoint of a run on {stored.get('processes')} process(es) with "
+                    f"{stored.get('streams')} data stream(s), not {world.size} and {n_streams}: resume it with "
+                    f"torchrun --nproc-per-node {stored.get('processes')} (and --streams {stored.get('streams')}), "
+                    "which gives exactly the uninterrupted result, or delete the folder to restart")
             if finished:
                 self.model, self.done = load_sae(self.out_dir, device), True
                 return
@@ -215,6 +218,7 @@ class _Trainer:
             self._reset_window()
         if self.world.rank == 0 and self.cfg.snapshot_every and (done % self.cfg.snapshot_every == 0
                                                                    or done == self.total):
+            self._check_finite(done)
             self._snapshot(done)
         if done % self.cfg.checkpoint_every == 0 and done < self.total:
             self._check_finite(done)
@@ -249,9 +253,12 @@ class _Trainer:
 
     def _load_checkpoint(self) -> int:
         device = self.since_fired.device
-        with safe_open(self.ckpt, framework="pt", device=str(device)) as f:
-            meta = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(self.ckpt, framework="pt", device=str(device)) as f:
+                meta = f.metadata()
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # a truncated or corrupt file: safetensors' own error type
+            raise ArchsaeError(f"{self.ckpt} is damaged ({e}); delete it to restart this model from step 0") from None
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         self.since_fired.copy_(tensors["train.since_fired"])
         state: dict[int, dict] = {}
@@ -304,8 +311,13 @@ def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | s
 
 
 def _available_bytes(device: torch.device) -> int:
+    """Memory a new allocation can get: free GPU memory, or the kernel's MemAvailable (free memory plus the
+    page cache it can drop, which the memory-mapped store fills)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -313,7 +325,7 @@ def _check_memory(jobs: list[Job], d: int, micro: int, device: torch.device) -> 
     """Refuse a pass whose models cannot fit before allocating them: each float32 parameter is held four
     times (value, gradient, two Adam moments), and dense sparsities keep a few (batch, k) matrices."""
     need = 0
-    for job in jobs:
+    for job in (j for j in jobs if not (j.out_dir / "model.safetensors").exists()):  # finished: only loaded
         cfg, n_prime = job.cfg, 0 if job.candidates_nd is None else len(job.candidates_nd)
         atoms = cfg.k * d if not cfg.archetypal or cfg.effective_delta > 0 else 0  # free atoms, or RA-SAE's U
         w = cfg.k * (min(cfg.w_support, n_prime) if cfg.w_support else n_prime)  # archetypal W (0 for free)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +12,21 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import ArchsaeError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError)  # what Pillow raises for a bad file
+# What Pillow raises for a bad file, and for one above its size limit (a warning up to twice the limit,
+# turned into an error by `_open`).
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+              Image.DecompressionBombWarning)
 WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (or 32-bit integer) greyscale
 
 
+def _open(path: str) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def _unreadable(path: str, e: Exception) -> ArchsaeError:
-    if isinstance(e, Image.DecompressionBombError):
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return ArchsaeError(f"image {path} is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
                             f"({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it")
     return ArchsaeError(f"cannot read image {path} ({e}); remove or replace it")
@@ -46,9 +56,9 @@ def list_images(root: str | Path, check: bool = True) -> list[ImageItem]:
     if check:
         for item in items:
             try:
-                with Image.open(item.path) as im:
+                with _open(item.path) as im:
                     im.verify()
-            except (*UNREADABLE, Image.DecompressionBombError) as e:
+            except UNREADABLE as e:
                 raise _unreadable(item.path, e) from None
     return items
 
@@ -57,7 +67,7 @@ def load_image(path: str) -> Image.Image:
     """Decode one image as 8-bit RGB (alpha composited on white; 16-bit greyscale scaled by 255 / 65535,
     where Pillow's own conversion clips it). Raises ArchsaeError if unreadable or above Pillow's size limit."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.load()
             if im.mode in WIDE_GREY:
                 grey = np.asarray(im, dtype=np.float64) * (255 / 65535)
@@ -67,5 +77,5 @@ def load_image(path: str) -> Image.Image:
                 white = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 return Image.alpha_composite(white, im).convert("RGB")
             return im.convert("RGB")
-    except (*UNREADABLE, Image.DecompressionBombError) as e:
+    except UNREADABLE as e:
         raise _unreadable(path, e) from None

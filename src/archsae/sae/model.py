@@ -122,7 +122,11 @@ class SAE(RawSpace, nn.Module):
         return self.activation(self.encoder(self.standardise(acts_nd) - self.b_pre))
 
     def decode(self, codes_nk: torch.Tensor, atoms_kd: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw-space reconstruction (n, d) of codes Z (n, k); `atoms_kd` saves rebuilding D per call."""
+        """Raw-space reconstruction (n, d) of codes Z (n, k) (numpy or torch); `atoms_kd` saves rebuilding D
+        per call. ArchsaeError for a wrong shape."""
+        codes_nk = torch.as_tensor(codes_nk, dtype=torch.float32, device=self.b_pre.device)
+        if codes_nk.ndim != 2 or codes_nk.shape[1] != self.k:
+            raise ArchsaeError(f"codes have shape {tuple(codes_nk.shape)}; this SAE expects (n, {self.k})")
         atoms_kd = self.atoms() if atoms_kd is None else atoms_kd
         return self.unstandardise(codes_nk @ atoms_kd + self.b_pre)
 
