@@ -27,6 +27,11 @@ def test_every_command_has_help(cmd):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_store_import_lists_only_its_own_options():
+    options = {w for w in invoke("store", "import", "--help").output.split() if w.startswith("--")}
+    assert options == {"--run-dir", "--shard-tokens", "--dtype", "--holdout-every", "--help"}
+
+
 def _error(result, pattern):
     assert result.exit_code == 2, result.output
     assert pattern in result.output and "Traceback" not in result.output
