@@ -251,7 +251,7 @@ class ActivationStore:
             self._verify(i, again=True)
 
     def _verify(self, i: int, again: bool = False) -> None:
-        """Shard i's sha256 against store.json, once per process unless `again` (about 1.6 s per GB on 2
+        """Shard i's sha256 against store.json, once per process unless `again` (about 0.8 s per GB on 2
         cores, see benchmarks/README.md): flipped bytes would otherwise train into NaN or a wrong model."""
         s = self.meta["shards"][i]
         key = (str((self.root / s["file"]).resolve()), s["sha256"])
