@@ -176,7 +176,7 @@ class _Trainer:
         self.opt.step()
         model.project_()
         if isinstance(model.activation, Penalised):
-            model.activation.adapt_(active.item() / cfg.batch_size)
+            model.activation.adapt_(active / cfg.batch_size)
         self.since_fired += cfg.batch_size
         self.since_fired[fired] = 0
         self.fired |= fired

@@ -36,15 +36,16 @@ class Penalised(nn.Module):
         self.register_buffer("coeff", torch.tensor(float(coeff)))
 
     @torch.no_grad()
-    def adapt_(self, l0: float) -> None:
-        """After an optimiser step whose batch had mean L0 `l0` (codes per token): move the coefficient
-        (no-op when it is fixed)."""
+    def adapt_(self, l0: torch.Tensor | float) -> None:
+        """After an optimiser step whose batch had mean L0 `l0` (codes per token, a scalar, on any device):
+        move the coefficient (no-op when it is fixed). Tensor ops only: a step never waits for the device."""
         if self.target_l0 > 0:
-            error = max(-1.0, min(1.0, math.log(max(l0, 1e-3) / self.target_l0)))
+            l0 = torch.as_tensor(l0, dtype=self.coeff.dtype, device=self.coeff.device)
+            error = torch.log(l0.clamp_min(1e-3) / self.target_l0).clamp(-1.0, 1.0)
             if self.signed:
-                self.coeff.add_(ADAPT_RATE * max(abs(self.coeff.item()), self.start) * error)
+                self.coeff.add_(ADAPT_RATE * self.coeff.abs().clamp_min(self.start) * error)
             else:
-                self.coeff.mul_(math.exp(ADAPT_RATE * error))
+                self.coeff.mul_(torch.exp(ADAPT_RATE * error))
 
 
 class ReLU(Penalised):
