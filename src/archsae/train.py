@@ -129,7 +129,7 @@ class _Trainer:
             with torch.no_grad():
                 if not cfg.archetypal:  # b at the data mean (~0 when centred); archetypal atoms already span it
                     self.model.b_pre.copy_(calibration_nd.mean(0))
-                self.model.init_sparsity_(calibration_nd, cfg.top_k)
+                self.model.init_from_data_(calibration_nd, cfg.top_k)
         if world.rank == 0:
             write_json(self.out_dir / "config.json", self.config)
             if self.start == 0:
