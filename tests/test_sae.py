@@ -112,27 +112,52 @@ def test_bad_settings_are_user_errors():
         build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5, candidates_nd=torch.randn(10, 4))
 
 
-def _dense_losses(model, x):
-    """The training loss written the plain way: dense codes, D built explicitly, plain autograd."""
-    x_hat, _ = model(x)
-    return (x_hat - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+def _dense_losses(model, x, dead, aux_k, aux_coeff):
+    """The training loss written the plain way, from the definitions: dense codes = activation(encoder(x - b)),
+    D built explicitly, the penalty of each mechanism, AuxK, plain autograd."""
+    from archsae.sae.activations import JumpReLU, ReLU
+
+    pre = model.encoder(x - model.b_pre)
+    codes, atoms = model.activation(pre), model.atoms()
+    x_hat = codes @ atoms + model.b_pre
+    sst = (x - x.mean(0)).pow(2).sum()
+    loss = (x_hat - x).pow(2).sum() / sst
+    if isinstance(model.activation, ReLU):
+        loss = loss + model.activation.coeff * (codes * atoms.norm(dim=1)).sum(1).mean() / (sst / len(x)).sqrt()
+    if isinstance(model.activation, JumpReLU):
+        loss = loss + model.activation.coeff * model.activation._gate(pre).sum(1).mean()
+    idx = pre.detach().masked_fill(~dead, -float("inf")).topk(aux_k, dim=1).indices
+    e_hat = torch.zeros_like(pre).scatter(1, idx, torch.relu(pre.gather(1, idx))) @ atoms
+    e = (x - x_hat).detach()
+    return loss + aux_coeff * (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum(), codes
 
 
-@pytest.mark.parametrize("method,support", [("topk", 0), ("ra-topk", 8), ("ra-topk", 0)])
+@pytest.mark.parametrize("method,support", [("topk", 0), ("ra-topk", 8), ("ra-topk", 0), ("batchtopk", 0),
+                                            ("relu", 0), ("a-relu", 8), ("jumprelu", 0), ("ra-jumprelu", 8)])
 def test_sparse_training_pass_equals_dense_autograd(method, support):
+    """Every sparsity's sparse training pass (chosen codes only, atoms gathered, AuxK in the same CSR matrix) gives
+    the loss and every parameter's gradient of the dense definition, JumpReLU's straight-through threshold
+    gradient included."""
     torch.manual_seed(0)
     cfg = TrainConfig(method=method, k=64, top_k=4, w_support=support, delta=0.1)
     sparse, dense = (build_sae(cfg, 32, torch.randn(100, 32).mul(3)) for _ in range(2))
-    dense.load_state_dict(sparse.state_dict())
     x = torch.randn(128, 32)
-    out = sparse.losses(x)
+    sparse.init_from_data_(x, 4)
+    with torch.no_grad():  # a coefficient of the size that matters, and thresholds near many pre-activations
+        sparse.activation.coeff.fill_(0.3) if hasattr(sparse.activation, "coeff") else None
+    dense.load_state_dict(sparse.state_dict())
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[[1, 5, 9, 30, 31]] = True
+    out = sparse.losses(x, dead, aux_k=3, aux_coeff=0.25)
     out.loss.backward()
-    reference = _dense_losses(dense, x)
+    reference, codes = _dense_losses(dense, x, dead, 3, 0.25)
     reference.backward()
     assert torch.allclose(out.loss, reference, atol=1e-6)
     for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
-    assert 0 < int(out.l0) <= 128 * 4  # relu may zero a chosen code, never add one
+        assert p.grad.abs().sum() > 0, name  # every parameter learns, thresholds included
+    assert int(out.l0) == int((codes > 0).sum()) > 0
+    assert torch.equal(out.fired_k, (codes > 0).any(0))
 
 
 def test_jumprelu_threshold_gradient_is_the_silverman_estimator():
@@ -144,7 +169,7 @@ def test_jumprelu_threshold_gradient_is_the_silverman_estimator():
     pre = torch.tensor([[0.5, 0.012], [0.003, 0.0101]])
     z = act(pre)
     assert torch.equal(z, torch.tensor([[0.5, 0.012], [0.0, 0.0101]]))  # z = pre where pre > theta, else 0
-    (z.sum() + act.penalty(pre, z, None, None)).backward()
+    (z.sum() + act.coeff * act._gate(pre).sum(1).mean()).backward()  # the penalty as SAE.losses adds it
     # By hand: d/dtheta_j of sum_n z_nj + l0 * mean_n sum_j H = -sum_n (pre_nj + l0 / n) K((pre_nj - theta)/eps) / eps,
     # and d/dlog(theta) = theta * d/dtheta.
     k = lambda u: 0.5 * math.exp(-abs(u) / math.sqrt(2)) * math.sin(abs(u) / math.sqrt(2) + math.pi / 4)
@@ -161,6 +186,14 @@ def test_batchtopk_keeps_the_batch_budget_and_calibrates_its_threshold():
     z = act(pre)
     assert int((z > 0).sum()) == 200 * 3  # exactly n * top_k codes over the batch ...
     assert (z > 0).sum(1).float().std() > 0  # ... spread unevenly over the tokens
+    decoy = torch.rand(200, 50).flatten().index_add_(0, torch.arange(0, 10_000, 17), torch.full((589,), 9.0))
+    # the training pass's sparse selection gives the definition's codes: on plain pre-activations, with fewer
+    # positives than the budget, and when the entries its threshold is estimated from are the largest (decoy)
+    for batch in (pre, pre.clamp(max=-0.1).index_fill(1, torch.tensor([7]), 1.0), decoy.view(200, 50)):
+        cols, counts = act.select(batch)
+        chosen = torch.zeros_like(batch, dtype=torch.bool)
+        chosen[torch.arange(200).repeat_interleave(counts), cols] = True
+        assert len(cols) == 200 * 3 and torch.equal(chosen & (batch > 0), act(batch) > 0)
     act.calibrate(pre)
     act.eval()
     assert int((act(pre) > 0).sum()) == 200 * 3 - 1  # the threshold is the budget's smallest value (strict >)

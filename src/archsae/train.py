@@ -17,6 +17,8 @@ same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 import os
@@ -310,6 +312,19 @@ def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | s
     return models
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 32 MiB for reuse instead of unmapping them (mallopt M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD). A CPU step allocates and frees several (k, d) and (n, k) tensors of a few MiB; by default
+    each comes back from the kernel as fresh pages, and zeroing or copying into them page-faults: about a third of
+    a TopK step at the default sizes (benchmarks/README.md, "Every sparsity on a sparse path"). The process keeps
+    its peak memory instead. A no-op off glibc."""
+    libc = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    if mallopt is not None:
+        mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's maximum on 64-bit
+        mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB free at the top of the heap
+
+
 def _available_bytes(device: torch.device) -> int:
     """Memory a new allocation can get: free GPU memory, or the kernel's MemAvailable (free memory plus the
     page cache it can drop, which the memory-mapped store fills)."""
@@ -360,6 +375,8 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
                            "lower --batch-size or extract more images")
     total = math.ceil(cfg.epochs * steps_per_epoch)
     _check_memory(jobs, store.d, micro, device)
+    if device.type == "cpu":
+        _keep_freed_memory()
     mean_d, std_d = (t.to(device) for t in store.normalisation(cfg.centre))
     calibration = store.standardise(store.sample(CALIBRATION_TOKENS, cfg.data_seed, "train", subset),
                                     cfg.centre).to(device)

@@ -1,14 +1,20 @@
 """Sparsity mechanisms: pre-activations (n, k) -> codes Z (n, k), and each one's sparsity penalty.
 
-Every activation has `forward(pre_nk) -> codes_nk` (float32, dense) and
-`penalty(pre_nk, codes_nk, atom_norms_k, x_rms) -> scalar` added to the reconstruction loss in its units
-(fractions of the batch's variance, see `SAE.losses`; `x_rms` is the batch's root mean squared distance to
-its mean); 0 for the mechanisms that fix L0 by construction. `TopK` also has a fixed `top_k`, which lets the SAE take its
-sparse fast path (only the chosen codes carry gradients, decoding gathers top_k atoms per token).
+Every activation has
+- `forward(pre_nk) -> codes_nk` (float32, dense): the definition, used at inference;
+- `select(pre_nk) -> (cols_e, counts_n)`: the codes it keeps nonzero (or may: TopK keeps a negative pre-activation
+  as a zero), token-major: `counts_n[i]` entries for token i, `cols_e` their code indices (int64). Training uses it
+  to take the sparse path (`SAE.losses`): codes relu(pre) on these entries only, decoding by gathering their atoms;
+- `sparse_terms(x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms) -> (x_hat_nd, penalty)`: the sparsity penalty,
+  added to the reconstruction loss in its units (fractions of the batch's variance; `x_rms` is the batch's root
+  mean squared distance to its mean), 0 for the mechanisms that fix L0 by construction; and x_hat, unchanged in
+  value, which for JumpReLU also carries its thresholds' straight-through gradient. Together they give the
+  gradients of the dense definition exactly (tests/test_sae.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -16,6 +22,15 @@ from torch import nn
 
 
 ADAPT_RATE = 0.05  # per step, at most: see Penalised
+
+
+def _where(mask_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cols_e, counts_n) of the True entries of a (n, k) mask, token-major."""
+    return mask_nk.nonzero()[:, 1], mask_nk.sum(1)
+
+
+def _no_penalty(x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms):
+    return x_hat_nd, pre_nk.new_zeros(())
 
 
 class Penalised(nn.Module):
@@ -58,8 +73,12 @@ class ReLU(Penalised):
     def forward(self, pre_nk: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre_nk)
 
-    def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
-        return self.coeff * (codes_nk * atom_norms_k).sum(1).mean() / x_rms
+    def select(self, pre_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _where(pre_nk > 0)
+
+    def sparse_terms(self, x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms):
+        norms_e = atoms_kd.norm(dim=1)[cols_e]
+        return x_hat_nd, self.coeff * (vals_e * norms_e).sum() / len(pre_nk) / x_rms
 
 
 class TopK(nn.Module):
@@ -73,8 +92,11 @@ class TopK(nn.Module):
         values, indices = pre_nk.topk(self.top_k, dim=-1)
         return torch.zeros_like(pre_nk).scatter(-1, indices, torch.relu(values))
 
-    def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
-        return pre_nk.new_zeros(())
+    def select(self, pre_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cols_nm = pre_nk.topk(self.top_k, dim=1).indices
+        return cols_nm.flatten(), cols_nm.new_full((len(pre_nk),), self.top_k)
+
+    sparse_terms = staticmethod(_no_penalty)
 
 
 class BatchTopK(nn.Module):
@@ -96,20 +118,35 @@ class BatchTopK(nn.Module):
             return pre_nk * keep.view_as(pre_nk)
         return pre_nk * (pre_nk > self.threshold)
 
+    def select(self, pre_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.training:
+            return _where(pre_nk > self.threshold)
+        n, k = pre_nk.shape
+        flat, m = torch.relu(pre_nk).flatten(), min(n * k, self.top_k * n)
+        # The batch's m largest, without a top-m over all n k entries (as slow as the encoder): a threshold from
+        # every s-th entry (s >= 16 coprime with k, so the sample spans every code) that about 1.25 m entries pass;
+        # if at least m do, the m largest are among them.
+        stride = next(s for s in itertools.count(16) if math.gcd(s, k) == 1)
+        sample = flat[::stride]
+        threshold = sample.topk(min(len(sample), math.ceil(1.25 * m / stride))).values[-1]
+        passing = (flat >= threshold).nonzero().squeeze(1)
+        flat_e = passing[flat[passing].topk(m).indices] if len(passing) >= m else flat.topk(m).indices
+        flat_e = flat_e.sort().values
+        return flat_e % k, torch.bincount(flat_e // k, minlength=n)
+
+    sparse_terms = staticmethod(_no_penalty)
+
     @torch.no_grad()
     def calibrate(self, pre_nk: torch.Tensor) -> None:
         """Set the inference threshold to the (n * top_k)-th largest positive pre-activation of `pre_nk`."""
         flat = torch.relu(pre_nk).flatten()
         self.threshold.fill_(flat.topk(min(len(flat), self.top_k * len(pre_nk))).values[-1].item())
 
-    def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
-        return pre_nk.new_zeros(())
-
 
 def silverman_kernel(u: torch.Tensor) -> torch.Tensor:
     """Silverman's (1986) kernel K(u) = exp(-|u|/sqrt2) sin(|u|/sqrt2 + pi/4) / 2; integrates to 1."""
-    a = u.abs() / math.sqrt(2)
-    return 0.5 * torch.exp(-a) * torch.sin(a + math.pi / 4)
+    a = u.abs().mul_(1 / math.sqrt(2))
+    return a.neg().exp_().mul_(a.add_(math.pi / 4).sin_()).mul_(0.5)  # in place: it runs on (n, k) every step
 
 
 class _JumpFn(torch.autograd.Function):
@@ -128,6 +165,30 @@ class _JumpFn(torch.autograd.Function):
         eps = ctx.bandwidth
         grad_theta = -(grad_nk * silverman_kernel((pre_nk - theta_k) / eps) / eps).sum(0)
         return None, grad_theta, None
+
+
+class _SparseJump(torch.autograd.Function):
+    """The thresholds' straight-through gradient on the sparse path: forward returns x_hat unchanged and the mean
+    L0 of the batch (`l0`, counted by `select`); backward gives theta the gradient that `_JumpFn` gives it through
+    the dense codes Z = pre * H(pre - theta) and the penalty mean_n ||z_n||_0: d/dtheta_i = -sum_n g_ni
+    K((pre_ni - theta_i)/eps) / eps with g_ni = <dL/dx_hat_n, D_i> pre_ni + dL/dL0 / n. That needs <dL/dx_hat_n, D_i> for every code, not
+    only the active ones: one dense (n, d) x (d, k) product, the only dense one in a JumpReLU step besides the
+    encoder's forward."""
+
+    @staticmethod
+    def forward(ctx, x_hat_nd, theta_k, pre_nk, atoms_kd, bandwidth, l0):
+        ctx.save_for_backward(theta_k, pre_nk, atoms_kd)
+        ctx.bandwidth = bandwidth
+        return x_hat_nd.clone(), x_hat_nd.new_tensor(l0)
+
+    @staticmethod
+    def backward(ctx, grad_nd, grad_l0):
+        theta_k, pre_nk, atoms_kd = ctx.saved_tensors
+        eps = ctx.bandwidth
+        pre_nk = pre_nk.float()
+        gate_grad_nk = (grad_nd.float() @ atoms_kd.float().T).mul_(pre_nk).add_(grad_l0.float() / len(pre_nk))
+        grad_theta = -(gate_grad_nk.mul_(silverman_kernel((pre_nk - theta_k).div_(eps))).sum(0) / eps)
+        return grad_nd, grad_theta.to(theta_k.dtype), None, None, None, None
 
 
 class JumpReLU(Penalised):
@@ -164,5 +225,10 @@ class JumpReLU(Penalised):
         # pre * gate: the gradient to pre is the gate; the gradient to theta comes from the estimator.
         return pre_nk * self._gate(pre_nk)
 
-    def penalty(self, pre_nk, codes_nk, atom_norms_k, x_rms) -> torch.Tensor:
-        return self.coeff * self._gate(pre_nk).sum(1).mean()
+    def select(self, pre_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _where(pre_nk > self.log_threshold.exp())
+
+    def sparse_terms(self, x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms):
+        x_hat_nd, l0 = _SparseJump.apply(x_hat_nd, self.log_threshold.exp(), pre_nk, atoms_kd.detach(), self.bandwidth,
+                                         len(cols_e) / len(pre_nk))
+        return x_hat_nd, self.coeff * l0

@@ -18,27 +18,39 @@ from .dictionary import ArchetypalDictionary, FreeDictionary
 
 
 class _ChosenPre(torch.autograd.Function):
-    """pre[n, j] = <xc_n, W_enc[idx_nj]> + b_enc[idx_nj] for the chosen codes only, given their values
-    (gathered from a no-grad dense pass). The backward touches only the chosen rows: n m d work instead
-    of the dense encoder's n k d."""
+    """pre_e = <xc_n, W_enc[cols_e]> + b_enc[cols_e] for chosen entries only, given their values (gathered from a
+    no-grad dense pass). The entries form a sparse matrix G (rows, k), row r's entries at crow[r]:crow[r + 1], row r
+    being token rows_e = r mod n (so several sets of entries, e.g. the codes and AuxK's, share one call). The
+    backward touches only the chosen entries, e d work instead of the dense encoder's n k d: dL/dx = G W_enc and
+    dL/dW_enc = G^T x, each a gather-and-sum (embedding_bag; torch's CPU sparse matmul densifies G), in float32."""
 
     @staticmethod
-    def forward(ctx, xc_nd, weight_kd, bias_k, idx_nm, pre_nm):
-        ctx.save_for_backward(xc_nd, weight_kd, idx_nm)
-        return pre_nm.clone()
+    def forward(ctx, xc_nd, weight_kd, bias_k, crow, cols_e, rows_e, pre_e):
+        ctx.save_for_backward(xc_nd, weight_kd, crow, cols_e, rows_e)
+        return pre_e.clone()
 
     @staticmethod
-    def backward(ctx, grad_nm):
-        xc_nd, weight_kd, idx_nm = ctx.saved_tensors
-        (n, m), k = idx_nm.shape, weight_kd.shape[0]
-        grad_x = F.embedding_bag(idx_nm, weight_kd, per_sample_weights=grad_nm.to(weight_kd.dtype), mode="sum")
-        rows = torch.arange(n, device=idx_nm.device).repeat_interleave(m)
-        sparse_kn = torch.sparse_coo_tensor(torch.stack([idx_nm.flatten(), rows]), grad_nm.flatten().to(xc_nd.dtype),
-                                            (k, n), check_invariants=False)
-        grad_w = torch.sparse.mm(sparse_kn, xc_nd)
-        grad_b = torch.zeros(k, dtype=grad_nm.dtype, device=grad_nm.device).index_add_(0, idx_nm.flatten(),
-                                                                                       grad_nm.flatten())
-        return grad_x.to(xc_nd.dtype), grad_w.to(weight_kd.dtype), grad_b.to(weight_kd.dtype), None, None
+    def backward(ctx, grad_e):
+        xc_nd, weight_kd, crow, cols_e, rows_e = ctx.saved_tensors
+        (n, d), k = xc_nd.shape, weight_kd.shape[0]
+        grad_e = grad_e.float()
+        grad_x = _gather_sum(weight_kd.float(), cols_e, crow, grad_e).view(-1, n, d).sum(0)
+        by_code = cols_e.argsort(stable=True)
+        code_crow = _crow(torch.bincount(cols_e, minlength=k))
+        grad_w = _gather_sum(xc_nd.float(), rows_e[by_code], code_crow, grad_e[by_code])
+        grad_b = torch.zeros(k, dtype=grad_e.dtype, device=grad_e.device).index_add_(0, cols_e, grad_e)
+        return grad_x.to(xc_nd.dtype), grad_w.to(weight_kd.dtype), grad_b.to(weight_kd.dtype), None, None, None, None
+
+
+def _gather_sum(table: torch.Tensor, idx_e: torch.Tensor, crow: torch.Tensor, weights_e: torch.Tensor) -> torch.Tensor:
+    """(len(crow) - 1, d): row r = sum of weights_e * table[idx_e] over its entries crow[r]:crow[r + 1]."""
+    return F.embedding_bag(idx_e, table, crow, per_sample_weights=weights_e.to(table.dtype), mode="sum",
+                           include_last_offset=True)
+
+
+def _crow(counts_n: torch.Tensor) -> torch.Tensor:
+    """CSR row pointers (n + 1,) of rows holding counts_n entries."""
+    return F.pad(counts_n.cumsum(0), (1, 0))
 
 
 @dataclass
@@ -64,9 +76,9 @@ class SAE(RawSpace, nn.Module):
     `project_()` after each optimiser step to restore the dictionary's constraint. `config` is the
     TrainConfig it was built from.
 
-    With TopK the training pass is sparse: pre-activations are computed without autograd, and only the
-    top_k chosen codes are recomputed with it (so the encoder's backward costs n top_k d, not n k d), and
-    decoding gathers the top_k atoms of each token (n top_k d instead of n k d).
+    The training pass is sparse for every sparsity (`losses`): pre-activations are computed without autograd,
+    only the codes the activation keeps are recomputed with it, and decoding gathers their atoms (n L0 d instead
+    of n k d for the encoder's backward and for the decoder).
     """
 
     def __init__(self, d: int, dictionary: nn.Module, activation: nn.Module):
@@ -161,11 +173,6 @@ class SAE(RawSpace, nn.Module):
     def project_(self) -> None:
         self.dictionary.project_()
 
-    def _chosen(self, xc_nd: torch.Tensor, pre_nk: torch.Tensor, idx_nm: torch.Tensor) -> torch.Tensor:
-        """relu of the pre-activations at idx (n, m), with autograd through the m chosen codes only."""
-        return torch.relu(_ChosenPre.apply(xc_nd, self.encoder.weight, self.encoder.bias, idx_nm,
-                                           pre_nk.gather(1, idx_nm)))
-
     def losses(self, x_nd: torch.Tensor, dead_k: torch.Tensor | None = None, aux_k: int = 0,
                aux_coeff: float = 1 / 32) -> StepOutput:
         """The training objective on a batch x (n, d), in fractions of the batch's variance, as in Gao et al.
@@ -178,42 +185,43 @@ class SAE(RawSpace, nn.Module):
         `aux_k` largest pre-activations among the dead codes `dead_k` (bool (k,)); normalising it by the
         residual's own variance keeps its pull on dead codes as strong late in training, when the residual
         is small, as early on (a raw squared error fades with the residual: benchmarks/README.md).
+
+        Every sparsity takes the sparse path: the pre-activations are computed without autograd, the activation
+        selects the codes it keeps (`select`), only those (and AuxK's) are recomputed with autograd (the encoder's
+        backward costs e d for e chosen entries, not n k d), and decoding gathers their atoms. The gradients are
+        those of the dense definition (codes = activation(encoder(x - b)), x_hat = codes D + b).
         """
         atoms_kd = self.atoms()  # D built once per step
-        xc_nd = x_nd - self.b_pre
+        n, xc_nd = len(x_nd), x_nd - self.b_pre
         sst = (x_nd - x_nd.mean(0)).pow(2).sum().clamp_min(1e-12)  # holds no parameter: a constant
-        sparse = isinstance(self.activation, TopK)
-        if sparse:
-            with torch.no_grad():
-                pre_nk = F.linear(xc_nd, self.encoder.weight, self.encoder.bias)
-                idx_nm = pre_nk.topk(self.activation.top_k, dim=1).indices
-            vals_nm = self._chosen(xc_nd, pre_nk, idx_nm)
-            x_hat = F.embedding_bag(idx_nm, atoms_kd, per_sample_weights=vals_nm.to(atoms_kd.dtype), mode="sum")
-            x_hat = x_hat + self.b_pre
-            penalty = x_nd.new_zeros(())
-            active = vals_nm > 0
-            fired_k = torch.zeros(self.k, dtype=torch.bool, device=x_nd.device).index_fill_(0, idx_nm[active], True)
-        else:
-            pre_nk = self.encoder(xc_nd)
-            codes_nk = self.activation(pre_nk)
-            x_hat = codes_nk @ atoms_kd + self.b_pre
-            penalty = self.activation.penalty(pre_nk, codes_nk, atoms_kd.norm(dim=1), (sst / len(x_nd)).sqrt())
-            active = codes_nk > 0
-            fired_k = active.any(0)
+        n_dead = int(dead_k.sum()) if aux_k > 0 and dead_k is not None else 0
+        with torch.no_grad():
+            pre_nk = F.linear(xc_nd, self.encoder.weight, self.encoder.bias)
+            cols_e, counts_n = self.activation.select(pre_nk)
+            crow = _crow(counts_n)
+            if n_dead:  # AuxK's entries: rows n..2n-1 of the same CSR matrix
+                aux_nm = pre_nk.masked_fill(~dead_k, -torch.inf).topk(min(aux_k, n_dead), dim=1).indices
+                crow = torch.cat([crow, crow[-1] + _crow(counts_n.new_full((n,), aux_nm.shape[1]))[1:]])
+                cols_e = torch.cat([cols_e, aux_nm.flatten()])
+            rows_e = torch.arange(len(crow) - 1, device=x_nd.device).repeat_interleave(crow.diff()) % n
+        vals_e = torch.relu(_ChosenPre.apply(xc_nd, self.encoder.weight, self.encoder.bias, crow, cols_e, rows_e,
+                                             pre_nk[rows_e, cols_e]))
+        main = int(crow[n])
+        x_hat = _gather_sum(atoms_kd, cols_e[:main], crow[:n + 1], vals_e[:main]) + self.b_pre
+        x_hat, penalty = self.activation.sparse_terms(x_hat, pre_nk, cols_e[:main], vals_e[:main], atoms_kd,
+                                                      (sst / n).sqrt())
         sse = (x_hat - x_nd).pow(2).sum()
         loss = sse / sst + penalty
-        n_dead = int(dead_k.sum()) if aux_k > 0 and dead_k is not None else 0
         if n_dead:
-            with torch.no_grad():
-                idx_nm = pre_nk.detach().masked_fill(~dead_k, -torch.inf).topk(min(aux_k, n_dead), dim=1).indices
-            vals_nm = self._chosen(xc_nd, pre_nk, idx_nm) if sparse else torch.relu(pre_nk.gather(1, idx_nm))
-            e_hat = F.embedding_bag(idx_nm, atoms_kd, per_sample_weights=vals_nm.to(atoms_kd.dtype), mode="sum")
+            e_hat = _gather_sum(atoms_kd, cols_e[main:], crow[n:] - main, vals_e[main:])
             residual = (x_nd - x_hat).detach()
             aux_sst = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
             loss = loss + aux_coeff * (e_hat - residual).pow(2).sum() / aux_sst
         with torch.no_grad():
-            return StepOutput(loss=loss, sse=sse.detach(), sst=sst, l0=active.sum(), fired_k=fired_k)
-
+            active_e = vals_e[:main] > 0
+            fired_k = torch.zeros(self.k, dtype=torch.bool, device=x_nd.device).index_fill_(0, cols_e[:main][active_e],
+                                                                                           True)
+            return StepOutput(loss=loss, sse=sse.detach(), sst=sst, l0=active_e.sum(), fired_k=fired_k)
 
 RELU_L1_START, JUMPRELU_L0_START = 0.1, 1e-3  # adapted coefficients start here (L0 reaches top_k in ~100 steps)
 
