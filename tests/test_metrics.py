@@ -103,6 +103,34 @@ def test_connectivity_on_a_hand_case():
     assert metrics.connectivity(np.zeros((2, 4))) == 1.0
 
 
+def test_sparse_codes_give_the_dense_values_and_lanczos_the_dense_eigenvalue():
+    """Codes as a scipy sparse matrix (what evaluate gives, so k = 32,768 fits) score as the same dense codes, through
+    the sparse co-firing matrix; the Lanczos eigenvalue of negative interference equals LAPACK's on the dense matrix."""
+    import scipy.linalg
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    n, k, d = 300, 500, 16
+    dense = np.zeros((n, k))
+    for i in range(n):  # 4 codes per token, some signed: sum_n L0^2 = 4,800 < k^2, the sparse path
+        dense[i, rng.choice(k - 20, 4, replace=False)] = rng.normal(size=4)  # the last 20 codes are dead
+    D = rng.normal(size=(k, d)) * rng.uniform(0.5, 2.0, size=(k, 1))
+    sparse = scipy.sparse.csr_matrix(dense)
+    dead = 1 - len(np.unique(sparse.indices)) / k
+    assert metrics.dead_codes(sparse) == pytest.approx(metrics.dead_codes(dense)) == pytest.approx(dead)
+    assert metrics.l0(sparse) == metrics.l0(dense) == 4
+    assert metrics.connectivity(sparse) == metrics.connectivity(dense)
+    assert scipy.sparse.issparse(metrics._cofiring(sparse, pattern=True))  # the sparse path was taken
+    # eq. 14 written out densely, its 2-norm by LAPACK
+    zu = dense * np.linalg.norm(D, axis=1)
+    du = D / np.linalg.norm(D, axis=1, keepdims=True)
+    m = np.maximum(-(zu.T @ zu / n) * (du @ du.T), 0)
+    expected = np.linalg.norm(m, 2)
+    assert expected == pytest.approx(scipy.linalg.eigvalsh(m)[-1])  # symmetric, non-negative: its top eigenvalue
+    assert metrics.negative_interference(sparse, D) == pytest.approx(expected, rel=1e-5)
+    assert metrics.negative_interference(dense, D) == pytest.approx(expected, rel=1e-5)
+
+
 def test_negative_interference_on_a_hand_case_in_unit_atom_units_per_token():
     D = np.array([[1.0, 0.0], [-0.5, 3**0.5 / 2], [0.0, 5.0]])  # cos(0,1) = -0.5, cos(0,2) = 0, cos(1,2) > 0
     Z = np.array([[1.0, 2.0, 1.0], [1.0, 1.0, 0.0]])

@@ -2,9 +2,10 @@
 
 Shapes: activations A (n, d), reconstructions A_hat (n, d), codes Z (n, k), dictionaries D (k, d) with
 atoms as rows, class directions V (c, d). Inputs may be torch tensors or numpy arrays (memory-mapped
-ones too): token-wise metrics read them CHUNK rows at a time, so memory stays bounded on millions of
-tokens. Metrics on D normalise the atoms first (the paper assumes unit-norm atoms, App. B). Shape
-mismatches raise ValueError.
+ones too), and codes also scipy sparse matrices (what `evaluate.reconstruct` gives: at k = 32,768 dense codes
+of 20,000 tokens would take 2.6 GB): token-wise metrics read them CHUNK rows at a time, so memory stays bounded
+on millions of tokens, and k x k products are chunked, or sparse when the codes are. Metrics on D normalise the
+atoms first (the paper assumes unit-norm atoms, App. B). Shape mismatches raise ValueError.
 """
 
 from __future__ import annotations
@@ -14,17 +15,35 @@ from typing import Iterator
 import numpy as np
 import scipy.linalg
 import scipy.sparse
+import scipy.sparse.linalg
 import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
-CHUNK = 8192  # rows per chunk of A, A_hat, Z, and of D in k x k products
+CHUNK = 8192  # rows per chunk of A, A_hat, Z (k x k products: _rows_per_chunk)
 DENSE_MAX = 4096  # matching: dense scipy assignment up to this many atoms, the pruned exact one above
 
 
 def _chunks(x, dtype=torch.float32, size: int = CHUNK) -> Iterator[torch.Tensor]:
-    for i in range(0, len(x), size):
-        yield torch.as_tensor(np.asarray(x[i:i + size]) if not torch.is_tensor(x) else x[i:i + size]).to(dtype)
+    for i in range(0, x.shape[0], size):
+        part = x[i:i + size]
+        part = part.toarray() if scipy.sparse.issparse(part) else part
+        yield torch.as_tensor(np.asarray(part) if not torch.is_tensor(part) else part).to(dtype)
+
+
+def _rows_per_chunk(k: int) -> int:
+    """Rows of a k-column product to compute at once: 2^24 entries (64 MB in float32), at least 1."""
+    return max(1, 2**24 // k)
+
+
+def _csr(Z) -> scipy.sparse.csr_matrix:
+    """Codes Z (n, k) as a float64 CSR matrix of their nonzeros (a dense Z converted CHUNK rows at a time)."""
+    if scipy.sparse.issparse(Z):
+        Z = scipy.sparse.csr_matrix(Z, dtype=np.float64, copy=True)
+    else:
+        Z = scipy.sparse.vstack([scipy.sparse.csr_matrix(z.numpy()) for z in _chunks(Z, torch.float64)], format="csr")
+    Z.eliminate_zeros()
+    return Z
 
 
 def _shape(name: str, x, d: int | None = None) -> tuple[int, int]:
@@ -62,6 +81,8 @@ def dead_codes(Z) -> float:
     In [0, 1]: 0 = every code fires on some token, 1 = none ever does.
     """
     _, k = _shape("Z", Z)
+    if scipy.sparse.issparse(Z):
+        return 1.0 - np.count_nonzero(np.bincount(_csr(Z).indices, minlength=k)) / k
     fired = torch.zeros(k, dtype=torch.bool)
     for z in _chunks(Z):
         fired |= (z != 0).any(0)
@@ -71,6 +92,8 @@ def dead_codes(Z) -> float:
 def l0(Z) -> float:
     """Mean number of non-zero codes per token. In [0, k]."""
     n, _ = _shape("Z", Z)
+    if scipy.sparse.issparse(Z):
+        return _csr(Z).nnz / n
     return sum((z != 0).sum().item() for z in _chunks(Z)) / n
 
 
@@ -83,7 +106,7 @@ def ood_score(D, A) -> float:
     D = unit_atoms(D)
     _shape("A", A, D.shape[1])
     best = torch.full((len(D),), -1.0)
-    for a in _chunks(A):
+    for a in _chunks(A, size=_rows_per_chunk(len(D))):
         best = torch.maximum(best, (D @ unit_atoms(a).T).max(1).values)
     return 1.0 - best.mean().item()
 
@@ -208,6 +231,20 @@ def stability(D1, D2) -> float:
     return float(np.abs(match_atoms(D1, D2)[2]).mean())
 
 
+def best_cosines(D1, D2) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each atom of D1 (k1, d) the largest |cos| with an atom of D2 (k2, d), and for each atom of D2 the largest
+    with an atom of D1: ((k1,), (k2,)) float32, from one chunked pass over the k1 x k2 cosines (at k = 32,768, ~25 s
+    per pass here; `mmcs` both ways round and `max_cosine` all follow from it). Raises ValueError if d differs."""
+    D1, D2 = unit_atoms(D1), unit_atoms(D2)
+    _shape("D2", D2, D1.shape[1])
+    best1, best2 = [], torch.zeros(len(D2))
+    for d in D1.split(_rows_per_chunk(len(D2))):
+        cos = (d @ D2.T).abs_()
+        best1.append(cos.max(1).values)
+        best2 = torch.maximum(best2, cos.max(0).values)
+    return torch.cat(best1), best2
+
+
 def max_cosine(D1, D2) -> float:
     """Max cosine = max_{i,j} |cos(D1_i, D2_j)| over all pairs of atoms of D1 (k1, d) and D2 (k2, d), as printed
     in Fel et al. 2025, eq. 8.
@@ -216,9 +253,7 @@ def max_cosine(D1, D2) -> float:
     direction, so it is close to 1 for almost any two trained dictionaries; `mmcs` averages over atoms.
     Raises ValueError if d differs.
     """
-    D1, D2 = unit_atoms(D1), unit_atoms(D2)
-    _shape("D2", D2, D1.shape[1])
-    return max((d @ D2.T).abs().max().item() for d in D1.split(CHUNK))
+    return best_cosines(D1, D2)[0].max().item()
 
 
 def mmcs(D1, D2) -> float:
@@ -229,9 +264,7 @@ def mmcs(D1, D2) -> float:
     In [0, 1], and >= stability(D1, D2) for dictionaries of equal size: 1 = every atom of D1 appears (up to
     sign) in D2. Raises ValueError if d differs.
     """
-    D1, D2 = unit_atoms(D1), unit_atoms(D2)
-    _shape("D2", D2, D1.shape[1])
-    return torch.cat([(d @ D2.T).abs().max(1).values for d in D1.split(CHUNK)]).mean().item()
+    return best_cosines(D1, D2)[0].mean().item()
 
 
 def stability_null(k: int, d: int, seed: int = 0) -> float:
@@ -279,10 +312,10 @@ def coherence(D) -> float:
     D = unit_atoms(D)
     if len(D) < 2:
         raise ValueError("coherence needs at least 2 atoms")
-    best = 0.0
-    for i, d in enumerate(D.split(CHUNK)):
-        g = (d @ D.T).abs()
-        g[torch.arange(len(d)), torch.arange(len(d)) + i * CHUNK] = 0  # the atom itself
+    best, rows = 0.0, _rows_per_chunk(len(D))
+    for i, d in enumerate(D.split(rows)):
+        g = (d @ D.T).abs_()
+        g[torch.arange(len(d)), torch.arange(len(d)) + i * rows] = 0  # the atom itself
         best = max(best, g.max().item())
     return best
 
@@ -291,11 +324,11 @@ def duplicate_share(D, threshold: float = 0.99) -> float:
     """The share of atoms of D (k, d) that have another atom at |cos| > `threshold`: near-duplicates, which
     an archetypal dictionary gets when two atoms start on (nearly) the same candidate. In [0, 1]."""
     D = unit_atoms(D)
-    dup = torch.zeros(len(D), dtype=torch.bool)
-    for i, d in enumerate(D.split(CHUNK)):
-        g = (d @ D.T).abs()
-        g[torch.arange(len(d)), torch.arange(len(d)) + i * CHUNK] = 0
-        dup[i * CHUNK:i * CHUNK + len(d)] = (g > threshold).any(1)
+    dup, rows = torch.zeros(len(D), dtype=torch.bool), _rows_per_chunk(len(D))
+    for i, d in enumerate(D.split(rows)):
+        g = (d @ D.T).abs_()
+        g[torch.arange(len(d)), torch.arange(len(d)) + i * rows] = 0
+        dup[i * rows:i * rows + len(d)] = (g > threshold).any(1)
     return dup.float().mean().item()
 
 
@@ -303,14 +336,23 @@ def candidate_cosine(D, C) -> float:
     """How far archetypal atoms D (k, d) moved from the candidates C (n', d): the mean over atoms of the
     largest cos with a candidate. 1 = every atom is (the direction of) a candidate."""
     C = unit_atoms(C)
-    return torch.cat([(d @ C.T).max(1).values for d in unit_atoms(D).split(CHUNK)]).mean().item()
+    return torch.cat([(d @ C.T).max(1).values for d in unit_atoms(D).split(_rows_per_chunk(len(C)))]).mean().item()
 
 
-def _gram(Z) -> torch.Tensor:
-    """Z^T Z (k, k) in float64, accumulated over chunks of tokens."""
-    _, k = _shape("Z", Z)
+def _cofiring(Z, pattern: bool):
+    """Z^T Z (k, k) in float64, of the codes or (pattern=True) of their nonzero pattern (for each pair of codes, the
+    number of tokens on which both fire). A scipy CSR matrix when that is the smaller form, i.e. when the codes
+    are sparse enough that sum_n L0_n^2 < k^2 (k = 32,768 at L0 = 32 on 20,000 tokens: 2 % of the k^2 entries),
+    else a dense torch tensor accumulated over chunks of tokens."""
+    n, k = _shape("Z", Z)
+    if scipy.sparse.issparse(Z) and np.square(np.diff(_csr(Z).indptr), dtype=np.float64).sum() < k * k:
+        Z = _csr(Z)
+        if pattern:
+            Z.data[:] = 1.0
+        return (Z.T @ Z).tocsr()
     gram = torch.zeros(k, k, dtype=torch.float64)
     for z in _chunks(Z, torch.float64):
+        z = (z != 0).double() if pattern else z
         gram += z.T @ z
     return gram
 
@@ -326,11 +368,9 @@ def connectivity(Z) -> float:
     (`evaluate` uses CONNECTIVITY_TOKENS).
     """
     _, k = _shape("Z", Z)
-    pairs = torch.zeros(k, k, dtype=torch.bool)
-    for z in _chunks(Z):
-        active = (z != 0).float()
-        pairs |= (active.T @ active) > 0
-    return 1.0 - pairs.sum().item() / k**2
+    pairs = _cofiring(Z, pattern=True)
+    nonzero = pairs.nnz if scipy.sparse.issparse(pairs) else int((pairs > 0).sum())
+    return 1.0 - nonzero / k**2
 
 
 def negative_interference(Z, D) -> float:
@@ -342,15 +382,42 @@ def negative_interference(Z, D) -> float:
     >= 0, in squared activation units per token: 0 = no two co-firing codes have atoms at an obtuse angle
     (their reconstructions never cancel); it grows with how often and how strongly co-active atoms oppose
     each other. The matrix is symmetric and non-negative, so its 2-norm is its largest eigenvalue
-    (Perron-Frobenius). Raises ValueError unless Z is (n, k) and D (k, d).
+    (Perron-Frobenius), found by Lanczos iteration (scipy's `eigsh`) on the matrix, which is sparse when the
+    codes are (only co-firing pairs enter it; see `_cofiring`): no k x k dense matrix or O(k^3) solver at
+    k = 32,768. Raises ValueError unless Z is (n, k) and D (k, d).
     """
     n, _ = _shape("Z", Z)
-    norms_k = torch.as_tensor(np.asarray(D) if not torch.is_tensor(D) else D).double().norm(dim=1)
+    norms_k = torch.as_tensor(np.asarray(D) if not torch.is_tensor(D) else D).double().norm(dim=1).numpy()
     Du = unit_atoms(D)
     _shape("Z", Z, len(Du))
-    gram = _gram(Z) * torch.outer(norms_k, norms_k) / n
-    m = torch.relu(-gram * (Du.double() @ Du.double().T)).numpy()
-    return float(scipy.linalg.eigh(m, eigvals_only=True, subset_by_index=[len(m) - 1, len(m) - 1])[0])
+    gram = _cofiring(Z, pattern=False)
+    if scipy.sparse.issparse(gram):  # the cosines of the co-firing pairs only, a block of rows at a time
+        rows = np.repeat(np.arange(gram.shape[0]), np.diff(gram.indptr))
+        cos = np.empty(gram.nnz)
+        step = _rows_per_chunk(len(Du))
+        for start in range(0, len(Du), step):
+            lo, hi = gram.indptr[start], gram.indptr[min(start + step, len(Du))]
+            block = (Du[start:start + step] @ Du.T).numpy()
+            cos[lo:hi] = block[rows[lo:hi] - start, gram.indices[lo:hi]]
+        gram.data *= -cos * norms_k[rows] * norms_k[gram.indices] / n
+        m = gram.maximum(0)  # relu, sparse
+    else:
+        norms = torch.from_numpy(norms_k)
+        m = torch.relu(-gram * torch.outer(norms, norms) / n * (Du @ Du.T).double()).numpy()
+    return _largest_eigenvalue(m)
+
+
+def _largest_eigenvalue(m) -> float:
+    """The largest eigenvalue of a symmetric matrix (dense numpy or scipy sparse): Lanczos (ARPACK), started from
+    the all-ones vector, which a non-negative matrix's leading eigenvector is never orthogonal to; dense LAPACK
+    below 64 rows, where ARPACK does not apply."""
+    if (m.nnz if scipy.sparse.issparse(m) else np.count_nonzero(m)) == 0:
+        return 0.0
+    if m.shape[0] < 64:
+        m = m.toarray() if scipy.sparse.issparse(m) else m
+        return float(scipy.linalg.eigh(m, eigvals_only=True, subset_by_index=[len(m) - 1, len(m) - 1])[0])
+    v0 = np.full(m.shape[0], m.shape[0] ** -0.5)
+    return float(scipy.sparse.linalg.eigsh(m, k=1, which="LA", v0=v0, return_eigenvectors=False)[0])
 
 
 def plausibility(D, V) -> float:
@@ -376,8 +443,8 @@ def code_correlation(Z1, Z2) -> float:
     the numbers of tokens differ.
     """
     n, k1 = _shape("Z1", Z1)
-    if len(Z2) != n:
-        raise ValueError(f"Z1 and Z2 must hold codes of the same tokens; got {n} and {len(Z2)} rows")
+    if Z2.shape[0] != n:
+        raise ValueError(f"Z1 and Z2 must hold codes of the same tokens; got {n} and {Z2.shape[0]} rows")
     _, k2 = _shape("Z2", Z2)
     s1, s2 = torch.zeros(k1, dtype=torch.float64), torch.zeros(k2, dtype=torch.float64)
     q1, q2 = torch.zeros_like(s1), torch.zeros_like(s2)

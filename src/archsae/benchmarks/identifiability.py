@@ -113,7 +113,7 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
         tcfg = replace(base, method=method).canonical()
         jobs.append(Job(tcfg, out / "models" / method, candidates if tcfg.archetypal else None))
     train_many(store, jobs, device)
-    return {method: tuple(reconstruct(load_sae(job.out_dir), a)[1] for a in (train_nd, test_nd))
+    return {method: tuple(reconstruct(load_sae(job.out_dir), a)[1].toarray() for a in (train_nd, test_nd))
             for method, job in zip(methods, jobs)}
 
 
