@@ -1,6 +1,8 @@
 """The distillation methods of App. C: outlier scores find planted outliers, hull peeling returns hull
 vertices layer by layer, and `distill` chooses real tokens for every method but k-means."""
 
+import importlib
+
 import numpy as np
 import pytest
 from scipy.spatial import ConvexHull
@@ -49,3 +51,28 @@ def test_every_method_but_kmeans_chooses_real_tokens_and_saves_them_apart(demo_s
         select_candidates(sample[:10], DistillConfig(n_centroids=20, method="lof", max_points=20))
     with pytest.raises(ArchsaeError, match="distillation method"):
         DistillConfig(method="dbscan")
+
+
+def _objective(acts, centroids):
+    """Mean squared distance of each token to its nearest centroid (k-means' objective)."""
+    import faiss
+
+    return float(faiss.knn(acts, centroids, 1)[0].mean())
+
+
+def test_two_level_kmeans_is_within_a_few_percent_of_flat_kmeans_and_used_above_its_size(monkeypatch):
+    """Two unevenly sized, anisotropic blobs: two-level k-means returns exactly n' centroids, seeded, at an objective
+    within 4 % of flat k-means'; with as many centroids as tokens it returns the tokens; `kmeans`
+    switches to it above TWO_LEVEL_ABOVE."""
+    module = importlib.import_module("archsae.distill")  # (archsae.distill is the function)
+    rng = np.random.default_rng(0)
+    acts = (rng.normal(size=(6000, 12)) * rng.uniform(0.5, 2, size=12)).astype(np.float32)
+    acts[:1500] += 3
+    flat = module._kmeans_flat(acts, 100, seed=0, n_iter=20)
+    two = module.kmeans_two_level(acts, 100, seed=0, n_iter=20)
+    assert two.shape == (100, 12) and np.array_equal(two, module.kmeans_two_level(acts, 100, seed=0, n_iter=20))
+    assert _objective(acts, two) < 1.04 * _objective(acts, flat)
+    every_token = module.kmeans_two_level(acts[:50], 50, seed=0)
+    assert np.array_equal(np.unique(every_token, axis=0), np.unique(acts[:50], axis=0))
+    monkeypatch.setattr(module, "TWO_LEVEL_ABOVE", 0)
+    assert np.array_equal(module.kmeans(acts, 100, seed=0, n_iter=20), two)
