@@ -223,6 +223,7 @@ class SAE(RawSpace, nn.Module):
                                                                                            True)
             return StepOutput(loss=loss, sse=sse.detach(), sst=sst, l0=active_e.sum(), fired_k=fired_k)
 
+
 RELU_L1_START, JUMPRELU_L0_START = 0.1, 1e-3  # adapted coefficients start here (L0 reaches top_k in ~100 steps)
 
 
