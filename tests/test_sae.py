@@ -373,3 +373,20 @@ def test_a_checkpoint_resumes_only_on_as_many_processes_as_it_was_started_on(pla
     monkeypatch.setattr(train_module.World, "from_env", classmethod(lambda cls, device: two))
     with pytest.raises(ArchsaeError, match="checkpoint of a run on 1 process"):
         train(store, cfg, tmp_path / "m")
+
+
+def test_reconstruct_keeps_codes_sparse_and_equal_to_the_dense_pass():
+    """evaluate's reconstruct (chunks of 2^24 / k tokens) gives the model's own codes, as a scipy CSR matrix, and
+    its reconstruction."""
+    import scipy.sparse
+
+    from archsae.evaluate import reconstruct
+
+    torch.manual_seed(0)
+    model = build_sae(TrainConfig(method="topk", k=2**15, top_k=3), 8).eval()  # 512 tokens per chunk
+    acts = torch.randn(1100, 8)
+    acts_hat, codes = reconstruct(model, acts)
+    with torch.no_grad():
+        expected_hat, expected = model(acts)
+    assert scipy.sparse.isspmatrix_csr(codes) and codes.nnz <= 1100 * 3
+    assert torch.equal(torch.from_numpy(codes.toarray()), expected) and torch.allclose(acts_hat, expected_hat)

@@ -38,7 +38,7 @@ def kmeans_two_level(acts_nd: np.ndarray, n_centroids: int, seed: int, n_iter: i
     (largest remainders, at most one per token). Allotted by size instead, as faiss does, the objective on the
     default store was 19 % above flat k-means'; by squared distance it is below it (benchmarks/README.md). n n' d
     work per iteration becomes about 2 n sqrt(n') d: n' = 32,768 from 1,000,000 tokens at d = 1,280 in minutes
-    instead of hours. (n, d) float32 -> (n', d) float32, seeded."""
+    instead of hours. (n, d) float32 -> (n', d) float32, seeded; n >= n' (`kmeans` checks it)."""
     import faiss  # loaded on first use, not by `import archsae`
 
     n, d = acts_nd.shape

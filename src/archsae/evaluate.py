@@ -32,7 +32,7 @@ def reconstruct(model: SAE | Baseline, acts_nd: torch.Tensor) -> tuple[torch.Ten
     """(A_hat (n, d) float32 tensor, Z (n, k) float32 scipy CSR matrix) for raw activations A (n, d), in chunks of
     2^24 / k tokens. The codes are kept sparse (values and indices): dense, 20,000 tokens at k = 32,768 would take
     2.6 GB; `metrics` takes them as they are, `.toarray()` gives the dense matrix."""
-    atoms_kd = atoms_of(model) if isinstance(model, Baseline) else model.atoms()
+    atoms_kd = atoms_of(model)
     hats, codes = [], []
     for a in acts_nd.split(max(1, 2**24 // len(atoms_kd))):
         z = model.encode(a)

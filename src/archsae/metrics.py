@@ -345,11 +345,12 @@ def _cofiring(Z, pattern: bool):
     are sparse enough that sum_n L0_n^2 < k^2 (k = 32,768 at L0 = 32 on 20,000 tokens: 2 % of the k^2 entries),
     else a dense torch tensor accumulated over chunks of tokens."""
     n, k = _shape("Z", Z)
-    if scipy.sparse.issparse(Z) and np.square(np.diff(_csr(Z).indptr), dtype=np.float64).sum() < k * k:
+    if scipy.sparse.issparse(Z):
         Z = _csr(Z)
-        if pattern:
-            Z.data[:] = 1.0
-        return (Z.T @ Z).tocsr()
+        if np.square(np.diff(Z.indptr), dtype=np.float64).sum() < k * k:
+            if pattern:
+                Z.data[:] = 1.0
+            return (Z.T @ Z).tocsr()
     gram = torch.zeros(k, k, dtype=torch.float64)
     for z in _chunks(Z, torch.float64):
         z = (z != 0).double() if pattern else z
