@@ -98,17 +98,23 @@ def l0(Z) -> float:
 
 
 def ood_score(D, A) -> float:
-    """OOD = 1 - (1/k) sum_i max_j cos(D_i, A_j) (Fel et al. 2025, eq. 9).
+    """OOD = 1 - (1/k) sum_i max_j cos(D_i, A_j) (Fel et al. 2025, eq. 9): the mean of `atom_ood`.
 
     In [0, 2]: 0 = every atom is the direction of some data point; 1 = atoms orthogonal to all data;
     up to 2 for atoms opposite to every data point. Raises ValueError if d differs.
     """
+    return atom_ood(D, A).mean().item()
+
+
+def atom_ood(D, A) -> torch.Tensor:
+    """Each atom's OOD score, 1 - max_j cos(D_i, A_j) over the data points A (n, d): (k,) float32 in [0, 2]
+    (the per-atom term of Fel et al. 2025, eq. 9). Raises ValueError if d differs."""
     D = unit_atoms(D)
     _shape("A", A, D.shape[1])
     best = torch.full((len(D),), -1.0)
     for a in _chunks(A, size=_rows_per_chunk(len(D))):
         best = torch.maximum(best, (D @ unit_atoms(a).T).max(1).values)
-    return 1.0 - best.mean().item()
+    return 1.0 - best
 
 
 def cosines(D1, D2) -> torch.Tensor:
@@ -304,32 +310,32 @@ def effective_rank(D) -> float:
 
 
 def coherence(D) -> float:
-    """Coherence = max_{i != j} |<D_i, D_j>| on unit atoms (Fel et al. 2025, eq. 12).
+    """Coherence = max_{i != j} |<D_i, D_j>| on unit atoms (Fel et al. 2025, eq. 12): the largest `nearest_atom`.
 
     In [0, 1]: 0 = mutually orthogonal atoms; 1 = two atoms share a direction (up to sign).
     Raises ValueError if D has fewer than 2 atoms.
     """
-    D = unit_atoms(D)
-    if len(D) < 2:
-        raise ValueError("coherence needs at least 2 atoms")
-    best, rows = 0.0, _rows_per_chunk(len(D))
-    for i, d in enumerate(D.split(rows)):
-        g = (d @ D.T).abs_()
-        g[torch.arange(len(d)), torch.arange(len(d)) + i * rows] = 0  # the atom itself
-        best = max(best, g.max().item())
-    return best
+    return nearest_atom(D).max().item()
 
 
 def duplicate_share(D, threshold: float = 0.99) -> float:
     """The share of atoms of D (k, d) that have another atom at |cos| > `threshold`: near-duplicates, which
     an archetypal dictionary gets when two atoms start on (nearly) the same candidate. In [0, 1]."""
+    return (nearest_atom(D) > threshold).float().mean().item()
+
+
+def nearest_atom(D) -> torch.Tensor:
+    """Each atom's largest |cos| with another atom of D (k, d): (k,) float32 in [0, 1], chunked (no k x k matrix).
+    Raises ValueError if D has fewer than 2 atoms."""
     D = unit_atoms(D)
-    dup, rows = torch.zeros(len(D), dtype=torch.bool), _rows_per_chunk(len(D))
+    if len(D) < 2:
+        raise ValueError("an atom's nearest other atom needs at least 2 atoms")
+    best, rows = torch.zeros(len(D)), _rows_per_chunk(len(D))
     for i, d in enumerate(D.split(rows)):
         g = (d @ D.T).abs_()
-        g[torch.arange(len(d)), torch.arange(len(d)) + i * rows] = 0
-        dup[i * rows:i * rows + len(d)] = (g > threshold).any(1)
-    return dup.float().mean().item()
+        g[torch.arange(len(d)), torch.arange(len(d)) + i * rows] = 0  # the atom itself
+        best[i * rows:i * rows + len(d)] = g.max(1).values
+    return best
 
 
 def candidate_cosine(D, C) -> float:
