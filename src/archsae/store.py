@@ -361,10 +361,16 @@ class ActivationStore:
         return torch.cat(out)
 
     def image_tokens(self, image: int) -> Shard:
-        """The tokens of one image, with positions (for heatmaps)."""
-        shard = self.read_shard(image // int(self.meta["images_per_shard"]))
-        keep = shard.image_m == image
-        return Shard(shard.acts_md[keep], shard.image_m[keep], shard.pos_m[keep])
+        """The tokens of one image, with positions (for heatmaps), reading only its rows of its shard."""
+        with self._open(image // int(self.meta["images_per_shard"])) as f:
+            image_m = f.get_tensor("image")
+            rows = torch.nonzero(image_m == image).flatten()
+            if len(rows) == 0:
+                return Shard(torch.zeros(0, self.d), image_m[:0], image_m[:0])
+            lo, hi = int(rows[0]), int(rows[-1]) + 1  # one slice: a shard stores an image's tokens together
+            keep = image_m[lo:hi] == image
+            return Shard(f.get_slice("acts")[lo:hi].float()[keep], image_m[lo:hi][keep],
+                         f.get_slice("pos")[lo:hi][keep])
 
 
 def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384, dtype: str = "float32",

@@ -19,7 +19,7 @@ UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.De
 WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (or 32-bit integer) greyscale
 
 
-def _open(path: str) -> Image.Image:
+def _open(path) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return Image.open(path)
@@ -63,9 +63,10 @@ def list_images(root: str | Path, check: bool = True) -> list[ImageItem]:
     return items
 
 
-def load_image(path: str) -> Image.Image:
-    """Decode one image as 8-bit RGB (alpha composited on white; 16-bit greyscale scaled by 255 / 65535,
-    where Pillow's own conversion clips it). Raises ArchsaeError if unreadable or above Pillow's size limit."""
+def load_image(path, name: str = "") -> Image.Image:
+    """Decode one image (a path, or a binary file object such as an upload, called `name` in errors) as 8-bit
+    RGB (alpha composited on white; 16-bit greyscale scaled by 255 / 65535, where Pillow's own conversion
+    clips it). Raises ArchsaeError if unreadable or above Pillow's size limit."""
     try:
         with _open(path) as im:
             im.load()
@@ -78,4 +79,4 @@ def load_image(path: str) -> Image.Image:
                 return Image.alpha_composite(white, im).convert("RGB")
             return im.convert("RGB")
     except UNREADABLE as e:
-        raise _unreadable(path, e) from None
+        raise _unreadable(name or path, e) from None
