@@ -4,7 +4,7 @@ import pytest
 
 from archsae.config import DistillConfig, StabilityConfig, TrainConfig
 from archsae.report.plots import stability_plots
-from archsae.stability import run_stability
+from archsae.stability import run_stability, verdict
 from archsae.store import Subset
 from conftest import planted_data, write_store
 
@@ -45,6 +45,15 @@ def test_shared_runs_agree_exactly_at_t0_and_independent_ones_do_not(experiment)
     # above independent runs (the objection of Brzozowski & Chung 2026, in one line)
     shared_final = group(results, "ra-topk", "shared")["final"]
     assert shared_final > 0.98 and shared_final > group(results, "ra-topk", "independent")["final"] + 0.1
+
+
+def test_the_verdict_reads_a_shared_start_as_inherited(experiment):
+    _, _, results = experiment
+    shared = group(results, "ra-topk", "shared")
+    null = results["nulls"]["24-centred"]["kmeans"]
+    assert verdict(shared["t0"], shared["final"], null).startswith("inherited from the start")
+    assert verdict(0.2, 0.5, 0.3).startswith("stabilised by training")
+    assert verdict(0.45, 0.5, 0.495).startswith("no better than the k-means null")
 
 
 def test_trajectories_run_from_the_start_to_the_end_of_training(experiment):

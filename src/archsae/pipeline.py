@@ -7,27 +7,31 @@ Layout of a run directory:
   centroids/seed{s}.*      k-means candidates C, one per k-means seed
   models/{method}-s{s}/    one folder per trained SAE (method as in TrainConfig, e.g. ra-topk)
   metrics.json, evaluate.json
+  run_stability.json       stability of each method's runs at t = 0, along training, and the k-means null
   report/index.html
 Each step reuses a finished result of the same configuration, so a killed run is resumed by re-running it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
-from .config import RunConfig, to_dict
+from .config import RunConfig, StabilityConfig, to_dict
 from .data import build_demo, list_images
 from .distill import centroids_path, distill
 from .evaluate import evaluate
 from .extract import extract
 from .files import read_json, refuse_if_different, write_json
 from .report import write_report
+from .stability import run_pairs
 from .train import Job, train_many
 
 def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | None = None) -> Path:
     """Run demo/images -> extract -> distill -> train (each of `cfg.methods`, `cfg.n_runs` independently
-    initialised runs each, all in one pass of the store) -> evaluate -> report. Returns the report's path.
+    initialised runs each, all in one pass of the store, with snapshots of the dictionary) -> evaluate ->
+    stability of the runs (`stability.run_pairs`) -> report. Returns the report's path.
 
     Raises ArchsaeError if `run_dir` holds a run of another configuration, or on any step's bad input.
     """
@@ -39,15 +43,20 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
     items = list_images(images) if images else build_demo(run_dir / "images", cfg.demo)
     store = extract(items, run_dir / "store", cfg.extract)
     jobs = []
+    # Four snapshots along training (and t = 0): stability at the start tells a shared start from stabilisation.
+    steps = math.ceil(cfg.train.epochs * (store.n_split("train") // cfg.train.batch_size))
+    train_cfg = replace(cfg.train, snapshot_every=max(1, steps // 4))
     for r in range(cfg.n_runs):
         # Runs differ in every initialisation seed: encoder, W, and the k-means of C.
         kmeans_seed = cfg.distill.seed + r
         candidates = None
         for method in cfg.methods:
-            tcfg = replace(cfg.train, method=method, seed=cfg.train.seed + r, centroids_seed=kmeans_seed)
+            tcfg = replace(train_cfg, method=method, seed=cfg.train.seed + r, centroids_seed=kmeans_seed)
             if tcfg.archetypal and candidates is None:
                 candidates = distill(store, replace(cfg.distill, seed=kmeans_seed), centroids_path(run_dir, kmeans_seed))
             jobs.append(Job(tcfg, run_dir / "models" / f"{method}-s{tcfg.seed}", candidates if tcfg.archetypal else None))
     train_many(store, jobs)
-    evaluate(store, run_dir / "models", cfg.evaluate, run_dir / "metrics.json")
+    evaluated = evaluate(store, run_dir / "models", cfg.evaluate, run_dir / "metrics.json")
+    run_pairs(run_dir, store, {label: g["runs"] for label, g in evaluated["groups"].items()}, StabilityConfig(),
+              cfg.distill)
     return write_report(run_dir, cfg.report)

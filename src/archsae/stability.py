@@ -43,6 +43,23 @@ from .store import ActivationStore
 from .train import Job, train_many
 
 
+MARGIN = 0.01  # stability differences smaller than this are read as no difference
+
+
+def verdict(t0: float, final: float, kmeans_null: float) -> str:
+    """One sentence on where a configuration's final stability comes from, read from its stability at t = 0,
+    at the end of training, and the k-means null (two k-means dictionaries of k atoms, different seeds):
+    "no better than the k-means null" when final <= null + MARGIN; else "inherited from the start" when
+    training added less than MARGIN to t = 0; else "stabilised by training"."""
+    if final <= kmeans_null + MARGIN:
+        return (f"no better than the k-means null: final {final:.3f} against {kmeans_null:.3f} for two k-means "
+                "dictionaries")
+    if final <= t0 + MARGIN:
+        return f"inherited from the start: the runs agreed at {t0:.3f} before training and end at {final:.3f}"
+    return (f"stabilised by training: {t0:.3f} at t = 0 to {final:.3f}, "
+            f"{final - max(t0, kmeans_null):+.3f} over the larger of t = 0 and the k-means null")
+
+
 def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: StabilityConfig,
                snapshot_every: int) -> TrainConfig:
     """The training configuration of run `run` of `base` under an initialisation mode (STABILITY_MODES)."""
@@ -128,6 +145,30 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     results = {"config": to_dict(cfg), "train": [to_dict(b) for b in bases], "held_out_tokens": len(acts),
                "nulls": nulls, "groups": groups}
     write_json(out / "results.json", results)
+    return results
+
+
+def run_pairs(run_dir: str | Path, store: ActivationStore, groups: dict[str, list[str]], cfg: StabilityConfig,
+              distill_cfg: DistillConfig = DistillConfig()) -> dict:
+    """`archsae run`'s stability of independently initialised runs, at t = 0 and along training, against the
+    k-means null: per group (label -> run folders under `run_dir`/models, trained with snapshots) of two or
+    more runs, the scores of `run_stability`'s groups (mode "independent"), and `nulls` per k. Written to
+    `run_dir`/run_stability.json in the schema of stability/results.json; {} groups when no group has two
+    runs with snapshots."""
+    models = Path(run_dir) / "models"
+    kept = {label: runs for label, runs in groups.items()
+            if len(runs) >= 2 and all((models / r / "snapshots").is_dir() for r in runs)}
+    acts = store.sample(cfg.max_tokens, 0, "heldout")
+    out = []
+    for label, runs in tqdm(kept.items(), desc="stability of the runs", unit="group"):
+        tcfg = load_sae(models / runs[0]).config
+        out.append({"label": label, "method": tcfg.method, "mode": "independent", "space": "centred", "k": tcfg.k,
+                    "runs": runs, **_group_scores(models, runs, store, acts)})
+    nulls = _nulls(store, sorted({g["k"] for g in out}), [True], cfg, distill_cfg) if out else {}
+    for g in out:
+        g["final_minus_null"] = {n: g["final"] - nulls[f"{g['k']}-centred"][n] for n in ("random", "kmeans")}
+    results = {"held_out_tokens": len(acts), "nulls": nulls, "groups": out}
+    write_json(Path(run_dir) / "run_stability.json", results)
     return results
 
 

@@ -3,38 +3,109 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ..config import ReportConfig
-from ..files import read_json, save_image, write_text
+from ..files import atomic_write, read_json, save_image, write_text
 from ..evaluate import load_model
+from ..stability import verdict
 from ..store import ActivationStore
-from .gallery import concept_gallery
+from .gallery import DENSE, colour_scale, concept_gallery
 from .plots import save_figure, subplots, tradeoff_plot
 
-# (metrics.json key, column title): the paper's Table 1, in its order, with MMCS beside max cosine.
-METRICS = [("r2", "R² ↑"), ("dead_codes", "dead ↓"), ("l0", "L0"), ("stability", "stability ↑"),
-           ("mmcs", "MMCS ↑"), ("max_cosine", "max cos ↑"), ("ood", "OOD ↓"), ("stable_rank", "stable rank"),
-           ("effective_rank", "eff. rank"), ("coherence", "coherence ↓"), ("connectivity", "connectivity"),
-           ("negative_interference", "neg. interf. ↓"), ("plausibility", "plausibility ↑")]
+# (metrics.json key, column title, unit or "", one-line meaning): the paper's Table 1, in its order, with MMCS
+# beside max cosine. The report and the explorer both print them from here.
+METRICS = [
+    ("r2", "R² ↑", "", "share of the held-out activations' variance the reconstruction explains (eq. 5)"),
+    ("dead_codes", "dead ↓", "%", "share of codes that never fire on the held-out tokens (eq. 6)"),
+    ("l0", "L0", "codes/token", "mean number of codes active per token"),
+    ("stability", "stability ↑", "", "Hungarian-matched mean |cos| between the atoms of two runs (eqs. 2, 7)"),
+    ("mmcs", "MMCS ↑", "", "mean over atoms of the best |cos| with an atom of the other run"),
+    ("max_cosine", "max cos ↑", "", "largest |cos| over all pairs of atoms of two runs (eq. 8, as printed)"),
+    ("ood", "OOD ↓", "", "1 − mean over atoms of the best cosine with a data point (eq. 9)"),
+    ("stable_rank", "stable rank", "", "‖D‖²_F / ‖D‖²₂ (eq. 10)"),
+    ("effective_rank", "eff. rank", "", "exp of the entropy of the normalised singular values (eq. 11)"),
+    ("coherence", "coherence ↓", "", "largest |cos| between two atoms of one dictionary (eq. 12)"),
+    ("connectivity", "connectivity", "", "1 − share of code pairs that ever fire together (eq. 13)"),
+    ("negative_interference", "neg. interf. ↓", "per token",
+     "2-norm of relu(−ZᵀZ/n ⊙ DDᵀ), codes in unit-atom units (eq. 14)"),
+    ("plausibility", "plausibility ↑", "", "mean over classes of the best cosine between an atom and the "
+     "classifier's class direction (Sec. 5.2)"),
+]
+
+
+def format_metric(key: str, value) -> str:
+    """A metric's value as printed: percentages for shares, 3 significant decimals otherwise, "–" if missing."""
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        return f"{format_metric(key, value['mean'])} ± {format_metric(key, value['std'])}"
+    if key == "dead_codes":
+        return f"{100 * value:.1f}"
+    return f"{value:.1f}" if key in ("l0", "stable_rank", "effective_rank") or abs(value) >= 100 else f"{value:.3f}"
 
 
 PAIRS = ("stability", "mmcs", "max_cosine")  # metrics of pairs of runs: on a group's row only
 
 
-def _training_curves(models_dir: Path, out: Path) -> None:
-    fig, ax = subplots(figsize=(9, 5))
-    for log in sorted(models_dir.glob("*/log.jsonl")):
-        rows = [json.loads(l) for l in log.read_text().splitlines()]
-        ax.plot([r["tokens"] for r in rows], [r["r2"] for r in rows], label=log.parent.name)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("train R² (batch)")
-    ax.set_ylim(bottom=max(-0.1, ax.get_ylim()[0]))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2 if len(ax.lines) > 8 else 1)
+def verdict_rows(run_dir: Path) -> list[dict]:
+    """The answer to "is the stability real?", one row per configuration with runs measured along training
+    (run_stability.json of `archsae run`, stability/results.json of `archsae stability`): stability at t = 0,
+    at the end, the k-means null, end − max(t = 0, null), the share of near-duplicate atoms at the end, and
+    `stability.verdict`'s sentence."""
+    rows = []
+    for source, path in (("archsae run", run_dir / "run_stability.json"),
+                         ("archsae stability", run_dir / "stability" / "results.json")):
+        if not path.exists():
+            continue
+        results = read_json(path)
+        for g in results["groups"]:
+            null = results["nulls"][f"{g['k']}-{g['space']}"]["kmeans"]
+            rows.append({"source": source, "label": g["label"], "mode": g["mode"], "space": g["space"],
+                         "runs": len(g["runs"]), "t0": g["t0"], "final": g["final"], "null": null,
+                         "gain": g["final"] - max(g["t0"], null), "duplicates": g.get("duplicates_final"),
+                         "verdict": verdict(g["t0"], g["final"], null)})
+    return rows
+
+
+def _training_curves(models_dir: Path, evaluated: dict, out: Path) -> None:
+    """Train-batch R² (held-out R² of metrics.json marked at each run's end) and the share of dead codes against
+    tokens seen: one colour per configuration, one line style per run."""
+    fig, (left, right) = subplots(1, 2, figsize=(11, 4.2))
+    for i, (group, g) in enumerate(evaluated["groups"].items()):
+        for j, name in enumerate(g["runs"]):
+            log = models_dir / name / "log.jsonl"
+            if not log.exists():
+                continue
+            rows = [json.loads(l) for l in log.read_text().splitlines()]
+            style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[j % 4], linewidth=1.2)
+            tokens = [r["tokens"] for r in rows]
+            left.plot(tokens, [r["r2"] for r in rows], label=name, **style)
+            left.plot([tokens[-1]], [evaluated["models"][name]["r2"]], "o", color=style["color"], markersize=5)
+            if "dead_fraction" in rows[0]:
+                right.plot(tokens, [100 * r["dead_fraction"] for r in rows], label=name, **style)
+    left.set(xlabel="tokens seen", ylabel="R²", title="R² (line: training batches; dot: held-out, at the end)")
+    left.set_ylim(bottom=max(-0.1, left.get_ylim()[0]))
+    right.set(xlabel="tokens seen", ylabel="dead codes (%)", title="codes that have not fired recently (%)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7, ncol=2 if len(left.lines) > 16 else 1)
     save_figure(fig, out)
+
+
+def _copy_figures(run_dir: Path, out: Path, patterns: list[str]) -> list[str]:
+    """Copy the PNGs of other steps (stability/, benchmarks/) into the report's figures/, so the report folder
+    stands alone; their paths relative to the report."""
+    copied = []
+    for pattern in patterns:
+        for png in sorted(run_dir.glob(pattern)):
+            rel = "figures/" + png.relative_to(run_dir).as_posix().replace("/", "_")
+            atomic_write(out / rel, lambda tmp, src=png: shutil.copyfile(src, tmp))
+            copied.append(rel)
+    return copied
 
 
 def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Path:
@@ -49,10 +120,12 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     metrics = evaluated["models"]
     store = ActivationStore(run_dir / "store")
     config = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    if config.get("images"):  # the folder's name: the report names no absolute path of the machine it was made on
+        config["images"] = Path(config["images"]).name
     groups = {group: g["runs"] for group, g in evaluated["groups"].items()}
     # A group's row: the mean of its runs' metrics, and the metrics of pairs of runs (mean and std over pairs).
     summary = {group: {key: evaluated["groups"][group].get(key) if key in PAIRS else
-                       _mean([metrics[n].get(key) for n in names]) for key, _ in METRICS}
+                       _mean([metrics[n].get(key) for n in names]) for key, *_ in METRICS}
                for group, names in groups.items()}
     galleries = []
     for group, names in groups.items():
@@ -63,18 +136,20 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
                 c.file = f"concepts/{name}_{c.index}.png"
                 save_image(out / c.file, c.strip)
         galleries.append({"name": name, "group": group, "concepts": concepts})
-    _training_curves(run_dir / "models", out / "training.png")
+    _training_curves(run_dir / "models", evaluated, out / "training.png")
     tradeoff = tradeoff_plot(evaluated, out / "tradeoff.png")
     bench = {name: read_json(path) for name in ("distillation", "plausibility", "identifiability")
              if (path := run_dir / "benchmarks" / name / "results.json").exists()}
     stability = run_dir / "stability" / "results.json"
+    figures = _copy_figures(run_dir, out, ["stability/*.png", "benchmarks/*/*.png", "benchmarks/identifiability/*/*.png"])
     env = Environment(loader=PackageLoader("archsae", "report/templates"), autoescape=select_autoescape())
+    env.filters["metric"] = lambda value, key: format_metric(key, value)
     html = env.get_template("report.html.j2").render(
-        run_dir=str(run_dir.resolve()), config=json.dumps(config, indent=2), metrics=metrics, columns=METRICS,
+        run_name=run_dir.resolve().name, config=json.dumps(config, indent=2), metrics=metrics, columns=METRICS,
         summary=summary, galleries=galleries, store=store.meta["header"], n_tokens=store.n,
         evaluation=read_json(run_dir / "evaluate.json") if (run_dir / "evaluate.json").exists() else {},
         stability=read_json(stability) if stability.exists() else None, tradeoff=tradeoff, bench=bench,
-        stability_plots=[p.name for p in sorted(stability.parent.glob("*.png"))])
+        figures=figures, verdicts=verdict_rows(run_dir), dense=DENSE, colour_scale=colour_scale())
     write_text(out / "index.html", html)
     return out / "index.html"
 
