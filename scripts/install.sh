@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything archsae needs on a fresh Debian machine of this kind (run as root):
-# the demo's Debian package, the collage sprites (npm), then a virtual environment in .venv with archsae and its test tools.
+# the demo's Debian package, Chromium and its driver (browser tests), the collage sprites (npm), then a virtual environment in .venv with archsae and its test tools.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,12 @@ if [ ! -d /usr/share/tuxpaint/stamps ]; then
   # The demo set's photo stamps (GPL-2): used from the installed files, never committed.
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tuxpaint-stamps-default >/dev/null
+fi
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  # The browser tests drive Debian's Chromium through its matching chromedriver (Selenium).
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
 
 SPRITES="$HOME/.cache/archsae/sprites"

@@ -26,6 +26,21 @@ def demo_store(demo_images, tmp_path_factory):
                    ExtractConfig(shard_tokens=5 * 49, batch_size=8))
 
 
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """`archsae run --quick` through the real console script, once per session: the run directory."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path_factory.mktemp("quick") / "run"
+    exe = Path(sys.executable).with_name("archsae")
+    out = subprocess.run([str(exe), "run", "--quick", "--run-dir", str(run)], capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return run
+
+
 def planted_data(n: int = 12_000, d: int = 64, n_base: int = 12, seed: int = 0):
     """Tokens made of 1 or 2 planted atoms with positive weights; the atoms come in +/- pairs so the
     data is centred and standardisation only rescales the atom directions. Returns (A (n, d), atoms (2*n_base, d))."""

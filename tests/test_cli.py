@@ -19,7 +19,7 @@ def invoke(*args):
 
 
 @pytest.mark.parametrize("cmd", [[], ["extract"], ["store", "import"], ["store", "verify"], ["distill"],
-                                 ["train"], ["evaluate"], ["stability"], ["report"], ["run"], ["classical"],
+                                 ["train"], ["evaluate"], ["stability"], ["report"], ["serve"], ["run"], ["classical"],
                                  ["benchmark", "distillation"], ["benchmark", "plausibility"],
                                  ["benchmark", "identifiability"]])
 def test_every_command_has_help(cmd):
@@ -82,6 +82,8 @@ def test_bad_matrices_and_settings(tmp_path):
     _error(invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e"), "expected real numbers")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--method", "ra-topk"), "run `archsae distill`")
     _error(invoke("evaluate", "--run-dir", tmp_path / "c"), "no trained models")
+    _error(invoke("serve", "--run-dir", tmp_path / "c", "--port", 0), "no trained models")
+    _error(invoke("serve", "--run-dir", tmp_path / "nothing", "--port", 0), "no activation store")
     _error(invoke("stability", "--run-dir", tmp_path / "c", "--mode", "together"), "mode must be one of")
     _error(invoke("stability", "--run-dir", tmp_path / "c", "--runs", 1), "runs must be >= 2")
     assert not (tmp_path / "c" / "stability").exists()
@@ -107,15 +109,11 @@ def test_stability_command_sweeps_methods_and_modes(tmp_path):
     assert not list((tmp_path / "c").glob("models/*/model.safetensors"))
 
 
-def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
+def test_quick_run_writes_a_report_and_finite_metrics(quick_run, tmp_path):
     """The real console script, end to end on the quick configuration."""
-    exe = Path(sys.executable).with_name("archsae")
-    out = subprocess.run([str(exe), "run", "--quick", "--run-dir", str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
     import json
 
-    evaluated = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    evaluated = json.loads((quick_run / "metrics.json").read_text())
     metrics = evaluated["models"]
     assert {m["method"] for m in metrics.values()} == {"topk", "ra-topk"}
     for name, m in metrics.items():
@@ -128,15 +126,20 @@ def test_quick_run_writes_a_report_and_finite_metrics(tmp_path):
         g = evaluated["groups"][group]
         assert g["stability"]["pairs"] == 1 and g["stability"]["std"] == 0
         assert 0 < g["stability"]["mean"] <= g["mmcs"]["mean"] <= g["max_cosine"]["mean"] <= 1
-    html = (tmp_path / "run" / "report" / "index.html").read_text()
+    runs = json.loads((quick_run / "run_stability.json").read_text())  # the report's first screen
+    assert {g["label"] for g in runs["groups"]} == {"topk", "ra-topk"}
+    for g in runs["groups"]:
+        assert g["trajectory"][0]["step"] == 0 and len(g["trajectory"]) >= 3 and 0 < g["t0"] < 1
+    html = (quick_run / "report" / "index.html").read_text()
     assert "topk-s0" in html and "ra-topk-s0" in html
-    strips = list((tmp_path / "run" / "report" / "concepts").glob("*.png"))
+    assert html.count("<td class=\"text\">archsae run</td>") == 2 and "k-means null" in html
+    strips = list((quick_run / "report" / "concepts").glob("*.png"))
     assert len(strips) == 2 * 16
     assert Image.open(strips[0]).size == (8 * 160, 160)
-    _saved_models_work_anywhere(tmp_path, evaluated)
+    _saved_models_work_anywhere(quick_run, tmp_path, evaluated)
 
 
-def _saved_models_work_anywhere(tmp_path, evaluated):
+def _saved_models_work_anywhere(run, tmp_path, evaluated):
     """A model folder moved away from its run, loaded in a fresh process with the README's three lines,
     encodes raw held-out activations and reconstructs them with the R² that metrics.json reports."""
     import json
@@ -144,12 +147,28 @@ def _saved_models_work_anywhere(tmp_path, evaluated):
 
     from archsae.store import ActivationStore
 
-    cfg = json.loads((tmp_path / "run" / "evaluate.json").read_text())["config"]
-    raw = ActivationStore(tmp_path / "run" / "store").sample(cfg["max_tokens"], cfg["seed"], "heldout")
+    cfg = json.loads((run / "evaluate.json").read_text())["config"]
+    raw = ActivationStore(run / "store").sample(cfg["max_tokens"], cfg["seed"], "heldout")
     np.save(tmp_path / "heldout.npy", raw.numpy())
     for name in ("topk-s0", "ra-topk-s0"):
-        shutil.copytree(tmp_path / "run" / "models" / name, tmp_path / "elsewhere" / name)
-    shutil.rmtree(tmp_path / "run")
+        shutil.copytree(run / "models" / name, tmp_path / "elsewhere" / name)
+    hidden = run.rename(run.with_name("hidden"))  # no run directory around the models while they load
+    try:
+        done = _load_in_fresh_process(tmp_path)
+    finally:
+        hidden.rename(run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, (r2_raw, r2) in json.loads(done.stdout).items():
+        assert r2_raw == pytest.approx(evaluated["models"][name]["r2_raw"], abs=1e-5), name
+        assert r2 == pytest.approx(evaluated["models"][name]["r2"], abs=1e-5), name
+        assert abs(r2_raw - r2) > 1e-3  # two different numbers: the test tells them apart
+    wrong = subprocess.run([sys.executable, "-c", "import archsae, torch; archsae.load_sae('topk-s0').encode(torch.zeros(2, 7))"],
+                           cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and "ArchsaeError" in wrong.stderr and "expects (n, 1280)" in wrong.stderr
+
+
+def _load_in_fresh_process(tmp_path):
+    """The README's three lines in a fresh Python process, in a folder holding only the two model folders."""
     script = """
 import sys, json, numpy as np, archsae
 acts = np.load(sys.argv[1])
@@ -160,16 +179,8 @@ for name in sys.argv[2:]:
     out[name] = [archsae.metrics.r2(acts, acts_hat), archsae.metrics.r2(sae.standardise(acts), sae.standardise(acts_hat))]
 print(json.dumps(out))
 """
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "heldout.npy"), "topk-s0", "ra-topk-s0"],
+    return subprocess.run([sys.executable, "-c", script, str(tmp_path / "heldout.npy"), "topk-s0", "ra-topk-s0"],
                           cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    for name, (r2_raw, r2) in json.loads(done.stdout).items():
-        assert r2_raw == pytest.approx(evaluated["models"][name]["r2_raw"], abs=1e-5), name
-        assert r2 == pytest.approx(evaluated["models"][name]["r2"], abs=1e-5), name
-        assert abs(r2_raw - r2) > 1e-3  # two different numbers: the test tells them apart
-    wrong = subprocess.run([sys.executable, "-c", "import archsae, torch; archsae.load_sae('topk-s0').encode(torch.zeros(2, 7))"],
-                           cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=120)
-    assert wrong.returncode != 0 and "ArchsaeError" in wrong.stderr and "expects (n, 1280)" in wrong.stderr
 
 
 def test_train_sweep_trains_each_distinct_model_once_with_a_readable_name(tmp_path):

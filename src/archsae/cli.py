@@ -351,6 +351,18 @@ def report_cmd(run: Path, report: ReportConfig) -> str:
     return f"report: {write_report(run, report)}"
 
 
+@command(app, "serve", {}, [RUN_OPTION, _param("port", int, 8000, "port to listen on (0 = any free port)", "--port"),
+                             _param("host", str, "127.0.0.1", "address to listen on", "--host")])
+def serve_cmd(run: Path, port: int, host: str) -> str:
+    """The concept explorer: a local web app over RUN (models, concepts, images, your own images, classes).
+    Computes each model's per-concept statistics once (a pass over the store per model), cached in
+    RUN/explorer/, then serves until Ctrl-C."""
+    from .explorer import serve
+
+    serve(run, host, port, ready=lambda url: typer.echo(f"archsae explorer on {url} (Ctrl-C to stop)"))
+    return ""
+
+
 @command(app, "run", {}, [
     RUN_OPTION, IMAGES,
     _param("quick", bool, False, "a small configuration for smoke tests (~3 min on 2 cores)", "--quick"),
