@@ -46,18 +46,18 @@ from .train import Job, train_many
 MARGIN = 0.01  # stability differences smaller than this are read as no difference
 
 
-def verdict(t0: float, final: float, kmeans_null: float) -> str:
+def verdict(t0: float, final: float, null: float, null_name: str = "k-means") -> str:
     """One sentence on where a configuration's final stability comes from, read from its stability at t = 0,
-    at the end of training, and the k-means null (two k-means dictionaries of k atoms, different seeds):
-    "no better than the k-means null" when final <= null + MARGIN; else "inherited from the start" when
-    training added less than MARGIN to t = 0; else "stabilised by training"."""
-    if final <= kmeans_null + MARGIN:
-        return (f"no better than the k-means null: final {final:.3f} against {kmeans_null:.3f} for two k-means "
-                "dictionaries")
+    at the end of training, and its null: for an archetypal dictionary the k-means null (two k-means
+    dictionaries of k atoms, different seeds: what confinement to the data's hull gives for free), for a free
+    one the random null. "no better than the null" when final <= null + MARGIN; else "inherited from the
+    start" when training added less than MARGIN to t = 0; else "stabilised by training"."""
+    if final <= null + MARGIN:
+        return f"no better than the {null_name} null: final {final:.3f} against {null:.3f} for two {null_name} dictionaries"
     if final <= t0 + MARGIN:
         return f"inherited from the start: the runs agreed at {t0:.3f} before training and end at {final:.3f}"
     return (f"stabilised by training: {t0:.3f} at t = 0 to {final:.3f}, "
-            f"{final - max(t0, kmeans_null):+.3f} over the larger of t = 0 and the k-means null")
+            f"{final - max(t0, null):+.3f} over the larger of t = 0 and the {null_name} null")
 
 
 def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: StabilityConfig,

@@ -54,8 +54,8 @@ PAIRS = ("stability", "mmcs", "max_cosine")  # metrics of pairs of runs: on a gr
 def verdict_rows(run_dir: Path) -> list[dict]:
     """The answer to "is the stability real?", one row per configuration with runs measured along training
     (run_stability.json of `archsae run`, stability/results.json of `archsae stability`): stability at t = 0,
-    at the end, the k-means null, end − max(t = 0, null), the share of near-duplicate atoms at the end, and
-    `stability.verdict`'s sentence."""
+    at the end, its null (k-means for an archetypal dictionary, random for a free one), end − max(t = 0, null),
+    the share of near-duplicate atoms at the end, and `stability.verdict`'s sentence."""
     rows = []
     for source, path in (("archsae run", run_dir / "run_stability.json"),
                          ("archsae stability", run_dir / "stability" / "results.json")):
@@ -63,11 +63,12 @@ def verdict_rows(run_dir: Path) -> list[dict]:
             continue
         results = read_json(path)
         for g in results["groups"]:
-            null = results["nulls"][f"{g['k']}-{g['space']}"]["kmeans"]
+            null_name = "k-means" if g["method"].startswith(("a-", "ra-")) else "random"
+            null = results["nulls"][f"{g['k']}-{g['space']}"][null_name.replace("-", "")]
             rows.append({"source": source, "label": g["label"], "mode": g["mode"], "space": g["space"],
                          "runs": len(g["runs"]), "t0": g["t0"], "final": g["final"], "null": null,
-                         "gain": g["final"] - max(g["t0"], null), "duplicates": g.get("duplicates_final"),
-                         "verdict": verdict(g["t0"], g["final"], null)})
+                         "null_name": null_name, "gain": g["final"] - max(g["t0"], null),
+                         "duplicates": g.get("duplicates_final"), "verdict": verdict(g["t0"], g["final"], null, null_name)})
     return rows
 
 
