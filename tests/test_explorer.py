@@ -15,7 +15,6 @@ import torch
 from archsae import metrics
 from archsae.explorer import RunView, create_app
 from archsae.explorer import stats as stats_module
-from archsae.store import ActivationStore
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +109,7 @@ def browser(tmp_path_factory):
 def server(view):
     from werkzeug.serving import make_server
 
-    for name in view.paths:  # as `archsae serve` does before it listens
-        view.stats(name)
+    view.prepare()  # as `archsae serve` does before it listens
     srv = make_server("127.0.0.1", 0, create_app(view), threaded=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -144,6 +142,17 @@ def _check_page(browser):
     assert not errors, errors
 
 
+def _wait_for_title(browser, start: str) -> None:
+    """Wait (up to 30 s) until the page that a click or submit opened has a heading starting with `start`."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    mid_navigation = (NoSuchElementException, StaleElementReferenceException)  # the old page is going away
+    WebDriverWait(browser, 30, ignored_exceptions=mid_navigation).until(
+        lambda b: b.find_element(By.TAG_NAME, "h1").text.startswith(start))
+
+
 def _ids(browser, css: str, attr: str = "data-concept") -> list[int]:
     from selenium.webdriver.common.by import By
 
@@ -158,6 +167,7 @@ def test_pages_in_a_real_browser(view, server, browser, quick_run):
         assert set(links) == {"ra-topk-s0", "ra-topk-s1", "topk-s0", "topk-s1"}
         assert "± 0.000" in b.find_element(By.ID, "table1").text  # a pair's stability: mean ± spread
         b.find_element(By.LINK_TEXT, "topk-s0").click()
+        _wait_for_title(b, "Concepts of models/topk-s0")
 
     name = "models/topk-s0"
     s = view.stats(name)
@@ -168,6 +178,8 @@ def test_pages_in_a_real_browser(view, server, browser, quick_run):
         box = b.find_element(By.ID, "q")
         box.send_keys(label)
         box.submit()
+        _wait_for_title(b, "Concepts of")
+        assert "q=" in b.current_url
     with page(browser, browser.current_url, "search") as b:
         found = _ids(b, "#concepts tr[data-concept]")
         matching = {i for i in np.flatnonzero(s.freq > 0) if label in s.label[i].lower()
@@ -196,14 +208,22 @@ def test_pages_in_a_real_browser(view, server, browser, quick_run):
     with page(browser, f"{server}/image/{image}?model={name}", "upload") as b:
         b.find_element(By.ID, "upload-input").send_keys(str(Path(view.store.images[image]["path"]).resolve()))
         b.find_element(By.CSS_SELECTOR, "#upload-form button").click()
-        assert b.find_element(By.TAG_NAME, "h1").text.startswith("uploaded:")
+        _wait_for_title(b, "uploaded:")
         # the same photo through the backbone again: the same decomposition as the stored tokens
         assert _ids(b, "#parts a")[:3] == [int(i) for i in np.argsort(-dec.share_k)[:3]]
+
+    with page(browser, f"{server}/images?model={name}&seed=2", "images") as b:  # pick any image of the store
+        assert len(b.find_elements(By.CSS_SELECTOR, "#store-images img")) == 48
+        box = b.find_element(By.ID, "image-number")
+        box.send_keys(str(image))
+        box.submit()
+        _wait_for_title(b, f"image {image}")
 
     with page(browser, f"{server}/classes?model={name}&q=shark", "classes") as b:
         rows = b.find_elements(By.CSS_SELECTOR, "#classes td.text a")
         assert rows and all("shark" in r.text.lower() for r in rows)
         rows[0].click()
+        _wait_for_title(b, "Class “")
         assert len(b.find_elements(By.CSS_SELECTOR, ".class-concept")) == 12
 
     with page(browser, f"{server}/model/{name}/concept/999999", "404") as b:

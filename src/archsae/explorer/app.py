@@ -2,7 +2,7 @@
 
 Pages: models (Table 1, stability per pair of runs, the verdict, figures), a model's concepts (paginated,
 searchable, sortable), a concept, an image (its token grid and its decomposition into concepts), an uploaded
-image, the classifier's classes and one class. Thumbnails with heatmaps are PNG routes drawn on demand.
+image, the classifier's classes and one class. Thumbnails with heatmaps are JPEG routes drawn on demand.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flask import Flask, abort, redirect, render_template, request, send_from_directory, url_for
-from PIL import Image
+from flask import Flask, Response, abort, redirect, render_template, request, send_from_directory, url_for
+from jinja2 import ChoiceLoader, PackageLoader
 
 from ..data import load_image
 from ..errors import ArchsaeError
-from ..report.html import METRICS, format_metric, verdict_rows
 from ..report.gallery import DENSE, colour_scale
-from .run import NEAR_DUPLICATE, RunView, overlay_png
+from ..report.html import METRICS, format_metric, verdict_rows
+from .run import NEAR_DUPLICATE, RunView, jpeg, overlay
 
 PAGE = 50  # concepts per page
 SORTS = {"id": "concept", "freq": "frequency", "peak": "peak activation", "purity": "label purity",
@@ -34,10 +34,15 @@ def create_app(run: RunView) -> Flask:
     """The explorer's Flask app over `run` (statistics are computed on first use; `serve` computes them all
     before it listens)."""
     app = Flask(__name__)
+    # The explorer's templates, then the report's (the verdict table is one template, shown by both).
+    app.jinja_loader = ChoiceLoader([app.jinja_loader, PackageLoader("archsae", "report/templates")])
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD
     app.jinja_env.filters["metric"] = lambda value, key: format_metric(key, value)
+    # Inlined, so the first paint waits for no request queued behind the page's heatmaps.
+    app.jinja_env.globals["css"] = (Path(app.static_folder) / "explorer.css").read_text()
+    default = next(iter(run.paths))  # the model a page shows when none is asked for
     app.jinja_env.globals.update(colour_scale=colour_scale(), run=run, near_duplicate=NEAR_DUPLICATE, dense=DENSE,
-                                 default_model=next(iter(run.paths)))
+                                 default_model=default)
 
     def model_or_404(name: str) -> str:
         if name not in run.paths:
@@ -92,11 +97,26 @@ def create_app(run: RunView) -> Flask:
                                hist=_histogram(stats, concept), peers=peers, anchors=_anchors(run, name, concept),
                                classes=_classes_of_atom(run, name, concept))
 
+    @app.route("/images")
+    def images():
+        n = len(run.store.images)
+        if n == 0:
+            abort(404, "this store was imported from a matrix: it has no images")
+        if request.args.get("i", "").strip():
+            i = request.args.get("i", type=int)
+            if i is None or not 0 <= i < n:
+                abort(404, f"the store has images 0..{n - 1}")
+            return redirect(url_for("image", image=i, model=request.args.get("model", default)))
+        seed = request.args.get("seed", 0, type=int)
+        picks = np.sort(np.random.default_rng(seed).choice(n, size=min(48, n), replace=False))
+        return render_template("images.html.j2", name=request.args.get("model", default), picks=picks.tolist(),
+                               seed=seed, n=n)
+
     @app.route("/image/<int:image>")
     def image(image: int):
         if not 0 <= image < len(run.store.images):
             abort(404, f"the store has images 0..{len(run.store.images) - 1}")
-        name = model_or_404(request.args.get("model", next(iter(run.paths))))
+        name = model_or_404(request.args.get("model", default))
         dec = run.decompose_stored(name, image)
         meta = run.store.images[image]
         return render_template("image.html.j2", name=name, title=f"image {image}", label=meta["label"],
@@ -106,7 +126,7 @@ def create_app(run: RunView) -> Flask:
 
     @app.route("/upload", methods=["POST"])
     def upload():
-        name = model_or_404(request.form.get("model", next(iter(run.paths))))
+        name = model_or_404(request.form.get("model", default))
         file = request.files.get("image")
         if file is None or not file.filename:
             abort(400, "choose an image file to upload")
@@ -120,14 +140,14 @@ def create_app(run: RunView) -> Flask:
         grid = run.store.header["grid"]
 
         def heat(c: int) -> str:
-            return _data_url(overlay_png(crop, dec.codes_tk[:, c], dec.pos_t, grid, float(dec.codes_tk[:, c].max())))
+            return _data_url(jpeg(overlay(crop, dec.codes_tk[:, c], dec.pos_t, grid, float(dec.codes_tk[:, c].max()))))
 
         return render_template("image.html.j2", name=name, title=f"uploaded: {file.filename}", label="",
-                               photo=_data_url(_png(crop)), image=None, **_decomposition(run, name, dec, heat))
+                               photo=_data_url(jpeg(crop)), image=None, **_decomposition(run, name, dec, heat))
 
     @app.route("/classes")
     def classes():
-        name = model_or_404(request.args.get("model", next(iter(run.paths))))
+        name = model_or_404(request.args.get("model", default))
         q = request.args.get("q", "").strip().lower()
         heads = run.heads[0]
         rows = []
@@ -139,7 +159,7 @@ def create_app(run: RunView) -> Flask:
 
     @app.route("/class/<int:index>")
     def class_page(index: int):
-        name = model_or_404(request.args.get("model", next(iter(run.paths))))
+        name = model_or_404(request.args.get("model", default))
         if run.heads[0] is None or not 0 <= index < len(run.heads[0]):
             abort(404, "no such class in the classifier head")
         cos = run.class_cosines(name)[:, index]
@@ -149,7 +169,7 @@ def create_app(run: RunView) -> Flask:
         return render_template("class.html.j2", name=name, index=index, class_name=run.class_names[index],
                                concepts=concepts)
 
-    @app.route("/heat/<path:name>/<int:concept>/<int:image>.png")
+    @app.route("/heat/<path:name>/<int:concept>/<int:image>.jpg")
     def heat(name: str, concept: int, image: int):
         stats = run.stats(model_or_404(name))
         if not (0 <= concept < len(stats.freq) and 0 <= image < len(run.store.images)):
@@ -158,13 +178,13 @@ def create_app(run: RunView) -> Flask:
             vmax = float(run.decompose_stored(name, image).codes_tk[:, concept].max())
         else:  # to its peak over the store, so the images of one concept compare
             vmax = float(stats.peak[concept])
-        return _png_response(run.heat_png(name, concept, image, vmax))
+        return _jpeg_response(jpeg(run.heat(name, concept, image, vmax)))
 
-    @app.route("/photo/<int:image>.png")
+    @app.route("/photo/<int:image>.jpg")
     def photo(image: int):
         if not 0 <= image < len(run.store.images):
             abort(404)
-        return _png_response(_png(run.crop(image)))
+        return _jpeg_response(jpeg(run.crop(image)))
 
     @app.route("/figure/<path:file>")
     def figure(file: str):
@@ -274,26 +294,16 @@ def _figures(run: RunView) -> list[tuple[str, str]]:
     return [(title, f) for title, f in found if (run.root / f).exists()]
 
 
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+def _data_url(jpeg_bytes: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes).decode()
 
 
-def _data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _png_response(png: bytes):
-    from flask import Response
-
-    return Response(png, mimetype="image/png", headers={"Cache-Control": "max-age=3600"})
+def _jpeg_response(jpeg_bytes: bytes):
+    return Response(jpeg_bytes, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
 
 def _warm(run: RunView) -> None:
-    """Load the classifier head and the backbone before the first class page or upload asks for them (an
-    imported store has neither: those pages say so)."""
-    run.heads
+    """Load the backbone before the first upload asks for it (an imported store has none: uploads say so)."""
     try:
         run.backbone
     except ArchsaeError:
@@ -306,8 +316,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, ready=
     from werkzeug.serving import make_server
 
     run = RunView(run_dir)
-    for name in run.paths:
-        run.stats(name)
+    run.prepare()
     threading.Thread(target=_warm, args=(run,), daemon=True).start()
     server = make_server(host, port, create_app(run), threaded=True)
     url = f"http://{host}:{server.server_port}/"

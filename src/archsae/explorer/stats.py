@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ class ConceptStats:
     candidate_images: np.ndarray | None = None  # (n', NEAREST) int32: images of the tokens nearest each candidate
     hist_tokens: int = 0  # tokens the histograms count
 
-    @property
+    @cached_property
     def stability(self) -> np.ndarray:
         """(k,) the mean |cos| with its matched atom over the other runs (NaN without other runs)."""
         if not self.matches:
@@ -76,7 +77,7 @@ def _per_image_max(z_mk: torch.Tensor, image_m: torch.Tensor) -> tuple[np.ndarra
 
 @torch.no_grad()
 def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] | None = None,
-                  heads_ck: torch.Tensor | None = None) -> ConceptStats:
+                  heads_ck: torch.Tensor | None = None, desc: str = "concept statistics") -> ConceptStats:
     """The statistics of `model` (an SAE or classical model taking raw activations) over every token of `store`;
     `peers` are the dictionaries (k', d) of the other runs of its group, matched atom to atom (Hungarian, as
     stability, Fel et al. 2025 eq. 2); `heads_ck` the classifier's class directions in the standardised space
@@ -86,7 +87,7 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
     k = len(atoms_kd)
     count, peak = torch.zeros(k, dtype=torch.float64), torch.zeros(k)
     img_parts, hist_parts, kept, hist_tokens = [], [], 0, 0
-    for i in tqdm(range(store.n_shards), desc="concept statistics", unit="shard"):
+    for i in tqdm(range(store.n_shards), desc=desc, unit="shard"):
         shard = store.read_shard(i)
         for acts, image_m in zip(shard.acts_md.split(max(1, 2**24 // k)), shard.image_m.split(max(1, 2**24 // k))):
             z = model.encode(acts).float()
