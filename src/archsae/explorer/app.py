@@ -23,6 +23,7 @@ from ..errors import ArchsaeError
 from ..report.gallery import DENSE, colour_scale
 from ..report.html import METRICS, format_metric, verdict_rows
 from .run import NEAR_DUPLICATE, RunView, jpeg, overlay
+from .stats import QUANTILES
 
 PAGE = 50  # concepts per page
 SORTS = {"id": "concept", "freq": "frequency", "peak": "peak activation", "purity": "label purity",
@@ -206,8 +207,6 @@ def _images(row) -> list[int]:
 
 
 def _quantile_names() -> list[str]:
-    from .stats import QUANTILES
-
     return [f"around the {int(100 * q)}th percentile" for q in QUANTILES]
 
 
