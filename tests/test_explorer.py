@@ -46,6 +46,22 @@ def test_concept_statistics_match_their_definitions(view):
     assert s.candidate_images is None and view.stats("models/ra-topk-s0").candidate_images is not None
 
 
+def test_an_image_split_across_encoding_chunks_keeps_its_largest_activation(view, monkeypatch):
+    """Chunks of 100 tokens cut images of 49 tokens in two: each image's peak is still its largest token."""
+    name = "models/topk-s0"
+    model, store = view.model(name), view.store
+    monkeypatch.setattr(stats_module, "ENCODE_ENTRIES", 100 * model.k)
+    s = stats_module.compute_stats(model, store)
+    codes = torch.cat([model.encode(store.read_shard(i).acts_md) for i in range(store.n_shards)])
+    images = torch.cat([store.read_shard(i).image_m for i in range(store.n_shards)])
+    per_image = torch.zeros(len(store.images), model.k).scatter_reduce_(
+        0, images[:, None].expand_as(codes), codes, reduce="amax")
+    fired = s.top_images[:, 0] >= 0
+    np.testing.assert_allclose(s.top_values[fired, 0], per_image.max(0).values.numpy()[fired], rtol=1e-5)
+    assert (s.top_values[:, 0] <= s.peak * (1 + 1e-6)).all()  # no image above the concept's peak
+    np.testing.assert_array_equal(s.freq, view.stats(name).freq)
+
+
 def test_decomposition_shares_sum_to_one_and_follow_the_codes(view):
     name = "models/ra-topk-s0"
     dec = view.decompose_stored(name, 3)
@@ -77,12 +93,26 @@ def test_statistics_are_cached_and_recomputed_when_the_model_changes(quick_run, 
 def test_bad_requests_get_a_clear_answer_and_change_nothing(view):
     client = create_app(view).test_client()
     bad = client.post("/upload", data={"model": "models/topk-s0", "image": (io.BytesIO(b"not an image"), "x.jpg")})
-    assert bad.status_code == 400 and "cannot read image x.jpg" in bad.text
+    assert bad.status_code == 400 and "x.jpg is not an image archsae can read" in bad.text and "BytesIO" not in bad.text
     assert client.post("/upload", data={"model": "models/topk-s0"}).status_code == 400
     assert client.get("/model/models/nope/concepts").status_code == 404
     assert client.get(f"/image/{len(view.store.images)}").status_code == 404
     assert client.get("/figure/store/store.json").status_code == 404  # only the run's figures are served
     assert client.get("/model/models/topk-s0/concepts?page=999&sort=nonsense").status_code == 200  # clamped
+
+
+def test_serve_on_a_taken_port_says_so(view, quick_run):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from archsae.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = CliRunner().invoke(app, ["serve", "--run-dir", str(quick_run), "--port", str(taken.getsockname()[1])])
+    assert result.exit_code == 2 and "choose another --port" in result.output, result.output
 
 
 # ---- in a real browser ------------------------------------------------------------------------------------
@@ -165,7 +195,7 @@ def test_pages_in_a_real_browser(view, server, browser, quick_run):
     with page(browser, server + "/", "models") as b:
         links = [e.text for e in b.find_elements(By.CSS_SELECTOR, "#table1 a.model-link")]
         assert set(links) == {"ra-topk-s0", "ra-topk-s1", "topk-s0", "topk-s1"}
-        assert "± 0.000" in b.find_element(By.ID, "table1").text  # a pair's stability: mean ± spread
+        assert "(1 pair)" in b.find_element(By.ID, "table1").text  # stability belongs to the pair of runs
         b.find_element(By.LINK_TEXT, "topk-s0").click()
         _wait_for_title(b, "Concepts of models/topk-s0")
 
@@ -204,6 +234,7 @@ def test_pages_in_a_real_browser(view, server, browser, quick_run):
         t = int(np.flatnonzero(dec.pos_t == 3 * 7 + 4)[0])
         z = dec.codes_tk[t]
         assert listed == [int(i) for i in np.argsort(-z)[:len(listed)]] and len(listed) == min(12, (z > 0).sum())
+        assert f"of {(z > 0).sum()} active concepts" in b.find_element(By.ID, "token-concepts").text
 
     with page(browser, f"{server}/image/{image}?model={name}", "upload") as b:
         b.find_element(By.ID, "upload-input").send_keys(str(Path(view.store.images[image]["path"]).resolve()))

@@ -359,7 +359,7 @@ def serve_cmd(run: Path, port: int, host: str) -> str:
     RUN/explorer/, then serves until Ctrl-C."""
     from .explorer import serve
 
-    serve(run, host, port, ready=lambda url: typer.echo(f"archsae explorer on {url} (Ctrl-C to stop)"))
+    serve(run, host, port, echo=typer.echo)
     return ""
 
 

@@ -23,12 +23,13 @@ from ..errors import ArchsaeError
 from ..report.gallery import DENSE, colour_scale
 from ..report.html import METRICS, format_metric, verdict_rows
 from .run import NEAR_DUPLICATE, RunView, jpeg, overlay
-from .stats import QUANTILES
+from .stats import QUANTILES, TOP
 
 PAGE = 50  # concepts per page
 SORTS = {"id": "concept", "freq": "frequency", "peak": "peak activation", "purity": "label purity",
          "ood": "OOD", "stability": "stability", "class": "class alignment"}
 MAX_UPLOAD = 20 * 2**20  # bytes
+TOKEN_CONCEPTS = 12  # concepts listed for a clicked token (its largest)
 
 
 def create_app(run: RunView) -> Flask:
@@ -79,7 +80,7 @@ def create_app(run: RunView) -> Flask:
         rows = [_concept_row(run, name, int(i)) for i in live[(page - 1) * PAGE:page * PAGE]]
         return render_template("concepts.html.j2", name=name, rows=rows, q=q, sort=sort, sorts=SORTS,
                                descending=descending, page=page, pages=pages, n_found=len(live),
-                               n_live=int((stats.freq > 0).sum()), k=len(stats.freq))
+                               n_live=int((stats.freq > 0).sum()), k=len(stats.freq), top=TOP)
 
     @app.route("/model/<path:name>/concept/<int:concept>")
     def concept(name: str, concept: int):
@@ -94,7 +95,7 @@ def create_app(run: RunView) -> Flask:
                               "images": _images(run.stats(peer).top_images[j][:6])})
         return render_template("concept.html.j2", name=name, c=_concept_row(run, name, concept),
                                top=list(zip(_images(stats.top_images[concept]), stats.top_values[concept])),
-                               quantiles=[(q, _images(row)) for q, row in zip(_quantile_names(), stats.quantile_images[concept])],
+                               quantiles=_quantiles(stats, concept),
                                hist=_histogram(stats, concept), peers=peers, anchors=_anchors(run, name, concept),
                                classes=_classes_of_atom(run, name, concept))
 
@@ -107,10 +108,10 @@ def create_app(run: RunView) -> Flask:
             i = request.args.get("i", type=int)
             if i is None or not 0 <= i < n:
                 abort(404, f"the store has images 0..{n - 1}")
-            return redirect(url_for("image", image=i, model=request.args.get("model", default)))
+            return redirect(url_for("image", image=i, model=model_or_404(request.args.get("model", default))))
         seed = request.args.get("seed", 0, type=int)
         picks = np.sort(np.random.default_rng(seed).choice(n, size=min(48, n), replace=False))
-        return render_template("images.html.j2", name=request.args.get("model", default), picks=picks.tolist(),
+        return render_template("images.html.j2", name=model_or_404(request.args.get("model", default)), picks=picks.tolist(),
                                seed=seed, n=n)
 
     @app.route("/image/<int:image>")
@@ -133,6 +134,10 @@ def create_app(run: RunView) -> Flask:
             abort(400, "choose an image file to upload")
         try:
             picture = load_image(io.BytesIO(file.read()), name=file.filename)
+        except ArchsaeError:
+            abort(400, f"{file.filename} is not an image archsae can read: upload a JPEG, PNG or another image "
+                       "format Pillow opens")
+        try:
             acts, pos = run.tokens_of(picture)
         except ArchsaeError as e:
             abort(400, str(e))
@@ -206,8 +211,14 @@ def _images(row) -> list[int]:
     return [int(i) for i in row if i >= 0]
 
 
-def _quantile_names() -> list[str]:
-    return [f"around the {int(100 * q)}th percentile" for q in QUANTILES]
+def _quantiles(stats, i: int) -> list[tuple[str, list[int]]]:
+    """The quantile examples of concept i, each image shown once on the page (top images included)."""
+    seen, out = set(_images(stats.top_images[i])), []
+    for level, row in zip(QUANTILES, stats.quantile_images[i]):
+        images = [im for im in _images(row) if im not in seen]
+        seen.update(images)
+        out.append((f"around the {int(100 * level)}th percentile", images))
+    return out
 
 
 def _concept_row(run: RunView, name: str, i: int) -> dict:
@@ -259,9 +270,9 @@ def _decomposition(run: RunView, name: str, dec, heat_url) -> dict:
             continue
         z = dec.codes_tk[t]
         active = np.flatnonzero(z > 0)
-        active = active[np.argsort(-z[active])][:12]
-        tokens.append({"pos": int(pos), "row": int(pos) // grid[1], "col": int(pos) % grid[1],
-                       "concepts": [[int(c), round(float(z[c]), 3)] for c in active]})
+        shown = active[np.argsort(-z[active])][:TOKEN_CONCEPTS]
+        tokens.append({"pos": int(pos), "row": int(pos) // grid[1], "col": int(pos) % grid[1], "active": len(active),
+                       "concepts": [[int(c), round(float(z[c]), 3)] for c in shown]})
     order = np.argsort(-dec.share_k)[:20]
     stats = run.stats(name)
     parts = [{"index": int(c), "share": float(dec.share_k[c]), "label": stats.label[c], "heat": heat_url(int(c))}
@@ -309,17 +320,22 @@ def _warm(run: RunView) -> None:
         pass
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, ready=None) -> None:
-    """Compute every model's concept statistics (cached), then serve the explorer until interrupted.
-    `ready(url)` is called once it listens. Raises ArchsaeError for a run directory without store or models."""
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, echo=print) -> None:
+    """Compute every model's concept statistics (cached), then serve the explorer until interrupted, telling
+    `echo` what it does and its URL. Raises ArchsaeError for a run directory without store or models, or a port
+    that is taken."""
     from werkzeug.serving import make_server
 
     run = RunView(run_dir)
+    echo(f"{len(run.paths)} models; their per-concept statistics are cached in {run.root / 'explorer' / 'stats'} "
+         "(computed once: a pass over the store per model)")
     run.prepare()
+    try:
+        server = make_server(host, port, create_app(run), threaded=True)
+    except (OSError, SystemExit):  # werkzeug explains a taken port, then exits
+        raise ArchsaeError(f"cannot listen on {host}:{port}; choose another --port") from None
     threading.Thread(target=_warm, args=(run,), daemon=True).start()
-    server = make_server(host, port, create_app(run), threaded=True)
-    url = f"http://{host}:{server.server_port}/"
-    (ready or print)(url)
+    echo(f"archsae explorer on http://{host}:{server.server_port}/ (Ctrl-C to stop)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -36,6 +36,7 @@ BINS = 24  # histogram bins over (0, peak]
 HIST_ENTRIES = 30_000_000  # token activations kept for histograms (~240 MB); a prefix of the store beyond
 NEAREST = 6  # nearest tokens kept per archetypal candidate
 OOD_TOKENS = 20_000
+ENCODE_ENTRIES = 2**24  # codes encoded at a time (tokens x k)
 
 
 @dataclass
@@ -89,7 +90,8 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
     img_parts, hist_parts, kept, hist_tokens = [], [], 0, 0
     for i in tqdm(range(store.n_shards), desc=desc, unit="shard"):
         shard = store.read_shard(i)
-        for acts, image_m in zip(shard.acts_md.split(max(1, 2**24 // k)), shard.image_m.split(max(1, 2**24 // k))):
+        rows = max(1, ENCODE_ENTRIES // k)
+        for acts, image_m in zip(shard.acts_md.split(rows), shard.image_m.split(rows)):
             z = model.encode(acts).float()
             count += (z > 0).sum(0)
             peak = torch.maximum(peak, z.max(0).values)
@@ -100,8 +102,7 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
                 hist_parts.append(sparse)
                 kept += sparse.nnz
                 hist_tokens += len(z)
-    rows, cols, vals = (np.concatenate(p) for p in zip(*img_parts)) if img_parts else ([], [], [])
-    per_image = scipy.sparse.csc_matrix((vals, (rows, cols)), shape=(len(store.images), k))
+    per_image = _max_matrix(img_parts, (len(store.images), k))
     top_images, top_values, quantile_images = _image_choices(per_image)
     labels = [im["label"] for im in store.images]
     label, purity = _labels(top_images, labels)
@@ -128,6 +129,19 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
         ood=metrics.atom_ood(atoms_kd, acts).numpy(), nearest=metrics.nearest_atom(atoms_kd).numpy(),
         head_class=head_class, head_cos=head_cos, matches=matches,
         candidate_images=_candidate_images(model, store), hist_tokens=hist_tokens)
+
+
+def _max_matrix(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shape: tuple[int, int]):
+    """The CSC matrix of the largest value per (row, column) of (rows, cols, values) parts: an image whose
+    tokens were encoded in two chunks has two entries per concept, of which it keeps the larger (scipy would
+    add them)."""
+    if not parts:
+        return scipy.sparse.csc_matrix(shape, dtype=np.float32)
+    rows, cols, vals = (np.concatenate(p) for p in zip(*parts))
+    key = rows.astype(np.int64) * shape[1] + cols
+    order = np.lexsort((-vals, key))  # by (row, column), the largest value first
+    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+    return scipy.sparse.csc_matrix((vals[first], (rows[first], cols[first])), shape=shape)
 
 
 def _image_choices(per_image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -38,10 +38,13 @@ METRICS = [
 
 
 def format_metric(key: str, value) -> str:
-    """A metric's value as printed: percentages for shares, 3 significant decimals otherwise, "–" if missing."""
+    """A metric's value as printed: percentages for shares, 3 decimals otherwise (1 for L0 and the ranks), "–" if
+    missing; a metric of pairs of runs as mean ± std over the pairs, or "(1 pair)" when there is no spread to show."""
     if value is None:
         return "–"
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # a metric of pairs of runs: mean ± std over the pairs
+        if value.get("pairs", 2) < 2:
+            return f"{format_metric(key, value['mean'])} (1 pair)"
         return f"{format_metric(key, value['mean'])} ± {format_metric(key, value['std'])}"
     if key == "dead_codes":
         return f"{100 * value:.1f}"
@@ -89,7 +92,7 @@ def _training_curves(models_dir: Path, evaluated: dict, out: Path) -> None:
             if "dead_fraction" in rows[0]:
                 right.plot(tokens, [100 * r["dead_fraction"] for r in rows], label=name, **style)
     left.set(xlabel="tokens seen", ylabel="R²", title="R² (line: training batches; dot: held-out, at the end)")
-    left.set_ylim(bottom=max(-0.1, left.get_ylim()[0]))
+    left.set_ylim(-0.1, 1.0)  # early archetypal steps can start far below 0
     right.set(xlabel="tokens seen", ylabel="dead codes (%)", title="codes that have not fired recently (%)")
     for ax in (left, right):
         ax.grid(alpha=0.3)

@@ -11,7 +11,9 @@ document.addEventListener("DOMContentLoaded", () => {
     cell.classList.add("on");
     const concepts = JSON.parse(cell.dataset.concepts);
     const title = document.createElement("h3");
-    title.textContent = `token (${cell.dataset.row}, ${cell.dataset.col}): ${concepts.length} active concepts`;
+    const active = Number(cell.dataset.active);
+    title.textContent = `token (${cell.dataset.row}, ${cell.dataset.col}): ` +
+      (active > concepts.length ? `the ${concepts.length} largest of ${active} active concepts` : `${active} active concepts`);
     const list = document.createElement("ol");
     list.id = "token-list";
     for (const [index, value] of concepts) {
