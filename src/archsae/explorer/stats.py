@@ -28,7 +28,7 @@ from ..sae import SAE
 from ..sae.dictionary import ArchetypalDictionary
 from ..store import ActivationStore, sha256
 
-VERSION = 1  # bump when the statistics change, so old caches are recomputed
+VERSION = 2  # bump when the statistics change, so old caches are recomputed
 TOP = 12  # top images per concept
 QUANTILES = (0.2, 0.5, 0.8)  # per-image-peak quantiles with examples on a concept page
 PER_QUANTILE = 4
