@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/explorer_speed.py --run-dir RUN      # a run of `archsae run`; prints Markdown
 
-1. The per-concept statistics of every model, computed from scratch (the cache in RUN/explorer/stats is moved
-   aside and restored), then loaded from the cache.
+1. The per-concept statistics of every model, computed from scratch (RUN/explorer/stats is deleted first,
+   unless --pages-only), then, as `archsae serve` starts, loaded from the cache with the classifier head.
 2. The app served as `archsae serve` serves it, each page opened in headless Chromium (Debian's, through
    Selenium) three times; reported: first-contentful-paint (Performance API, from navigation start) and the
    time until every image of the page has loaded (lazy ones made eager), on the first visit (nothing cached
@@ -35,22 +35,14 @@ def main() -> None:
     from archsae.explorer import RunView, create_app
 
     rows = []
-    cache = args.run_dir / "explorer" / "stats"
-    if not args.pages_only:
-        aside = cache.with_name("stats.benchmark-aside")
-        if cache.exists():
-            cache.rename(aside)
-        try:
-            view = RunView(args.run_dir)
-            for name in view.paths:
-                t = time.perf_counter()
-                view.stats(name)
-                rows.append((f"statistics of {name} (k = {len(view.stats(name).freq):,}), computed",
-                             f"{time.perf_counter() - t:.1f} s"))
-        finally:
-            if aside.exists():
-                shutil.rmtree(cache, ignore_errors=True)
-                aside.rename(cache)
+    if not args.pages_only:  # the cache is only a cache: computed again from scratch
+        shutil.rmtree(args.run_dir / "explorer" / "stats", ignore_errors=True)
+        view = RunView(args.run_dir)
+        for name in view.paths:
+            t = time.perf_counter()
+            view.stats(name)
+            rows.append((f"statistics of {name} (k = {len(view.stats(name).freq):,}), computed",
+                         f"{time.perf_counter() - t:.1f} s"))
     t = time.perf_counter()
     view = RunView(args.run_dir)
     view.prepare()  # as `archsae serve` does before it listens
