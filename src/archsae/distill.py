@@ -172,7 +172,7 @@ def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path) -> torc
         refuse_if_different(stored, record, out, "centroids", "delete it or use another run directory")
         return load_centroids(out)
     subset = Subset.of(cfg.subset, cfg.subset_seed)
-    sample = store.standardise(store.sample(cfg.max_points, seed=cfg.seed, split="train", subset=subset))
+    sample = store.standardise(store.sample(cfg.max_points, seed=cfg.seed, split="train", subset=subset), inplace=True)
     centroids = torch.from_numpy(select_candidates(sample.numpy(), cfg))
     write_safetensors(out, {"centroids": centroids})
     write_json(meta_path, {**record, "n_points": len(sample)})

@@ -309,11 +309,12 @@ class ActivationStore:
         """(shift, scale), both (d,): `standardise` is (A - shift) / scale; shift = mean, or 0 uncentred."""
         return (self.mean_d if centre else torch.zeros_like(self.mean_d)), self.std_d
 
-    def standardise(self, acts_nd: torch.Tensor, centre: bool = True) -> torch.Tensor:
+    def standardise(self, acts_nd: torch.Tensor, centre: bool = True, inplace: bool = False) -> torch.Tensor:
         """(A - mean) / std element-wise with the store's statistics (Fel et al. 2025, Sec. 5); with
-        centre=False, A / std: the uncentred space, whose mean is `uncentred_mean_d`."""
+        centre=False, A / std: the uncentred space, whose mean is `uncentred_mean_d`. `inplace` overwrites
+        `acts_nd` (float32) instead of allocating a copy."""
         shift_d, scale_d = self.normalisation(centre)
-        return (acts_nd - shift_d) / scale_d
+        return acts_nd.sub_(shift_d).div_(scale_d) if inplace else (acts_nd - shift_d) / scale_d
 
     def batches(self, batch_size: int, seed: int, epoch: int, split: str = "train", shuffle_shards: int = 4,
                 stream: int = 0, n_streams: int = 1, subset: Subset | None = None) -> Iterator[torch.Tensor]:
@@ -350,15 +351,16 @@ class ActivationStore:
             raise ArchsaeError(f"the store at {self.root} has no {split} tokens")
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(total, size=min(max_tokens, total), replace=False))
-        out, offset = [], 0
+        out = torch.empty(len(chosen), self.d)  # filled in place: a million tokens are 5 GB, held once
+        offset = filled = 0
         for i in range(self.n_shards):
             shard = self.read_shard(i, split, subset)
             m = len(shard.acts_md)
             local = chosen[(chosen >= offset) & (chosen < offset + m)] - offset
-            if len(local):
-                out.append(shard.acts_md[torch.from_numpy(local)])
+            out[filled:filled + len(local)] = shard.acts_md[torch.from_numpy(local)]
+            filled += len(local)
             offset += m
-        return torch.cat(out)
+        return out
 
     def image_tokens(self, image: int) -> Shard:
         """The tokens of one image, with positions (for heatmaps), reading only its rows of its shard."""
