@@ -67,8 +67,18 @@ def _photo_crop(rng: np.random.Generator, photo: np.ndarray, size: int) -> Image
     return img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
 
+def demo_sources(out_dir: str | Path) -> dict[str, str]:
+    """The source (stamp file or scikit-image photo) each image of the demo set at `out_dir` was made from, by
+    resolved path; {} when `out_dir` holds no demo set or one built before sources were recorded."""
+    manifest = Path(out_dir) / "demo.json"
+    if not manifest.exists():
+        return {}
+    return {str((Path(out_dir) / e[0]).resolve()): e[2] for e in read_json(manifest)["images"] if len(e) > 2}
+
+
 def build_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> list[ImageItem]:
-    """Write `cfg.n_images` JPEGs into `out_dir/<label>/NNNNN.jpg` and return them in order.
+    """Write `cfg.n_images` JPEGs into `out_dir/<label>/NNNNN.jpg` and return them in order. demo.json lists
+    each with its label and source (`demo_sources`): several images are cut from one stamp or photo.
 
     Reuses a complete earlier build with the same configuration. Raises ArchsaeError if the
     Tux Paint stamps are not installed (`apt-get install --no-install-recommends tuxpaint-stamps-default`).
@@ -78,7 +88,7 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> list[Imag
     if manifest.exists():
         done = read_json(manifest)
         refuse_if_different(done["config"], to_dict(cfg), out_dir, "a demo set", "use another run directory")
-        return [ImageItem(str(out_dir / p), label) for p, label in done["images"]]
+        return [ImageItem(str(out_dir / entry[0]), entry[1]) for entry in done["images"]]
     stamps = find_stamps()
     if not stamps:
         raise ArchsaeError(f"no Tux Paint stamps under {STAMPS}: run "
@@ -91,14 +101,16 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> list[Imag
     images = []
     for i in tqdm(range(cfg.n_images), desc="demo images", unit="img"):
         if rng.random() < PHOTO_SHARE:
-            img, label = _photo_crop(rng, photos[int(rng.integers(len(photos)))], cfg.size), "photos"
+            p = int(rng.integers(len(photos)))
+            img, label, source = _photo_crop(rng, photos[p], cfg.size), "photos", f"photo:{SKIMAGE_PHOTOS[p]}"
         else:
             j = int(rng.integers(len(stamps)))
             if j not in cache:
                 cache[j] = Image.open(stamps[j][0]).convert("RGBA")
             img, label = _stamp_image(rng, cache[j], cfg.size), stamps[j][1]
+            source = f"stamp:{stamps[j][0].relative_to(STAMPS)}"
         rel = f"{label}/{i:05d}.jpg"
         save_image(out_dir / rel, img, quality=92)
-        images.append((rel, label))
+        images.append((rel, label, source))
     write_json(manifest, {"config": to_dict(cfg), "images": images})
-    return [ImageItem(str(out_dir / p), label) for p, label in images]
+    return [ImageItem(str(out_dir / p), label) for p, label, _ in images]

@@ -17,7 +17,7 @@ from .. import metrics
 from ..errors import ArchsaeError
 from ..evaluate import atoms_of, class_directions, find_models, load_model
 from ..files import read_json
-from ..report.gallery import THUMB, heat_overlay
+from ..report.gallery import THUMB, heat_overlay, source_ids
 from ..store import ActivationStore
 from .stats import ConceptStats, compute_stats, load_stats, save_stats, stats_key
 
@@ -57,6 +57,7 @@ class RunView:
         stab = self.root / "stability" / "results.json"
         self.stability = read_json(stab) if stab.exists() else None
         self.groups = self._groups()
+        self.sources = source_ids(self.store, self.root)  # the photo or stamp each image was cut from
         self._lock = threading.Lock()
         self._models: dict[str, object] = {}
         self._stats: dict[str, ConceptStats] = {}
@@ -123,12 +124,12 @@ class RunView:
         if name in self._stats:
             return self._stats[name]
         peers = {p: self.paths[p] for p in self.groups[name]}
-        key = stats_key(self.paths[name], self.store, peers)
+        key = stats_key(self.paths[name], self.store, peers, self.sources)
         path = self.root / "explorer" / "stats" / name.replace("/", "__")
         stats = load_stats(path, key)
         if stats is None:
             stats = compute_stats(self.model(name), self.store, {p: self.atoms(p) for p in peers}, self.heads[0],
-                                  desc=f"statistics of {name}")
+                                  self.sources, desc=f"statistics of {name}")
             save_stats(stats, path, key)
         self._stats[name] = stats
         return stats

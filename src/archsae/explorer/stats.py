@@ -11,6 +11,7 @@ images of the tokens nearest to it (what anchors an atom).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,11 +25,12 @@ from tqdm import tqdm
 from .. import metrics
 from ..evaluate import atoms_of, model_space
 from ..files import read_json, read_safetensors, write_json, write_safetensors
+from ..report.gallery import distinct_sources
 from ..sae import SAE
 from ..sae.dictionary import ArchetypalDictionary
 from ..store import ActivationStore, sha256
 
-VERSION = 2  # bump when the statistics change, so old caches are recomputed
+VERSION = 3  # bump when the statistics change, so old caches are recomputed
 TOP = 12  # top images per concept
 QUANTILES = (0.2, 0.5, 0.8)  # per-image-peak quantiles with examples on a concept page
 PER_QUANTILE = 4
@@ -78,11 +80,13 @@ def _per_image_max(z_mk: torch.Tensor, image_m: torch.Tensor) -> tuple[np.ndarra
 
 @torch.no_grad()
 def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] | None = None,
-                  heads_ck: torch.Tensor | None = None, desc: str = "concept statistics") -> ConceptStats:
+                  heads_ck: torch.Tensor | None = None, source_m: np.ndarray | None = None,
+                  desc: str = "concept statistics") -> ConceptStats:
     """The statistics of `model` (an SAE or classical model taking raw activations) over every token of `store`;
     `peers` are the dictionaries (k', d) of the other runs of its group, matched atom to atom (Hungarian, as
     stability, Fel et al. 2025 eq. 2); `heads_ck` the classifier's class directions in the standardised space
-    (`evaluate.class_directions`). One pass over the store, encoding 2^24 / k tokens at a time; memory
+    (`evaluate.class_directions`); `source_m` (images,) ids of the photo or stamp each image was cut from
+    (`report.gallery.source_ids`; default: each image its own), at most one image per source in each list. One pass over the store, encoding 2^24 / k tokens at a time; memory
     O(k x (images per shard + BINS) + HIST_ENTRIES)."""
     atoms_kd = atoms_of(model)
     k = len(atoms_kd)
@@ -103,7 +107,8 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
                 kept += sparse.nnz
                 hist_tokens += len(z)
     per_image = _max_matrix(img_parts, (len(store.images), k))
-    top_images, top_values, quantile_images = _image_choices(per_image)
+    top_images, top_values, quantile_images = _image_choices(
+        per_image, np.arange(len(store.images)) if source_m is None else source_m)
     labels = [im["label"] for im in store.images]
     label, purity = _labels(top_images, labels)
     peak_np = peak.numpy()
@@ -144,9 +149,10 @@ def _max_matrix(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shape: t
     return scipy.sparse.csc_matrix((vals[first], (rows[first], cols[first])), shape=shape)
 
 
-def _image_choices(per_image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _image_choices(per_image, source_m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per concept (column of the (images, k) CSC matrix of per-image peaks): the TOP images with the largest
-    peak, and PER_QUANTILE images around each of QUANTILES of the peaks of the images where it fires."""
+    peak, and PER_QUANTILE images from each of QUANTILES of the peaks of the images where it fires upwards, each
+    list at most one image per source (`source_m`, (images,) ids)."""
     k = per_image.shape[1]
     top_images = np.full((k, TOP), -1, np.int32)
     top_values = np.zeros((k, TOP), np.float32)
@@ -157,13 +163,13 @@ def _image_choices(per_image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             continue
         values, images = per_image.data[lo:hi], per_image.indices[lo:hi]
         order = np.argsort(-values, kind="stable")
-        n = min(TOP, len(order))
-        top_images[j, :n], top_values[j, :n] = images[order[:n]], values[order[:n]]
+        top = distinct_sources(images[order].tolist(), source_m, TOP)
+        top_images[j, :len(top)], top_values[j, :len(top)] = top, values[order][np.isin(images[order], top)]
         ascending = order[::-1]
         for q, level in enumerate(QUANTILES):
             start = int(np.clip(round(level * len(ascending)) - PER_QUANTILE // 2, 0,
                                 max(0, len(ascending) - PER_QUANTILE)))
-            chosen = images[ascending[start:start + PER_QUANTILE]]
+            chosen = distinct_sources(images[ascending[start:]].tolist(), source_m, PER_QUANTILE)
             quantile_images[j, q, :len(chosen)] = chosen
     return top_images, top_values, quantile_images
 
@@ -219,10 +225,11 @@ _ARRAYS = ("freq", "peak", "hist", "top_images", "top_values", "quantile_images"
            "head_class", "head_cos")
 
 
-def stats_key(model_dir: Path, store: ActivationStore, peers: dict[str, Path]) -> dict:
-    """What a cache is valid for: this version, the model's and its peers' files, the store."""
+def stats_key(model_dir: Path, store: ActivationStore, peers: dict[str, Path], source_m: np.ndarray) -> dict:
+    """What a cache is valid for: this version, the model's and its peers' files, the store, the images' sources."""
     return {"version": VERSION, "store": store.fingerprint, "model": sha256(model_dir / "model.safetensors"),
-            "peers": {name: sha256(p / "model.safetensors") for name, p in sorted(peers.items())}}
+            "peers": {name: sha256(p / "model.safetensors") for name, p in sorted(peers.items())},
+            "sources": hashlib.sha256(np.ascontiguousarray(source_m, np.int64).tobytes()).hexdigest()}
 
 
 def save_stats(stats: ConceptStats, path: Path, key: dict) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from ..data import load_image
+from ..data import demo_sources, load_image
 from ..models import view_transform
 from ..sae import SAE
 from ..store import ActivationStore
@@ -36,6 +37,26 @@ def colour_scale(stops: int = 9) -> str:
                                                                               for i in range(stops))) + ")"
 
 
+def source_ids(store: ActivationStore, run_dir: Path | None) -> np.ndarray:
+    """(images,) int64: equal for images of the store cut from one source photo or stamp (the demo set of
+    `run_dir`/images records them, `data.demo_sources`); every other image is its own source."""
+    sources = demo_sources(run_dir / "images") if run_dir is not None else {}
+    keys = [sources.get(str(Path(im["path"]).resolve()), i) for i, im in enumerate(store.images)]
+    return np.unique(np.array([str(k) for k in keys]), return_inverse=True)[1].astype(np.int64)
+
+
+def distinct_sources(ranked: list[int], source_m: np.ndarray, n: int) -> list[int]:
+    """The first `n` images of `ranked` (best first) whose source was not taken by an earlier one."""
+    seen, out = set(), []
+    for image in ranked:
+        if source_m[image] not in seen:
+            seen.add(source_m[image])
+            out.append(image)
+            if len(out) == n:
+                break
+    return out
+
+
 @dataclass
 class Concept:
     index: int  # atom index in the dictionary
@@ -52,10 +73,11 @@ def _codes(model: SAE, acts_nd: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_images: int = 8) -> list[Concept]:
+def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_images: int = 8,
+                    source_m: np.ndarray | None = None) -> list[Concept]:
     """`n_concepts` live codes spread evenly over the ranks of their density (share of tokens where they fire),
-    from the densest to the rarest; for each, the `n_images` images (each once) with the largest token
-    activation, drawn with that code's activation per token as a heatmap over the image (`heat_overlay`).
+    from the densest to the rarest; for each, the `n_images` images with the largest token activation, at most
+    one per source (`source_ids`; by default each image is its own), drawn with that code's activation per token as a heatmap over the image (`heat_overlay`).
 
     Streams the store twice (usage, then per-image maxima of the chosen codes); memory is
     O(k + images x n_concepts). Imported stores (no images) give concepts without strips.
@@ -79,9 +101,10 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
     view = view_transform(store.header["data_config"])
     grid = store.header["grid"]
     for j, concept in enumerate(concepts):
-        scores, order = best[:, j].topk(min(n_images, n_img))
+        ranked = [i for i in best[:, j].argsort(descending=True).tolist() if best[i, j] > 0]
+        chosen = distinct_sources(ranked, np.arange(n_img) if source_m is None else source_m, n_images)
         heats = []
-        for score, img in zip(scores.tolist(), order.tolist()):
+        for score, img in zip(best[chosen, j].tolist(), chosen):
             tokens = store.image_tokens(img)
             spatial = tokens.pos_m >= 0
             heat = torch.zeros(grid[0] * grid[1])
@@ -89,7 +112,7 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
             heats.append(heat.reshape(grid).numpy())
             concept.images.append({"image": img, "label": store.images[img]["label"], "max": score})
         concept.peak = max(max(h.max() for h in heats), 1e-12)
-        strip = Image.new("RGB", (THUMB * len(heats), THUMB), "white")
+        strip = Image.new("RGB", (THUMB * n_images, THUMB), "white")  # a rare concept leaves slots blank
         for x, (meta, heat) in enumerate(zip(concept.images, heats)):
             photo = view(load_image(store.images[meta["image"]]["path"]))
             strip.paste(heat_overlay(photo, heat, concept.peak), (x * THUMB, 0))

@@ -13,7 +13,7 @@ from ..files import atomic_write, read_json, save_image, write_text
 from ..evaluate import load_model
 from ..stability import verdict
 from ..store import ActivationStore
-from .gallery import DENSE, colour_scale, concept_gallery
+from .gallery import DENSE, colour_scale, concept_gallery, source_ids
 from .plots import save_figure, subplots, tradeoff_plot
 
 # (metrics.json key, column title, unit or "", one-line meaning): the paper's Table 1, in its order, with MMCS
@@ -131,10 +131,10 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     summary = {group: {key: evaluated["groups"][group].get(key) if key in PAIRS else
                        _mean([metrics[n].get(key) for n in names]) for key, *_ in METRICS}
                for group, names in groups.items()}
-    galleries = []
+    galleries, sources = [], source_ids(store, run_dir)
     for group, names in groups.items():
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
-        concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images)
+        concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images, sources)
         for c in concepts:
             if c.strip is not None:
                 c.file = f"concepts/{name}_{c.index}.png"
