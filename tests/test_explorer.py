@@ -47,6 +47,7 @@ def test_concept_statistics_match_their_definitions(view):
         assert len(set(view.sources[row])) == len(row)
     q = s.quantile_images[busiest]
     assert (q >= 0).all() and per_image[q[0]].max() <= per_image[q[-1]].min()  # lower quantiles, lower peaks
+    np.testing.assert_allclose(s.quantile_values[busiest], per_image[q].numpy(), rtol=1e-5)
     assert 0 < s.purity[busiest] <= 1 and s.label[busiest] in {im["label"] for im in store.images}
     index, cos = s.matches["models/topk-s1"]  # the Hungarian match: stability is their mean |cos|
     stability = metrics.stability(view.atoms(name), view.atoms("models/topk-s1"))

@@ -211,13 +211,14 @@ def _images(row) -> list[int]:
     return [int(i) for i in row if i >= 0]
 
 
-def _quantiles(stats, i: int) -> list[tuple[str, list[int]]]:
-    """The quantile examples of concept i, each image shown once on the page (top images included)."""
+def _quantiles(stats, i: int) -> list[tuple[str, list[tuple[int, float]]]]:
+    """The quantile examples of concept i with their peaks, each image shown once on the page (top images
+    included)."""
     seen, out = set(_images(stats.top_images[i])), []
-    for level, row in zip(QUANTILES, stats.quantile_images[i]):
-        images = [im for im in _images(row) if im not in seen]
-        seen.update(images)
-        out.append((f"around the {int(100 * level)}th percentile", images))
+    for level, row, values in zip(QUANTILES, stats.quantile_images[i], stats.quantile_values[i]):
+        shown = [(int(im), float(v)) for im, v in zip(row, values) if im >= 0 and im not in seen]
+        seen.update(im for im, _ in shown)
+        out.append((f"around the {int(100 * level)}th percentile", shown))
     return out
 
 

@@ -30,7 +30,7 @@ from ..sae import SAE
 from ..sae.dictionary import ArchetypalDictionary
 from ..store import ActivationStore, sha256
 
-VERSION = 3  # bump when the statistics change, so old caches are recomputed
+VERSION = 4  # bump when the statistics change, so old caches are recomputed
 TOP = 12  # top images per concept
 QUANTILES = (0.2, 0.5, 0.8)  # per-image-peak quantiles with examples on a concept page
 PER_QUANTILE = 4
@@ -51,6 +51,7 @@ class ConceptStats:
     top_images: np.ndarray  # (k, TOP) int32 images by their largest token activation, -1 = none
     top_values: np.ndarray  # (k, TOP) float32 those activations
     quantile_images: np.ndarray  # (k, len(QUANTILES), PER_QUANTILE) int32, -1 = none
+    quantile_values: np.ndarray  # (k, len(QUANTILES), PER_QUANTILE) float32 those images' peaks
     purity: np.ndarray  # (k,) share of the top images that carry the most common label among them
     label: list[str]  # (k,) that label ("" when the store has no labels)
     ood: np.ndarray  # (k,) 1 - max_j cos(D_i, A_j) on held-out tokens
@@ -107,7 +108,7 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
                 kept += sparse.nnz
                 hist_tokens += len(z)
     per_image = _max_matrix(img_parts, (len(store.images), k))
-    top_images, top_values, quantile_images = _image_choices(
+    top_images, top_values, quantile_images, quantile_values = _image_choices(
         per_image, np.arange(len(store.images)) if source_m is None else source_m)
     labels = [im["label"] for im in store.images]
     label, purity = _labels(top_images, labels)
@@ -130,7 +131,8 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
         matches[name] = (index, cos)
     return ConceptStats(
         freq=(count / store.n).float().numpy(), peak=peak_np, hist=hist, top_images=top_images,
-        top_values=top_values, quantile_images=quantile_images, purity=purity, label=label,
+        top_values=top_values, quantile_images=quantile_images, quantile_values=quantile_values, purity=purity,
+        label=label,
         ood=metrics.atom_ood(atoms_kd, acts).numpy(), nearest=metrics.nearest_atom(atoms_kd).numpy(),
         head_class=head_class, head_cos=head_cos, matches=matches,
         candidate_images=_candidate_images(model, store), hist_tokens=hist_tokens)
@@ -149,7 +151,7 @@ def _max_matrix(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shape: t
     return scipy.sparse.csc_matrix((vals[first], (rows[first], cols[first])), shape=shape)
 
 
-def _image_choices(per_image, source_m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _image_choices(per_image, source_m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per concept (column of the (images, k) CSC matrix of per-image peaks): the TOP images with the largest
     peak, and PER_QUANTILE images from each of QUANTILES of the peaks of the images where it fires upwards, each
     list at most one image per source (`source_m`, (images,) ids)."""
@@ -157,6 +159,7 @@ def _image_choices(per_image, source_m: np.ndarray) -> tuple[np.ndarray, np.ndar
     top_images = np.full((k, TOP), -1, np.int32)
     top_values = np.zeros((k, TOP), np.float32)
     quantile_images = np.full((k, len(QUANTILES), PER_QUANTILE), -1, np.int32)
+    quantile_values = np.zeros((k, len(QUANTILES), PER_QUANTILE), np.float32)
     for j in range(k):
         lo, hi = per_image.indptr[j], per_image.indptr[j + 1]
         if lo == hi:
@@ -171,7 +174,8 @@ def _image_choices(per_image, source_m: np.ndarray) -> tuple[np.ndarray, np.ndar
                                 max(0, len(ascending) - PER_QUANTILE)))
             chosen = distinct_sources(images[ascending[start:]].tolist(), source_m, PER_QUANTILE)
             quantile_images[j, q, :len(chosen)] = chosen
-    return top_images, top_values, quantile_images
+            quantile_values[j, q, :len(chosen)] = per_image[chosen, j].toarray().ravel()
+    return top_images, top_values, quantile_images, quantile_values
 
 
 def _labels(top_images: np.ndarray, labels: list[str]) -> tuple[list[str], np.ndarray]:
@@ -221,7 +225,7 @@ def _candidate_images(model, store: ActivationStore) -> np.ndarray | None:
 
 # ---- the cache --------------------------------------------------------------------------------------
 
-_ARRAYS = ("freq", "peak", "hist", "top_images", "top_values", "quantile_images", "purity", "ood", "nearest",
+_ARRAYS = ("freq", "peak", "hist", "top_images", "top_values", "quantile_images", "quantile_values", "purity", "ood", "nearest",
            "head_class", "head_cos")
 
 
