@@ -107,6 +107,11 @@ DICTIONARY_PREFIXES = {"": "free", "a-": "archetypal, delta = 0", "ra-": "relaxe
 METHODS = tuple(prefix + s for prefix in DICTIONARY_PREFIXES for s in SPARSITIES)
 
 
+def is_archetypal(method: str) -> bool:
+    """Whether a method (METHODS) has an archetypal dictionary, D = W C (+ Λ)."""
+    return method.startswith(("a-", "ra-"))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One SAE: a sparsity mechanism with a free, archetypal (A-SAE) or relaxed archetypal (RA-SAE) dictionary."""
@@ -180,7 +185,7 @@ class TrainConfig:
 
     @property
     def archetypal(self) -> bool:
-        return self.method.startswith(("a-", "ra-"))
+        return is_archetypal(self.method)
 
     @property
     def effective_delta(self) -> float:

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from .. import metrics
 from ..classical import build_baseline
-from ..config import CLASSICAL, METHODS, DistillConfig, ExtractConfig, IdentifiabilityBenchConfig, TrainConfig, to_dict
+from ..config import (CLASSICAL, METHODS, DistillConfig, ExtractConfig, IdentifiabilityBenchConfig, TrainConfig,
+                      is_archetypal, to_dict)
 from ..data.collages import OBJECTS_PER_IMAGE, THEMES, collage_labels, render, sprites_root, theme_sprites
 from ..distill import distill
 from ..evaluate import reconstruct
@@ -105,7 +106,7 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
                        warmup_steps=max(1, steps // 20), w_support=0, aux_k=n_objects // 2,
                        dead_tokens=10 * store.n_split("train"), checkpoint_every=10**6, shuffle_shards=1)
     candidates = None
-    if any(m.startswith(("a-", "ra-")) for m in methods):
+    if any(is_archetypal(m) for m in methods):
         candidates = distill(store, DistillConfig(n_centroids=cfg.n_centroids, seed=cfg.seed, max_points=len(train_nd)),
                              out / "centroids.safetensors")
     jobs = []

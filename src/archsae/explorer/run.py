@@ -150,6 +150,7 @@ class RunView:
 
     @lru_cache(maxsize=64)  # dense codes: 49 tokens x k floats each (6 MB at k = 32,768)
     def decompose_stored(self, name: str, image: int) -> Decomposition:
+        """`decompose` of store image `image`'s tokens under model `name` (cached)."""
         tokens = self.store.image_tokens(image)
         return self.decompose(name, tokens.acts_md, tokens.pos_m.numpy())
 

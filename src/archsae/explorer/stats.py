@@ -87,8 +87,9 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
     `peers` are the dictionaries (k', d) of the other runs of its group, matched atom to atom (Hungarian, as
     stability, Fel et al. 2025 eq. 2); `heads_ck` the classifier's class directions in the standardised space
     (`evaluate.class_directions`); `source_m` (images,) ids of the photo or stamp each image was cut from
-    (`report.gallery.source_ids`; default: each image its own), at most one image per source in each list. One pass over the store, encoding 2^24 / k tokens at a time; memory
-    O(k x (images per shard + BINS) + HIST_ENTRIES)."""
+    (`report.gallery.source_ids`; default: each image its own), at most one image per source in each list.
+    One pass over the store, encoding ENCODE_ENTRIES / k tokens at a time; memory O(k x (images per shard +
+    BINS) + HIST_ENTRIES)."""
     atoms_kd = atoms_of(model)
     k = len(atoms_kd)
     count, peak = torch.zeros(k, dtype=torch.float64), torch.zeros(k)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..config import ReportConfig
+from ..config import ReportConfig, is_archetypal
 from ..files import atomic_write, read_json, save_image, write_text
 from ..evaluate import load_model
 from ..stability import verdict
@@ -66,7 +66,7 @@ def verdict_rows(run_dir: Path) -> list[dict]:
             continue
         results = read_json(path)
         for g in results["groups"]:
-            null_name = "k-means" if g["method"].startswith(("a-", "ra-")) else "random"
+            null_name = "k-means" if is_archetypal(g["method"]) else "random"
             null = results["nulls"][f"{g['k']}-{g['space']}"][null_name.replace("-", "")]
             rows.append({"source": source, "label": g["label"], "mode": g["mode"], "space": g["space"],
                          "runs": len(g["runs"]), "t0": g["t0"], "final": g["final"], "null": null,
