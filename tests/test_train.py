@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from archsae import metrics
-from archsae.config import METHODS, TrainConfig
+from archsae.config import HELDOUT_TOKENS, METHODS, TrainConfig
 from archsae.distill import kmeans
 from archsae.sae import load_sae
 from archsae.store import ActivationStore
@@ -70,6 +70,7 @@ def test_all_twelve_methods_train_in_one_pass_and_recover_planted_atoms(recipe_p
     assert gathered["rows"] == 7 * (store.n_split("train") // 512 * 512)
     raw = store.sample(3000, seed=1, split="heldout")
     acts = store.standardise(raw)
+    logged_raw = store.sample(HELDOUT_TOKENS, seed=0, split="heldout")  # the R² logged along training
     for job, model in zip(jobs, models):
         acts_hat, codes = model(raw)  # raw in, raw out: the model carries the store's normalisation
         method, sparsity = job.cfg.method, job.cfg.sparsity
@@ -82,6 +83,12 @@ def test_all_twelve_methods_train_in_one_pass_and_recover_planted_atoms(recipe_p
         else:
             assert score > RECOVERY[sparsity] and r2 > R2[sparsity], (method, score, r2)
         assert abs(metrics.l0(codes) - 3) < 0.75, method  # every sparsity at the asked L0
+        rows = [json.loads(l) for l in (job.out_dir / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] + 1 for r in rows if "heldout_r2" in r] == [100, 200, 245], method
+        if sparsity != "batchtopk":  # (its inference threshold is set after the last logged step)
+            logged_hat = store.standardise(model(logged_raw)[0])
+            assert rows[-1]["heldout_r2"] == pytest.approx(metrics.r2(store.standardise(logged_raw), logged_hat),
+                                                           abs=1e-5), method
         # dead codes: free 0-3 %; archetypal ones 5-16 % (an atom held near its candidates cannot follow AuxK)
         assert metrics.dead_codes(codes) < (0.25 if job.cfg.archetypal else 0.06), method
 
@@ -125,7 +132,8 @@ def test_a_killed_group_resumes_to_the_uninterrupted_models(planted, tmp_path, m
         log = lambda p: [json.loads(l) for l in (p / "log.jsonl").read_text().splitlines()]
         rows_full, rows_resumed = log(tmp_path / f"full{i}"), log(tmp_path / f"resumed{i}")
         assert [r["step"] for r in rows_full] == [r["step"] for r in rows_resumed]
-        assert [r["dead_codes_aux"] for r in rows_full] == [r["dead_codes_aux"] for r in rows_resumed]
+        for key in ("dead_codes_aux", "heldout_r2"):
+            assert [r.get(key) for r in rows_full] == [r.get(key) for r in rows_resumed], key
 
 
 def test_relative_delta_is_resolved_against_the_mean_activation_norm(planted, tmp_path):

@@ -101,6 +101,8 @@ def _unused_at_defaults(cfg: T) -> T:
     return dataclasses.replace(cfg, **{name: fields[name].default for name in cfg.unused_fields()})
 
 
+LOG_EVERY = 10  # steps between the lines of a model's log.jsonl
+HELDOUT_TOKENS = 4096  # held-out tokens (seed 0) of the R² logged along training
 SPARSITIES = ("topk", "batchtopk", "jumprelu", "relu")
 CLASSICAL = ("pca", "ica", "sparse_pca", "svd", "kmeans", "semi_nmf", "convex_nmf")  # classical.py
 DICTIONARY_PREFIXES = {"": "free", "a-": "archetypal, delta = 0", "ra-": "relaxed archetypal"}
@@ -144,6 +146,8 @@ class TrainConfig:
     centre: bool = opt(True, "train on (A - mean) / std; --no-centre: on A / std, the uncentred space")
     snapshot_every: int = opt(0, "steps between copies of the dictionary kept in snapshots/ (and at step 0 "
                                  "and the end), for stability along training; 0 = none")
+    heldout_every: int = opt(100, "steps between held-out R² measurements in log.jsonl (on 4,096 fixed held-out "
+                                  "tokens, and at the end); a multiple of 10, the log's interval; 0 = none")
     epochs: float = opt(4.0, "passes over the training tokens")
     batch_size: int = opt(1024, "tokens per step (over all streams and ranks)")
     lr: float = opt(0.0, "peak Adam learning rate; 0 = 0.06 / sqrt(d), the rate at which Adam turns a unit atom "
@@ -178,6 +182,8 @@ class TrainConfig:
         _check(self.streams >= 0, f"streams must be >= 0 (0 = world size), got {self.streams}")
         _check(0 < self.subset <= 1, f"subset must be in (0, 1], got {self.subset}")
         _check(self.snapshot_every >= 0, f"snapshot_every must be >= 0, got {self.snapshot_every}")
+        _check(self.heldout_every >= 0 and self.heldout_every % LOG_EVERY == 0,
+               f"heldout_every must be 0 or a multiple of {LOG_EVERY} (the log's interval), got {self.heldout_every}")
 
     @property
     def sparsity(self) -> str:

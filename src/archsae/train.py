@@ -1,7 +1,8 @@
 """The training loop: streamed shuffled batches, Adam at a constant rate after warmup, AuxK, checkpoints, exact
 resume, many models per pass of the store, and data parallelism over processes (torchrun / torch.distributed).
 
-A model folder holds `config.json` (written first), `log.jsonl` (one JSON line per logged step),
+A model folder holds `config.json` (written first), `log.jsonl` (one JSON line per logged step; with
+`heldout_every` the held-out R² too),
 `checkpoint.safetensors` while training (model + Adam state + dead-code counters + step, one atomic
 file), at the end `model.safetensors`, and with `snapshot_every` the dictionary along training in
 `snapshots/step{step:06d}.safetensors` (atoms (k, d) float32, from step 0 to the last).
@@ -31,13 +32,13 @@ import torch.distributed as dist
 from safetensors import safe_open
 from tqdm import tqdm
 
-from .config import TrainConfig, from_dict
+from .config import HELDOUT_TOKENS, LOG_EVERY, TrainConfig, from_dict
 from .errors import ArchsaeError
+from .metrics import r2
 from .files import read_json, refuse_if_different, write_json, write_safetensors, write_text
 from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
 from .store import ActivationStore, Subset
 
-LOG_EVERY = 10  # steps
 CALIBRATION_TOKENS = 16_384  # JumpReLU initial and BatchTopK inference thresholds; relative delta
 # Configurations trained in one pass of the store must agree on these (they define the batches).
 DATA_FIELDS = ("data_seed", "batch_size", "epochs", "shuffle_shards", "streams", "subset", "subset_seed", "centre")
@@ -89,10 +90,11 @@ class _Trainer:
     """One model's optimiser, counters, log and checkpoint within a pass."""
 
     def __init__(self, job: Job, store: ActivationStore, total: int, n_streams: int, device: torch.device,
-                 world: World, calibration_nd: torch.Tensor):
+                 world: World, calibration_nd: torch.Tensor, heldout_nd: torch.Tensor | None):
         cfg = self.cfg = job.cfg
         self.out_dir, self.total, self.n_streams, self.world = job.out_dir, total, n_streams, world
         self.calibration_nd = calibration_nd  # standardised train tokens, the same for every rank
+        self.heldout_nd = heldout_nd  # standardised held-out tokens (None: the store holds none)
         act_norm = calibration_nd.norm(dim=1).mean().item()
         delta = cfg.delta * act_norm if cfg.delta_relative and cfg.method.startswith("ra-") else None
         self.lr = cfg.peak_lr(store.d)
@@ -214,6 +216,9 @@ class _Trainer:
                        "lr": lr_at(done - 1, self.lr, self.cfg.warmup_steps), "tokens_per_s": tokens / (now - self.t0)}
                 if isinstance(self.model.activation, Penalised):
                     row["coeff"] = self.model.activation.coeff.item()
+                if self.heldout_nd is not None and self.cfg.heldout_every and (
+                        done % self.cfg.heldout_every == 0 or done == self.total):
+                    row["heldout_r2"] = self._heldout_r2()  # outside the window's clock: tokens/s is training's
                 with self.log_path.open("a") as log:
                     log.write(json.dumps(row) + "\n")
                 self.last = row
@@ -226,6 +231,15 @@ class _Trainer:
             self._check_finite(done)
             if self.world.rank == 0:
                 self._save_checkpoint(done)
+
+    @torch.no_grad()
+    def _heldout_r2(self) -> float:
+        """R² (eq. 5) of the model as it is now on the held-out tokens, in the standardised space, as `evaluate`
+        measures it (BatchTopK: the batch's own top n k, its inference threshold being set only at the end)."""
+        x_nd, model = self.heldout_nd, self.model
+        x_hat_nd = torch.cat([model.standardise(model(model.unstandardise(x))[0])
+                              for x in x_nd.split(self.cfg.batch_size)])
+        return r2(x_nd, x_hat_nd)
 
     def _check_finite(self, done: int) -> None:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
@@ -380,7 +394,9 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
     mean_d, std_d = (t.to(device) for t in store.normalisation(cfg.centre))
     calibration = store.standardise(store.sample(CALIBRATION_TOKENS, cfg.data_seed, "train", subset),
                                     cfg.centre).to(device)
-    trainers = [_Trainer(job, store, total, n_streams, device, world, calibration) for job in jobs]
+    heldout = (store.standardise(store.sample(HELDOUT_TOKENS, 0, "heldout"), cfg.centre).to(device)
+               if world.rank == 0 and store.n_split("heldout") and any(j.cfg.heldout_every for j in jobs) else None)
+    trainers = [_Trainer(job, store, total, n_streams, device, world, calibration, heldout) for job in jobs]
     active = [t for t in trainers if not t.done]
     start = min((t.start for t in active), default=total)
     names = active[0].out_dir.name if len(active) == 1 else f"{len(active)} models"

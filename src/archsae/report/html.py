@@ -76,8 +76,9 @@ def verdict_rows(run_dir: Path) -> list[dict]:
 
 
 def _training_curves(models_dir: Path, evaluated: dict, out: Path) -> None:
-    """Train-batch R² (held-out R² of metrics.json marked at each run's end) and the share of dead codes against
-    tokens seen: one colour per configuration, one line style per run."""
+    """Train-batch R² (thin), held-out R² along training (dots, from the log; metrics.json's at the end when the
+    log has none) and the share of dead codes against tokens seen: one colour per configuration, one line style
+    per run."""
     fig, (left, right) = subplots(1, 2, figsize=(11, 4.2))
     for i, (group, g) in enumerate(evaluated["groups"].items()):
         for j, name in enumerate(g["runs"]):
@@ -87,11 +88,13 @@ def _training_curves(models_dir: Path, evaluated: dict, out: Path) -> None:
             rows = [json.loads(l) for l in log.read_text().splitlines()]
             style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[j % 4], linewidth=1.2)
             tokens = [r["tokens"] for r in rows]
-            left.plot(tokens, [r["r2"] for r in rows], label=name, **style)
-            left.plot([tokens[-1]], [evaluated["models"][name]["r2"]], "o", color=style["color"], markersize=5)
+            left.plot(tokens, [r["r2"] for r in rows], label=name, **{**style, "linewidth": 0.8, "alpha": 0.6})
+            held = [(r["tokens"], r["heldout_r2"]) for r in rows if "heldout_r2" in r] or [
+                (tokens[-1], evaluated["models"][name]["r2"])]
+            left.plot(*zip(*held), marker="o", markersize=4, **style)
             if "dead_fraction" in rows[0]:
                 right.plot(tokens, [100 * r["dead_fraction"] for r in rows], label=name, **style)
-    left.set(xlabel="tokens seen", ylabel="R²", title="R² (line: training batches; dot: held-out, at the end)")
+    left.set(xlabel="tokens seen", ylabel="R²", title="R² (thin: training batches; dots: held-out)")
     left.set_ylim(-0.1, 1.0)  # early archetypal steps can start far below 0
     right.set(xlabel="tokens seen", ylabel="dead codes (%)", title="codes that have not fired recently (%)")
     for ax in (left, right):
