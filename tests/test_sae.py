@@ -125,7 +125,8 @@ def _dense_losses(model, x, dead, aux_k, aux_coeff):
     if isinstance(model.activation, ReLU):
         loss = loss + model.activation.coeff * (codes * atoms.norm(dim=1)).sum(1).mean() / (sst / len(x)).sqrt()
     if isinstance(model.activation, JumpReLU):
-        loss = loss + model.activation.coeff * model.activation._gate(pre).sum(1).mean()
+        l0 = model.activation._gate(pre).sum(1).mean()
+        loss = loss + model.activation.penalty_coeff(l0.item()) * l0
     idx = pre.detach().masked_fill(~dead, -float("inf")).topk(aux_k, dim=1).indices
     e_hat = torch.zeros_like(pre).scatter(1, idx, torch.relu(pre.gather(1, idx))) @ atoms
     e = (x - x_hat).detach()
@@ -293,7 +294,7 @@ def test_loss_is_fvu_plus_auxk_normalised_by_the_residual_variance():
 
 
 def test_adapted_coefficients_move_towards_the_target_l0():
-    from archsae.sae.activations import ADAPT_RATE, JumpReLU, ReLU
+    from archsae.sae.activations import ADAPT_RATE, PROPORTIONAL, JumpReLU, ReLU
 
     relu = ReLU(0.1, target_l0=8)
     relu.adapt_(16.0)  # twice the target: log 2, under the clip of 1
@@ -304,6 +305,10 @@ def test_adapted_coefficients_move_towards_the_target_l0():
     fixed.adapt_(100.0)
     assert fixed.coeff.item() == pytest.approx(0.1)
     jump = JumpReLU(4, 1e-3, target_l0=8)
+    # The batch's penalty adds a proportional term on its own L0 to the integrated multiplier.
+    assert jump.penalty_coeff(16.0).item() == pytest.approx(1e-3 + PROPORTIONAL * 1e-3 * math.log(2))
+    assert jump.penalty_coeff(8.0).item() == pytest.approx(1e-3)
+    assert relu.penalty_coeff(16.0) is relu.coeff  # ReLU's L1 coefficient: integral only
     for _ in range(100):  # L0 too low: the multiplier crosses 0 and grows negative
         jump.adapt_(2.0)
     assert jump.coeff.item() < -1e-3

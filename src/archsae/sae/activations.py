@@ -22,6 +22,7 @@ from torch import nn
 
 
 ADAPT_RATE = 0.05  # per step, at most: see Penalised
+PROPORTIONAL = 4.0  # see Penalised.penalty_coeff
 
 
 def _where(mask_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +41,12 @@ class Penalised(nn.Module):
     -1, 1): multiplied by exp of that (ReLU: the L1 coefficient stays positive and may need to change by
     orders of magnitude), or, for a `signed` multiplier, moved by that times max(|coeff|, its start), which
     may cross 0 (JumpReLU: its L0 penalty only moves the thresholds, and when training alone lowers L0 past
-    the target, only a negative multiplier brings it back). This compares ReLU and JumpReLU with TopK at
-    equal L0 without a sweep of their coefficient on every dataset."""
+    the target, only a negative multiplier brings it back). A signed multiplier's batch penalty also carries a
+    proportional term on the batch's own L0 (`penalty_coeff`): with the integral alone, archetypal JumpReLU's
+    L0 swung between 8 and 140 around a target of 32 on the default store (Adam moves the thresholds at a
+    speed that ignores the coefficient's size, so the loop was an integrator on an integrator); with it, L0
+    settles (benchmarks/README.md). This compares ReLU and JumpReLU with TopK at equal L0 without a sweep of
+    their coefficient on every dataset."""
 
     signed = False
 
@@ -50,13 +55,23 @@ class Penalised(nn.Module):
         self.target_l0, self.start = target_l0, coeff
         self.register_buffer("coeff", torch.tensor(float(coeff)))
 
+    def _error(self, l0: torch.Tensor | float) -> torch.Tensor:
+        l0 = torch.as_tensor(l0, dtype=self.coeff.dtype, device=self.coeff.device)
+        return torch.log(l0.clamp_min(1e-3) / self.target_l0).clamp(-1.0, 1.0)
+
+    def penalty_coeff(self, l0: torch.Tensor | float) -> torch.Tensor:
+        """The coefficient of a batch's penalty, given the batch's own mean L0: `coeff`, plus, for an adapted
+        signed multiplier, PROPORTIONAL * max(|coeff|, start) * clip(log(l0 / target_l0), -1, 1)."""
+        if not (self.signed and self.target_l0 > 0):
+            return self.coeff
+        return self.coeff + PROPORTIONAL * self.coeff.abs().clamp_min(self.start) * self._error(l0)
+
     @torch.no_grad()
     def adapt_(self, l0: torch.Tensor | float) -> None:
         """After an optimiser step whose batch had mean L0 `l0` (codes per token, a scalar, on any device):
         move the coefficient (no-op when it is fixed). Tensor ops only: a step never waits for the device."""
         if self.target_l0 > 0:
-            l0 = torch.as_tensor(l0, dtype=self.coeff.dtype, device=self.coeff.device)
-            error = torch.log(l0.clamp_min(1e-3) / self.target_l0).clamp(-1.0, 1.0)
+            error = self._error(l0)
             if self.signed:
                 self.coeff.add_(ADAPT_RATE * self.coeff.abs().clamp_min(self.start) * error)
             else:
@@ -231,4 +246,4 @@ class JumpReLU(Penalised):
     def sparse_terms(self, x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms):
         x_hat_nd, l0 = _SparseJump.apply(x_hat_nd, self.log_threshold.exp(), pre_nk, atoms_kd.detach(), self.bandwidth,
                                          len(cols_e) / len(pre_nk))
-        return x_hat_nd, self.coeff * l0
+        return x_hat_nd, self.penalty_coeff(len(cols_e) / len(pre_nk)) * l0
