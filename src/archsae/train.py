@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from .config import HELDOUT_TOKENS, LOG_EVERY, TrainConfig, from_dict
 from .errors import ArchsaeError
-from .metrics import r2
 from .files import read_json, refuse_if_different, write_json, write_safetensors, write_text
+from .metrics import r2
 from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
 from .store import ActivationStore, Subset
 
@@ -395,7 +395,8 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
     calibration = store.standardise(store.sample(CALIBRATION_TOKENS, cfg.data_seed, "train", subset),
                                     cfg.centre).to(device)
     heldout = (store.standardise(store.sample(HELDOUT_TOKENS, 0, "heldout"), cfg.centre).to(device)
-               if world.rank == 0 and store.n_split("heldout") and any(j.cfg.heldout_every for j in jobs) else None)
+               if world.rank == 0 and store.n_split("heldout") >= 2 and any(j.cfg.heldout_every for j in jobs)
+               else None)  # R² needs two tokens at least (the identifiability benchmark holds out one)
     trainers = [_Trainer(job, store, total, n_streams, device, world, calibration, heldout) for job in jobs]
     active = [t for t in trainers if not t.done]
     start = min((t.start for t in active), default=total)
