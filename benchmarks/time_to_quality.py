@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 BATCH = 1024
@@ -48,13 +47,6 @@ ROWS = [  # name, library, method, learning rate (None: archsae's default, 0.06 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
-def heldout(store) -> torch.Tensor:
-    """The held-out tokens archsae's log measures R² on, standardised."""
-    from archsae.config import HELDOUT_TOKENS
-
-    return store.standardise(store.sample(HELDOUT_TOKENS, 0, "heldout"))
 
 
 def run_archsae(run_dir: Path, work: Path, method: str, steps: int, every: int) -> list[dict]:
@@ -79,7 +71,7 @@ def run_archsae(run_dir: Path, work: Path, method: str, steps: int, every: int) 
 
 
 def run_overcomplete(run_dir: Path, method: str, steps: int, every: int, lr: float | None) -> list[dict]:
-    from archsae.config import TrainConfig
+    from archsae.config import HELDOUT_TOKENS, TrainConfig
     from archsae.metrics import r2
     from archsae.models._compat import import_timm
     from archsae.distill import centroids_path, load_centroids
@@ -91,7 +83,7 @@ def run_overcomplete(run_dir: Path, method: str, steps: int, every: int, lr: flo
     store = ActivationStore(run_dir / "store")
     defaults = TrainConfig()
     tokens = store.standardise(store.sample(store.n_split("train"), 0, "train"))
-    test = heldout(store)
+    test = store.standardise(store.sample(HELDOUT_TOKENS, 0, "heldout"))  # the tokens archsae's log uses
     d = store.d
     if method == "topk":
         model = TopKSAE(d, defaults.k, top_k=defaults.top_k)
