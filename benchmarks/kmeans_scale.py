@@ -44,7 +44,7 @@ def main() -> None:
 
     store = ActivationStore(args.store)
     acts = store.standardise(store.sample(store.n_split("train"), seed=0, split="train")).numpy()
-    print(f"| case | method | seconds | objective |\n|---|---|---:|---:|")
+    print("| case | method | seconds | objective |\n|---|---|---:|---:|")
     if not args.skip_flat:
         flat, t_flat = timed(_kmeans_flat, acts, 4096, 0, 10)
         two, t_two = timed(kmeans_two_level, acts, 4096, 0, 10)

@@ -12,6 +12,7 @@ from tqdm import tqdm, trange
 from .config import DistillConfig, from_dict, to_dict
 from .errors import ArchsaeError
 from .files import read_json, read_safetensors, refuse_if_different, write_json, write_safetensors
+from .progress import quiet
 from .store import ActivationStore, Subset
 
 
@@ -57,7 +58,7 @@ def kmeans_two_level(acts_nd: np.ndarray, n_centroids: int, seed: int, n_iter: i
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     out = []
     for c in tqdm(range(n_coarse), desc=f"k-means, level 2 ({n_coarse} clusters, n' = {n_centroids:,})",
-                  unit="cluster", **_quiet(n * n_centroids * d < 10**10)):
+                  unit="cluster", **quiet(n * n_centroids * d < 10**10)):
         members = acts_nd[order[bounds[c]:bounds[c + 1]]]
         if allot[c] == len(members):
             out.append(members)  # as many centroids as tokens: the tokens themselves
@@ -77,18 +78,12 @@ def _kmeans_flat(acts_nd: np.ndarray, n_centroids: int, seed: int, n_iter: int, 
     # niter = n_iter), so that a long k-means shows its progress.
     centroids = None
     for _ in trange(n_iter, desc=f"k-means ({n:,} tokens, n' = {n_centroids:,})", unit="iter",
-                    **_quiet(not progress or n * n_centroids * d < 10**10)):
+                    **quiet(not progress or n * n_centroids * d < 10**10)):
         km = faiss.Kmeans(d, n_centroids, niter=1, seed=seed, max_points_per_centroid=n // n_centroids + 1,
                           min_points_per_centroid=1, verbose=False)
         km.train(acts_nd, init_centroids=centroids)
         centroids = km.centroids
     return centroids.copy()
-
-
-def _quiet(short: bool) -> dict:
-    """tqdm's arguments: no bar for short work, else the default (an explicit disable=False would override
-    TQDM_DISABLE)."""
-    return {"disable": True} if short else {}
 
 
 def outlying(acts_nd: np.ndarray, n_points: int, method: str, seed: int) -> np.ndarray:

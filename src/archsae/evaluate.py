@@ -18,6 +18,7 @@ from .classical import Baseline, load_baseline
 from .config import ClassicalConfig, EvaluateConfig, TrainConfig, to_dict
 from .errors import ArchsaeError
 from .files import read_json, write_json
+from .progress import quiet
 from .sae import SAE, load_sae
 from .store import ActivationStore
 
@@ -144,7 +145,7 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     heads, heads_from = class_directions(store)
     found = find_models(models_dir)
     results, atoms, labels, skipped = {}, {}, {}, {}
-    for name, path in tqdm(found.items(), desc="evaluate", unit="model", disable=len(found) < 2):
+    for name, path in tqdm(found.items(), desc="evaluate", unit="model", **quiet(len(found) < 2)):
         try:
             trained_on = read_json(path / "config.json").get("store")
             if trained_on not in (None, store.fingerprint):

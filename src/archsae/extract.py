@@ -13,6 +13,7 @@ from .config import ExtractConfig, to_dict
 from .data import ImageItem, load_image
 from .errors import ArchsaeError
 from .models import load_backbone
+from .progress import quiet
 from .store import ActivationStore, StoreWriter, sha256
 
 
@@ -47,7 +48,7 @@ def extract(images: list[ImageItem], out: str | Path, cfg: ExtractConfig = Extra
               "holdout_every": cfg.holdout_every, "config": to_dict(cfg),
               "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()},
               "images": [{"path": _stored_path(it.path, Path(out)), "label": it.label, "sha256": sha256(Path(it.path))}
-                         for it in tqdm(images, desc="fingerprint images", unit="img", disable=len(images) < 1000)]}
+                         for it in tqdm(images, desc="fingerprint images", unit="img", **quiet(len(images) < 1000))]}
     per_shard = max(1, cfg.shard_tokens // tokens_per_image)
     writer = StoreWriter(out, header, images_per_shard=per_shard)
     if writer.complete:

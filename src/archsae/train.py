@@ -36,6 +36,7 @@ from .config import HELDOUT_TOKENS, LOG_EVERY, TrainConfig, from_dict
 from .errors import ArchsaeError
 from .files import read_json, refuse_if_different, write_json, write_safetensors, write_text
 from .metrics import r2
+from .progress import quiet
 from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
 from .store import ActivationStore, Subset
 
@@ -401,8 +402,7 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
     active = [t for t in trainers if not t.done]
     start = min((t.start for t in active), default=total)
     names = active[0].out_dir.name if len(active) == 1 else f"{len(active)} models"
-    quiet = {"disable": True} if world.rank > 0 or not active else {}  # an explicit False would override TQDM_DISABLE
-    bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", **quiet)
+    bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", **quiet(world.rank > 0 or not active))
     my_streams = range(world.rank, n_streams, world.size)
     for epoch in range(math.ceil(total / steps_per_epoch)):
         if not active or (epoch + 1) * steps_per_epoch <= start:
