@@ -130,7 +130,12 @@ def _dense_losses(model, x, dead, aux_k, aux_coeff):
     idx = pre.detach().masked_fill(~dead, -float("inf")).topk(aux_k, dim=1).indices
     e_hat = torch.zeros_like(pre).scatter(1, idx, torch.relu(pre.gather(1, idx))) @ atoms
     e = (x - x_hat).detach()
-    return loss + aux_coeff * (e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum(), codes
+    # dead codes' gates: JumpReLU's thresholds fall, ReLU's biases rise, toward the pre-activations (held fixed)
+    gate = {JumpReLU: lambda: torch.relu(model.activation.log_threshold.exp() - pre.detach()),
+            ReLU: lambda: torch.relu(-(pre.detach() + model.encoder.bias - model.encoder.bias.detach()))}
+    short_nk = gate[type(model.activation)]() if type(model.activation) in gate else torch.zeros_like(pre)
+    gate_loss = short_nk[:, dead].sum(1).mean() / (sst / len(x)).sqrt()
+    return loss + aux_coeff * ((e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum() + gate_loss), codes
 
 
 @pytest.mark.parametrize("method,support", [("topk", 0), ("ra-topk", 8), ("ra-topk", 0), ("batchtopk", 0),
@@ -216,6 +221,37 @@ def test_auxk_gives_gradient_to_dead_codes_only_through_the_aux_loss():
         assert not out.fired_k[:10].any()
         assert (model.encoder.weight.grad[:10].abs().sum() > 0) == expect_grad
         assert (model.dictionary.weight.grad[:10].abs().sum() > 0) == expect_grad
+
+
+@pytest.mark.parametrize("method", ["jumprelu", "relu"])
+def test_a_dead_code_whose_gate_is_above_every_pre_activation_fires_again(method):
+    """A JumpReLU threshold (ReLU bias) pushed past every pre-activation of its code gets no gradient from the
+    reconstruction or the kernel; the dead codes' gate loss brings it back within a few Adam steps, and leaves
+    the gates of live codes alone."""
+    torch.manual_seed(0)
+    model = build_sae(TrainConfig(method=method, k=32, top_k=4), 16)
+    x = torch.randn(512, 16)
+    model.init_from_data_(x, 4)
+    with torch.no_grad():  # codes 0-3 silenced: thresholds 5x their largest pre-activation, biases 1 below it
+        pre = model.encoder(x - model.b_pre)
+        if method == "jumprelu":
+            model.activation.log_threshold[:4] = (5 * pre[:, :4].max(0).values).log()
+        else:
+            model.encoder.bias[:4] -= pre[:, :4].max(0).values + 1
+    gate = model.activation.log_threshold if method == "jumprelu" else model.encoder.bias
+    live_before = gate[4:].detach().clone()
+    dead = torch.zeros(32, dtype=torch.bool)
+    dead[:4] = True
+    assert not model.losses(x, dead, aux_k=4).fired_k[:4].any()
+    opt = torch.optim.Adam([gate], lr=0.1)
+    for _ in range(40):
+        opt.zero_grad()
+        with torch.no_grad():  # the gate loss alone: no reconstruction, penalty or AuxK gradient
+            pre = model.encoder(x - model.b_pre)
+        model.activation.dead_gate_loss(pre[:, dead], dead.nonzero().squeeze(1), model.encoder.bias).backward()
+        opt.step()
+    assert model.losses(x, dead, aux_k=4).fired_k[:4].all()
+    assert torch.equal(gate[4:].detach(), live_before)
 
 
 @pytest.mark.parametrize("k", [6, 25])

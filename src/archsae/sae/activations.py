@@ -9,7 +9,10 @@ Every activation has
   added to the reconstruction loss in its units (fractions of the batch's variance; `x_rms` is the batch's root
   mean squared distance to its mean), 0 for the mechanisms that fix L0 by construction; and x_hat, unchanged in
   value, which for JumpReLU also carries its thresholds' straight-through gradient. Together they give the
-  gradients of the dense definition exactly (tests/test_sae.py).
+  gradients of the dense definition exactly (tests/test_sae.py);
+- `dead_gate_loss(pre_nm, dead_m, bias_k)`: for the mechanisms that gate codes with a learned level (JumpReLU's
+  threshold, ReLU's encoder bias), how far the dead codes' pre-activations `pre_nm` (no gradient) fall short of
+  their gate, with gradient to the gate only; 0 for TopK and BatchTopK, which choose codes by rank.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def _where(mask_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _no_penalty(x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms):
     return x_hat_nd, pre_nk.new_zeros(())
+
+
+def _no_gate(pre_nm, dead_m, bias_k):
+    return pre_nm.new_zeros(())
 
 
 class Penalised(nn.Module):
@@ -95,6 +102,12 @@ class ReLU(Penalised):
         norms_e = atoms_kd.norm(dim=1)[cols_e]
         return x_hat_nd, self.coeff * (vals_e * norms_e).sum() / len(pre_nk) / x_rms
 
+    @staticmethod
+    def dead_gate_loss(pre_nm: torch.Tensor, dead_m: torch.Tensor, bias_k: torch.Tensor) -> torch.Tensor:
+        """mean_n sum_m relu(-pre_nm): a dead code's bias rises until it fires (see `JumpReLU.dead_gate_loss`)."""
+        bias_m = bias_k[dead_m]
+        return torch.relu(-(pre_nm + bias_m - bias_m.detach())).sum(1).mean()
+
 
 class TopK(nn.Module):
     """Keep the `top_k` largest pre-activations of each token, ReLU them, zero the rest (Gao et al. 2025)."""
@@ -111,7 +124,7 @@ class TopK(nn.Module):
         cols_nm = pre_nk.topk(self.top_k, dim=1).indices
         return cols_nm.flatten(), cols_nm.new_full((len(pre_nk),), self.top_k)
 
-    sparse_terms = staticmethod(_no_penalty)
+    sparse_terms, dead_gate_loss = staticmethod(_no_penalty), staticmethod(_no_gate)
 
 
 class BatchTopK(nn.Module):
@@ -149,7 +162,7 @@ class BatchTopK(nn.Module):
         flat_e = flat_e.sort().values
         return flat_e % k, torch.bincount(flat_e // k, minlength=n)
 
-    sparse_terms = staticmethod(_no_penalty)
+    sparse_terms, dead_gate_loss = staticmethod(_no_penalty), staticmethod(_no_gate)
 
     @torch.no_grad()
     def calibrate(self, pre_nk: torch.Tensor) -> None:
@@ -247,3 +260,13 @@ class JumpReLU(Penalised):
         x_hat_nd, l0 = _SparseJump.apply(x_hat_nd, self.log_threshold.exp(), pre_nk, atoms_kd.detach(), self.bandwidth,
                                          len(cols_e) / len(pre_nk))
         return x_hat_nd, self.penalty_coeff(len(cols_e) / len(pre_nk)) * l0
+
+    def dead_gate_loss(self, pre_nm: torch.Tensor, dead_m: torch.Tensor, bias_k: torch.Tensor) -> torch.Tensor:
+        """mean_n sum_m relu(theta_m - pre_nm) over the dead codes m, gradient to theta only: the pre-activation
+        loss of Conerly et al. (Anthropic, Circuits Updates, January 2025), restricted to dead codes like AuxK.
+        A threshold pushed above all of its code's pre-activations (by the L0 penalty, early in training) gets
+        no gradient from the Silverman kernel once it is a few bandwidths away, and AuxK trains the code's
+        encoder and atom but not its threshold: archetypal JumpReLU kept 21 % of its codes dead on the default
+        store, their thresholds a median 1.9 above their largest pre-activation (benchmarks/README.md). Adam
+        scales the step, so for a dead code, which no other term moves, the loss's size hardly matters."""
+        return torch.relu(self.log_threshold[dead_m].exp() - pre_nm).sum(1).mean()

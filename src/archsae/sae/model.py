@@ -178,13 +178,16 @@ class SAE(RawSpace, nn.Module):
         """The training objective on a batch x (n, d), in fractions of the batch's variance, as in Gao et al.
         2025 (Sec. 2.1, App. A.2, and their code):
 
-            loss = FVU(x_hat, x) + penalty + aux_coeff * FVU(e_hat, e)
+            loss = FVU(x_hat, x) + penalty + aux_coeff * (FVU(e_hat, e) + gate / x_rms)
 
         FVU(y, x) = ||x - y||^2 / ||x - mean(x)||^2 over the batch (1 - R^2); `penalty` is the activation's
         sparsity penalty in the same units. AuxK reconstructs the residual e = x - x_hat (detached) from the
         `aux_k` largest pre-activations among the dead codes `dead_k` (bool (k,)); normalising it by the
         residual's own variance keeps its pull on dead codes as strong late in training, when the residual
-        is small, as early on (a raw squared error fades with the residual: benchmarks/README.md).
+        is small, as early on (a raw squared error fades with the residual: benchmarks/README.md). AuxK trains
+        a dead code's encoder row and atom, not the level that gates it: `gate` (the activation's
+        `dead_gate_loss`, in units of x_rms, the batch's RMS distance to its mean) lowers JumpReLU's thresholds
+        and raises ReLU's biases of the dead codes toward their pre-activations.
 
         Every sparsity takes the sparse path: the pre-activations are computed without autograd, the activation
         selects the codes it keeps (`select`), only those (and AuxK's) are recomputed with autograd (the encoder's
@@ -216,7 +219,9 @@ class SAE(RawSpace, nn.Module):
             e_hat = _gather_sum(atoms_kd, cols_e[main:], crow[n:] - main, vals_e[main:])
             residual = (x_nd - x_hat).detach()
             aux_sst = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-            loss = loss + aux_coeff * (e_hat - residual).pow(2).sum() / aux_sst
+            dead_m = dead_k.nonzero().squeeze(1)
+            gate = self.activation.dead_gate_loss(pre_nk[:, dead_m], dead_m, self.encoder.bias)
+            loss = loss + aux_coeff * ((e_hat - residual).pow(2).sum() / aux_sst + gate / (sst / n).sqrt())
         with torch.no_grad():
             active_e = vals_e[:main] > 0
             fired_k = torch.zeros(self.k, dtype=torch.bool, device=x_nd.device).index_fill_(0, cols_e[:main][active_e],
