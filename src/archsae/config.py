@@ -137,7 +137,8 @@ class TrainConfig:
     centroids_seed: int = opt(-1, "a-/ra-: seed of the k-means C to use; -1 = the run's seed")
     aux_k: int = opt(256, "dead codes in the AuxK loss, which pulls them back to the residual (Gao et al. 2025); "
                           "0 = no AuxK")
-    aux_coeff: float = opt(1 / 32, "weight of the AuxK loss")
+    aux_coeff: float = opt(1 / 32, "weight of the AuxK loss, and of the loss that lowers the gates (JumpReLU "
+                                  "thresholds, ReLU biases) of dead codes")
     dead_tokens: int = opt(10_000, "a code silent for this many training tokens counts as dead (AuxK, logs)")
     seed: int = opt(0, "seed of the encoder and W")
     data_seed: int = opt(0, "seed of the data order (models trained in one pass share it)")
