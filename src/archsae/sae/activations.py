@@ -262,7 +262,8 @@ class JumpReLU(Penalised):
         return x_hat_nd, self.penalty_coeff(len(cols_e) / len(pre_nk)) * l0
 
     def dead_gate_loss(self, pre_nm: torch.Tensor, dead_m: torch.Tensor, bias_k: torch.Tensor) -> torch.Tensor:
-        """mean_n sum_m relu(theta_m - pre_nm) over the dead codes m, gradient to theta only: the pre-activation
+        """mean_n sum_m relu(theta_m - pre_nm) over the dead codes m (pre_nm (n, m) float, no gradient; dead_m (m,)
+        int64 code indices; bias_k unused), a scalar with gradient to theta only: the pre-activation
         loss of Conerly et al. (Anthropic, Circuits Updates, January 2025), restricted to dead codes like AuxK.
         A threshold pushed above all of its code's pre-activations (by the L0 penalty, early in training) gets
         no gradient from the Silverman kernel once it is a few bandwidths away, and AuxK trains the code's
