@@ -197,6 +197,7 @@ class SAE(RawSpace, nn.Module):
         atoms_kd = self.atoms()  # D built once per step
         n, xc_nd = len(x_nd), x_nd - self.b_pre
         sst = (x_nd - x_nd.mean(0)).pow(2).sum().clamp_min(1e-12)  # holds no parameter: a constant
+        x_rms = (sst / n).sqrt()
         n_dead = int(dead_k.sum()) if aux_k > 0 and dead_k is not None else 0
         with torch.no_grad():
             pre_nk = F.linear(xc_nd, self.encoder.weight, self.encoder.bias)
@@ -211,8 +212,7 @@ class SAE(RawSpace, nn.Module):
                                              pre_nk[rows_e, cols_e]))
         main = int(crow[n])
         x_hat = _gather_sum(atoms_kd, cols_e[:main], crow[:n + 1], vals_e[:main]) + self.b_pre
-        x_hat, penalty = self.activation.sparse_terms(x_hat, pre_nk, cols_e[:main], vals_e[:main], atoms_kd,
-                                                      (sst / n).sqrt())
+        x_hat, penalty = self.activation.sparse_terms(x_hat, pre_nk, cols_e[:main], vals_e[:main], atoms_kd, x_rms)
         sse = (x_hat - x_nd).pow(2).sum()
         loss = sse / sst + penalty
         if n_dead:
@@ -221,7 +221,7 @@ class SAE(RawSpace, nn.Module):
             aux_sst = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
             dead_m = dead_k.nonzero().squeeze(1)
             gate = self.activation.dead_gate_loss(pre_nk[:, dead_m], dead_m, self.encoder.bias)
-            loss = loss + aux_coeff * ((e_hat - residual).pow(2).sum() / aux_sst + gate / (sst / n).sqrt())
+            loss = loss + aux_coeff * ((e_hat - residual).pow(2).sum() / aux_sst + gate / x_rms)
         with torch.no_grad():
             active_e = vals_e[:main] > 0
             fired_k = torch.zeros(self.k, dtype=torch.bool, device=x_nd.device).index_fill_(0, cols_e[:main][active_e],
