@@ -254,6 +254,54 @@ def test_a_dead_code_whose_gate_is_above_every_pre_activation_fires_again(method
     assert torch.equal(gate[4:].detach(), live_before)
 
 
+@pytest.mark.parametrize("method", ["topk", "relu", "a-topk", "ra-jumprelu", "ra-batchtopk"])
+def test_resampling_restarts_dead_codes_toward_badly_reconstructed_tokens(method):
+    """Dead codes restart where the model errs: a free atom on the residual of a high-error token, an archetypal
+    one exactly on the candidate closest in angle to such a residual (W one-hot, Lambda = 0); its encoder row
+    tied to it, so it fires again; live codes untouched."""
+    torch.manual_seed(0)
+    k, d = 32, 16
+    candidates = torch.randn(96, d)
+    support = 0 if method == "ra-batchtopk" else 8  # a dense W too
+    model = build_sae(TrainConfig(method=method, k=k, top_k=4, w_support=support), d, candidates)
+    x = torch.randn(512, d) * torch.linspace(0.2, 3.0, d)
+    model.init_from_data_(x, 4)
+    x[:8] *= 30  # 8 tokens the model misses by far: the draw (prob. ~ error^2) should pick among them
+    dead = torch.zeros(k, dtype=torch.bool)
+    dead[[1, 5, 6, 20]] = True
+    with torch.no_grad():  # silence them: never selected, whatever the sparsity
+        model.encoder.weight[dead] = 0.0
+        model.encoder.bias[dead] = -100.0
+        residual = x - (model.activation(model.encoder(x - model.b_pre)) @ model.atoms() + model.b_pre)
+    high = residual.pow(2).sum(1) >= residual.pow(2).sum(1).sort(descending=True).values[7]
+    assert high[:8].all()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert not model.losses(x, dead, aux_k=4).fired_k[dead].any()
+    rows = model.resample_dead_(dead, x, torch.Generator().manual_seed(0))
+    assert sorted(rows.tolist()) == [1, 5, 6, 20]
+    atoms = model.atoms().detach()
+    unit = lambda m: m / m.norm(dim=1, keepdim=True)
+    if model.config.archetypal:
+        dictionary = model.dictionary
+        cols = dictionary.dense_weights()[rows].argmax(1)
+        assert torch.equal(dictionary.dense_weights()[rows], torch.eye(96)[cols])  # W one-hot
+        if dictionary.relax is not None:
+            assert torch.equal(dictionary.relax[rows], torch.zeros(4, d))
+        assert torch.allclose(unit(atoms[rows]), unit(candidates[cols]), atol=1e-6)
+        closest = (unit(residual[high]) @ unit(candidates).T).argmax(1)  # per outlier token
+        assert all(c in closest.tolist() for c in cols.tolist())
+    else:  # each new atom is the direction of an outlier's residual
+        assert ((unit(atoms[rows]) @ unit(residual[high]).T).max(1).values > 0.999).all()
+    assert torch.allclose(model.encoder.weight[rows], unit(atoms[rows]) * before["encoder.weight"][~dead].norm(dim=1).mean(),
+                          atol=1e-6)
+    assert model.losses(x, torch.zeros(k, dtype=torch.bool)).fired_k[rows].all()
+    for name, p in model.named_parameters():  # live codes keep every parameter
+        if p.ndim and len(p) == k:
+            assert torch.equal(p.detach()[~dead], before[name][~dead]), name
+    assert {name for name, p in model.named_parameters() if p.ndim and len(p) == k} == {
+        name for name, p in model.named_parameters() if any(p is q for q in model.code_parameters())}
+
+
 @pytest.mark.parametrize("k", [6, 25])
 def test_sparse_support_w_starts_like_the_dense_one_and_stays_row_stochastic(k):
     from archsae.sae.dictionary import nearest_candidates

@@ -140,6 +140,8 @@ class TrainConfig:
     aux_coeff: float = opt(1 / 32, "weight of the AuxK loss, and of the loss that lowers the gates (JumpReLU "
                                   "thresholds, ReLU biases) of dead codes")
     dead_tokens: int = opt(10_000, "a code silent for this many training tokens counts as dead (AuxK, logs)")
+    resample_every: int = opt(25, "steps between restarts of dead codes on badly reconstructed tokens (Bricken et "
+                                  "al. 2023), until 3/4 of training; 0 = never")
     seed: int = opt(0, "seed of the encoder and W")
     data_seed: int = opt(0, "seed of the data order (models trained in one pass share it)")
     subset: float = opt(1.0, "fraction of the train tokens this model sees (seeded by subset_seed); 1 = all")
@@ -175,6 +177,7 @@ class TrainConfig:
         _check(self.w_support >= 0, f"w_support must be >= 0 (0 = dense W), got {self.w_support}")
         _check(self.aux_k >= 0 and self.aux_coeff >= 0, "aux_k and aux_coeff must be >= 0")
         _check(self.dead_tokens >= 1, f"dead_tokens must be >= 1, got {self.dead_tokens}")
+        _check(self.resample_every >= 0, f"resample_every must be >= 0 (0 = never), got {self.resample_every}")
         _check(math.isfinite(self.epochs) and self.epochs > 0, f"epochs must be finite and > 0, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.lr >= 0, f"lr must be >= 0 (0 = 0.06 / sqrt(d)), got {self.lr}")

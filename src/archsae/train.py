@@ -41,6 +41,7 @@ from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, sav
 from .store import ActivationStore, Subset
 
 CALIBRATION_TOKENS = 16_384  # JumpReLU initial and BatchTopK inference thresholds; relative delta
+RESAMPLE_TOKENS, RESAMPLE_UNTIL = 4096, 0.75  # dead codes restart on a draw of calibration tokens, until 3/4 of training
 # Configurations trained in one pass of the store must agree on these (they define the batches).
 DATA_FIELDS = ("data_seed", "batch_size", "epochs", "shuffle_shards", "streams", "subset", "subset_seed", "centre")
 
@@ -157,6 +158,7 @@ class _Trainer:
         # loss, sse, sst, l0, tokens; kept on the device so a step never waits for a .item()
         self.window = torch.zeros(5, dtype=torch.float64, device=self.since_fired.device)
         self.fired = torch.zeros(self.cfg.k, dtype=torch.bool, device=self.since_fired.device)
+        self.resampled = 0  # codes restarted since the last log line
         self.t0 = time.perf_counter()
 
     def step(self, step: int, micro_batches: list[torch.Tensor]) -> None:
@@ -185,7 +187,29 @@ class _Trainer:
         self.since_fired += cfg.batch_size
         self.since_fired[fired] = 0
         self.fired |= fired
+        self._resample(step + 1)
         self._after_step(step + 1)
+
+    def _resample(self, done: int) -> None:
+        """Every `resample_every` steps until 3/4 of training (the restarted codes need the rest to learn), restart
+        the dead codes (`SAE.resample_dead_`) on RESAMPLE_TOKENS calibration tokens drawn with a generator seeded
+        by (seed, step), the same on every rank, and zero their rows of Adam's moments: a restart is a function
+        of the checkpointed state, so a resumed run stays equal to an uninterrupted one."""
+        every = self.cfg.resample_every
+        if not every or done % every or done > RESAMPLE_UNTIL * self.total:
+            return
+        dead_k = self.since_fired >= self.cfg.dead_tokens
+        if not dead_k.any():
+            return
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + done)
+        pick = torch.randperm(len(self.calibration_nd), generator=gen)[:RESAMPLE_TOKENS].to(dead_k.device)
+        rows_m = self.model.resample_dead_(dead_k, self.calibration_nd[pick], gen)
+        for param in self.model.code_parameters():
+            for moment in self.opt.state.get(param, {}).values():
+                if moment.ndim and len(moment) == len(param):
+                    moment[rows_m] = 0.0
+        self.since_fired[rows_m] = 0
+        self.resampled += len(rows_m)
 
     def _all_reduce_grads_and(self, fired_k: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum the gradients over ranks (each rank's loss is already divided by the global stream count)
@@ -214,6 +238,7 @@ class _Trainer:
                 row = {"step": done - 1, "tokens": done * self.cfg.batch_size, "loss": loss / steps,
                        "r2": 1 - sse / sst, "l0": l0 / tokens, "dead_fraction": 1 - self.fired.float().mean().item(),
                        "dead_codes_aux": int((self.since_fired >= self.cfg.dead_tokens).sum()),
+                       "resampled": self.resampled,
                        "lr": lr_at(done - 1, self.lr, self.cfg.warmup_steps), "tokens_per_s": tokens / (now - self.t0)}
                 if isinstance(self.model.activation, Penalised):
                     row["coeff"] = self.model.activation.coeff.item()

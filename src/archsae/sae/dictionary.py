@@ -30,6 +30,15 @@ class FreeDictionary(nn.Module):
     def project_(self) -> None:
         self.weight /= self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
+    @torch.no_grad()
+    def restart_(self, rows_m: torch.Tensor, directions_md: torch.Tensor) -> None:
+        """Atoms rows_m (m,) int64 become the unit directions_md (m, d) (dead-code resampling)."""
+        self.weight[rows_m] = directions_md / directions_md.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def code_parameters(self) -> list[nn.Parameter]:
+        """The parameters whose first axis indexes atoms."""
+        return [self.weight]
+
 
 def _initial_columns(k: int, n_prime: int, mode: str, generator: torch.Generator) -> torch.Tensor:
     """The candidate each atom starts on (identity / permuted init), (k,) int64."""
@@ -164,3 +173,23 @@ class ArchetypalDictionary(nn.Module):
         w.div_(sums.clamp_min(1e-30)).add_((sums == 0).to(w.dtype) / w.shape[1])
         if self.relax is not None:
             self.relax /= self.relax.norm(dim=1, keepdim=True).clamp_min(1.0)
+
+    @torch.no_grad()
+    def restart_(self, rows_m: torch.Tensor, directions_md: torch.Tensor) -> None:
+        """Atoms rows_m (m,) int64 restart on the candidate of highest cosine with each of directions_md (m, d),
+        W one-hot on it (with a support: that candidate's nearest neighbours, as `init_support`), Lambda = 0
+        (dead-code resampling: the atom stays in the hull of C)."""
+        unit_nd = self.candidates / self.candidates.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        cols_m = (directions_md @ unit_nd.T).argmax(1)
+        self.weights[rows_m] = 0.0
+        if self.support is None:
+            self.weights[rows_m, cols_m] = 1.0
+        else:
+            self.support[rows_m] = nearest_candidates(self.candidates, cols_m, self.support.shape[1])
+            self.weights[rows_m, 0] = 1.0
+        if self.relax is not None:
+            self.relax[rows_m] = 0.0
+
+    def code_parameters(self) -> list[nn.Parameter]:
+        """The parameters whose first axis indexes atoms (W, and U for an RA-SAE)."""
+        return [self.weights] + ([self.relax] if self.relax is not None else [])

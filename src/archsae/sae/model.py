@@ -141,6 +141,42 @@ class SAE(RawSpace, nn.Module):
             if isinstance(self.activation, JumpReLU):
                 self.activation.log_threshold.add_(alpha.log())
 
+    @torch.no_grad()
+    def resample_dead_(self, dead_k: torch.Tensor, x_nd: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Restart the dead codes (dead_k: bool (k,)) on badly reconstructed tokens of x_nd (n, d, standardised),
+        the resampling of Bricken et al. (2023, "Towards Monosemanticity", App. "Neuron Resampling"): a token
+        per dead code drawn without replacement with probability proportional to its squared error², the atom
+        restarted toward that token's residual (a free atom on it; an archetypal atom on the candidate of C
+        closest in angle, so it stays in the hull), its encoder row tied to the new atom at the live rows' mean
+        norm, its encoder bias (and JumpReLU threshold) at the live codes' median. Returns the restarted codes,
+        (m,) int64; the caller resets their optimiser state.
+
+        Why: AuxK pulls a dead archetypal atom toward the residual only within the hull of its 64 candidates;
+        in a crowded neighbourhood it stays a near-duplicate that never wins a token (archetypal TopK kept
+        3-6 % of its codes dead on the default store; benchmarks/README.md)."""
+        rows_m, live_k = dead_k.nonzero().squeeze(1), ~dead_k
+        if len(rows_m) == 0 or not live_k.any():
+            return rows_m
+        atoms_kd = self.atoms()
+        residual_nd = torch.cat([x - (self.activation(self.encoder(x - self.b_pre)) @ atoms_kd + self.b_pre)
+                                 for x in x_nd.split(1024)])
+        weights_n = residual_nd.pow(2).sum(1).pow(2).double().clamp_min(1e-300)
+        tokens_m = torch.multinomial(weights_n.cpu(), min(len(rows_m), len(x_nd)), generator=generator)
+        rows_m = rows_m[:len(tokens_m)]
+        self.dictionary.restart_(rows_m, residual_nd[tokens_m.to(x_nd.device)])
+        new_md = self.atoms()[rows_m]
+        weight = self.encoder.weight
+        weight[rows_m] = new_md / new_md.norm(dim=1, keepdim=True).clamp_min(1e-12) * weight[live_k].norm(dim=1).mean()
+        self.encoder.bias[rows_m] = self.encoder.bias[live_k].median()
+        if isinstance(self.activation, JumpReLU):
+            self.activation.log_threshold[rows_m] = self.activation.log_threshold[live_k].median()
+        return rows_m
+
+    def code_parameters(self) -> list[nn.Parameter]:
+        """The parameters whose first axis indexes codes (encoder, atoms, JumpReLU thresholds)."""
+        thresholds = [self.activation.log_threshold] if isinstance(self.activation, JumpReLU) else []
+        return [self.encoder.weight, self.encoder.bias, *self.dictionary.code_parameters(), *thresholds]
+
     def atoms(self) -> torch.Tensor:
         """The dictionary D (k, d) as used by the decoder."""
         return self.dictionary()
