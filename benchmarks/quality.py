@@ -10,6 +10,8 @@ dictionary of k = the number of planted atoms and top_k = the number active per 
 over planted atoms, of the best |cos| with a learned atom, in the standardised space the learners see
 (D*_i / sigma); also the share of planted atoms found above 0.9, R² on held-out tokens, dead codes and L0.
 (b) A real store (`--store`): held-out R², dead codes and L0 only.
+Dead codes are counted on up to 20,000 held-out tokens (eq. 6) and, beside them, on 20,000 train tokens: a code that
+fires on a few training images only (a rare feature) is dead on a small held-out set but was trained.
 
 The reference is the 25-line textbook TopK SAE of the issue: decoder rows random unit vectors, encoder the
 decoder's transpose, b_pre = 0, Adam at a constant 1e-3, batch 1,024, loss = squared error summed over d and
@@ -60,7 +62,9 @@ def scores(store, encode_decode, atoms_kd, planted_kd=None) -> dict:
     x = store.standardise(store.sample(20_000, 0, "heldout"))
     with torch.no_grad():
         x_hat, codes = encode_decode(x)
-    out = {"r2": metrics.r2(x, x_hat), "dead": metrics.dead_codes(codes), "l0": metrics.l0(codes)}
+        train_codes = encode_decode(store.standardise(store.sample(20_000, 0, "train")))[1]
+    out = {"r2": metrics.r2(x, x_hat), "dead": metrics.dead_codes(codes), "l0": metrics.l0(codes),
+           "dead_train": metrics.dead_codes(train_codes)}
     if planted_kd is not None:
         best = metrics.cosines(torch.as_tensor(planted_kd) / store.std_d, atoms_kd).abs().max(1).values
         out.update(recovery=best.mean().item(), found=(best > 0.9).float().mean().item())
@@ -231,12 +235,12 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     """Markdown: one line per (setting, rev, method), means over seeds."""
-    keys = ["recovery", "found", "r2", "dead", "l0"]
+    keys = ["recovery", "found", "r2", "dead", "dead_train", "l0"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["setting"], r["rev"], r["method"]), []).append(r)
-    print("| setting | code | method | recovery | > 0.9 | held-out R² | dead | L0 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("| setting | code | method | recovery | > 0.9 | held-out R² | dead | dead (train) | L0 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for (setting, rev, method), rs in groups.items():
         cells = [f"{np.mean([r[k] for r in rs]):.3f}" if k in rs[0] else "" for k in keys]
         print(f"| {setting} | {rev} | {method} | " + " | ".join(cells) + " |")
