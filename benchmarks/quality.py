@@ -62,7 +62,7 @@ def scores(store, encode_decode, atoms_kd, planted_kd=None) -> dict:
     x = store.standardise(store.sample(20_000, 0, "heldout"))
     with torch.no_grad():
         x_hat, codes = encode_decode(x)
-        train_codes = encode_decode(store.standardise(store.sample(20_000, 0, "train")))[1]
+        train_codes = encode_decode(store.standardise(store.sample(20_000, 1, "train")))[1]  # (seed 0: calibration)
     out = {"r2": metrics.r2(x, x_hat), "dead": metrics.dead_codes(codes), "l0": metrics.l0(codes),
            "dead_train": metrics.dead_codes(train_codes)}
     if planted_kd is not None:

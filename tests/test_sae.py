@@ -255,10 +255,11 @@ def test_a_dead_code_whose_gate_is_above_every_pre_activation_fires_again(method
 
 
 @pytest.mark.parametrize("method", ["topk", "relu", "a-topk", "ra-jumprelu", "ra-batchtopk"])
-def test_resampling_restarts_dead_codes_toward_badly_reconstructed_tokens(method):
-    """Dead codes restart where the model errs: a free atom on the residual of a high-error token, an archetypal
-    one exactly on the candidate closest in angle to such a residual (W one-hot, Lambda = 0); its encoder row
-    tied to it, so it fires again; live codes untouched."""
+def test_resampling_moves_dead_codes_toward_badly_reconstructed_tokens(method):
+    """Dead codes restart where the model errs: a free atom on the residual of a badly reconstructed token, an
+    archetypal one exactly on the candidate closest in angle to such a residual (W one-hot, Lambda = 0), never
+    on one a live atom or another resampled atom already sits on; its encoder row tied to it, its gate open on
+    top_k / k of the tokens, so it fires again; live codes untouched."""
     torch.manual_seed(0)
     k, d = 32, 16
     candidates = torch.randn(96, d)
@@ -276,30 +277,60 @@ def test_resampling_restarts_dead_codes_toward_badly_reconstructed_tokens(method
     high = residual.pow(2).sum(1) >= residual.pow(2).sum(1).sort(descending=True).values[7]
     assert high[:8].all()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    before_w = model.dictionary.dense_weights() if model.config.archetypal else None
     assert not model.losses(x, dead, aux_k=4).fired_k[dead].any()
-    rows = model.resample_dead_(dead, x, torch.Generator().manual_seed(0))
-    assert sorted(rows.tolist()) == [1, 5, 6, 20]
+    rows = model.resample_dead_(dead, x, 4, torch.Generator().manual_seed(0))
+    assert rows.tolist() == [1, 5, 6, 20]
     atoms = model.atoms().detach()
     unit = lambda m: m / m.norm(dim=1, keepdim=True)
     if model.config.archetypal:
-        dictionary = model.dictionary
-        cols = dictionary.dense_weights()[rows].argmax(1)
-        assert torch.equal(dictionary.dense_weights()[rows], torch.eye(96)[cols])  # W one-hot
-        if dictionary.relax is not None:
-            assert torch.equal(dictionary.relax[rows], torch.zeros(4, d))
+        weights = model.dictionary.dense_weights()
+        cols = weights[rows].argmax(1)
+        assert torch.equal(weights[rows], torch.eye(96)[cols])  # W one-hot
+        assert torch.equal(weights[~dead], before_w[~dead])  # (support included)
+        if model.dictionary.relax is not None:
+            assert torch.equal(model.dictionary.relax[rows], torch.zeros(4, d))
         assert torch.allclose(unit(atoms[rows]), unit(candidates[cols]), atol=1e-6)
-        closest = (unit(residual[high]) @ unit(candidates).T).argmax(1)  # per outlier token
-        assert all(c in closest.tolist() for c in cols.tolist())
+        taken = set(weights[~dead].argmax(1).tolist())
+        assert len(set(cols.tolist())) == 4 and not taken & set(cols.tolist())  # no duplicate made
+        free = torch.tensor([c not in taken for c in range(96)])
+        # each is among the 4 free candidates closest to some outlier's residual (4: the greedy takes at most 3
+        # before it); a token drawn at random would rarely be an outlier
+        top4 = (unit(residual[high]) @ unit(candidates).T).masked_fill(~free, -2).topk(4, dim=1).indices
+        assert all((top4 == c).any() for c in cols.tolist())
     else:  # each new atom is the direction of an outlier's residual
         assert ((unit(atoms[rows]) @ unit(residual[high]).T).max(1).values > 0.999).all()
     assert torch.allclose(model.encoder.weight[rows], unit(atoms[rows]) * before["encoder.weight"][~dead].norm(dim=1).mean(),
                           atol=1e-6)
+    codes = model.activation(model.encoder(x - model.b_pre))
+    if method in ("relu", "ra-jumprelu"):  # gates at the quantile that lets each fire on top_k / k of the tokens
+        assert ((codes[:, rows] > 0).float().mean(0) - 4 / k).abs().max() < 2 / len(x)
+    else:
+        assert torch.equal(model.encoder.bias[rows], torch.zeros(4))
     assert model.losses(x, torch.zeros(k, dtype=torch.bool)).fired_k[rows].all()
     for name, p in model.named_parameters():  # live codes keep every parameter
         if p.ndim and len(p) == k:
             assert torch.equal(p.detach()[~dead], before[name][~dead]), name
     assert {name for name, p in model.named_parameters() if p.ndim and len(p) == k} == {
         name for name, p in model.named_parameters() if any(p is q for q in model.code_parameters())}
+
+
+def test_resampling_caps_its_draw_and_survives_every_code_dead():
+    """At most n / 4 codes per call (a seeded choice among the dead), so the draw stays weighted by the error;
+    with every code dead, the encoder's scale comes from all rows; a non-finite reconstruction changes nothing."""
+    torch.manual_seed(0)
+    model = build_sae(TrainConfig(method="a-topk", k=40, top_k=2, w_support=4), 8, torch.randn(64, 8))
+    x = torch.randn(40, 8)
+    every = torch.ones(40, dtype=torch.bool)
+    scale = model.encoder.weight.norm(dim=1).mean()
+    rows = model.resample_dead_(every, x, 2, torch.Generator().manual_seed(0))
+    assert len(rows) == 10 and len(set(model.dictionary.support[rows, 0].tolist())) == 10
+    assert torch.allclose(model.encoder.weight[rows].norm(dim=1), scale.expand(10))
+    again = model.resample_dead_(every, x, 2, torch.Generator().manual_seed(1))
+    assert len(again) == 10 and not torch.equal(again, rows)  # another seeded choice
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    assert len(model.resample_dead_(every, torch.full((40, 8), float("nan")), 2, torch.Generator())) == 0
+    assert all(torch.equal(state[name], t) for name, t in model.state_dict().items())
 
 
 @pytest.mark.parametrize("k", [6, 25])
@@ -479,3 +510,16 @@ def test_reconstruct_keeps_codes_sparse_and_equal_to_the_dense_pass():
         expected_hat, expected = model(acts)
     assert scipy.sparse.isspmatrix_csr(codes) and codes.nnz <= 1100 * 3
     assert torch.equal(torch.from_numpy(codes.toarray()), expected) and torch.allclose(acts_hat, expected_hat)
+
+
+def test_a_model_saved_before_resampling_existed_loads_as_trained_without_it(tmp_path):
+    """A config.json without `resample_every` (older archsae) means no resampling, not today's default."""
+    from archsae.sae.model import sae_config, save_sae
+
+    cfg = TrainConfig(method="topk", k=8, top_k=2)
+    config = sae_config(cfg, 4)
+    del config["train"]["resample_every"]
+    save_sae(build_sae(cfg, 4), tmp_path / "old", config)
+    assert load_sae(tmp_path / "old").config.resample_every == 0
+    save_sae(build_sae(cfg, 4), tmp_path / "new", sae_config(cfg, 4))
+    assert load_sae(tmp_path / "new").config.resample_every == cfg.resample_every == 25

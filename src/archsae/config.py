@@ -139,9 +139,10 @@ class TrainConfig:
                           "0 = no AuxK")
     aux_coeff: float = opt(1 / 32, "weight of the AuxK loss, and of the loss that lowers the gates (JumpReLU "
                                   "thresholds, ReLU biases) of dead codes")
-    dead_tokens: int = opt(10_000, "a code silent for this many training tokens counts as dead (AuxK, logs)")
-    resample_every: int = opt(25, "steps between restarts of dead codes on badly reconstructed tokens (Bricken et "
-                                  "al. 2023), until 3/4 of training; 0 = never")
+    dead_tokens: int = opt(10_000, "a code silent for this many training tokens counts as dead (AuxK, logs; "
+                                   "resampling: at least this many)")
+    resample_every: int = opt(25, "steps between resamplings of the codes silent since the last one, on badly "
+                                  "reconstructed tokens (Bricken et al. 2023), until 3/4 of training; 0 = never")
     seed: int = opt(0, "seed of the encoder and W")
     data_seed: int = opt(0, "seed of the data order (models trained in one pass share it)")
     subset: float = opt(1.0, "fraction of the train tokens this model sees (seeded by subset_seed); 1 = all")
@@ -444,3 +445,14 @@ def from_dict(cls: type[T], data: dict) -> T:
             value = from_dict(type(default), value)
         kwargs[key] = tuple(value) if isinstance(default, tuple) else value
     return cls(**kwargs)
+
+
+# TrainConfig fields added after models were first saved, with the value that reproduces how a model saved
+# without them was trained (a missing field otherwise takes today's default).
+_ABSENT_FROM_OLD_MODELS = {"resample_every": 0}
+
+
+def stored_train_config(data: dict) -> TrainConfig:
+    """The TrainConfig of a model folder's config.json ("train"), as it was trained. ArchsaeError for unknown
+    fields."""
+    return from_dict(TrainConfig, {**_ABSENT_FROM_OLD_MODELS, **data})

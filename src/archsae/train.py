@@ -32,7 +32,7 @@ import torch.distributed as dist
 from safetensors import safe_open
 from tqdm import tqdm
 
-from .config import HELDOUT_TOKENS, LOG_EVERY, TrainConfig, from_dict
+from .config import HELDOUT_TOKENS, LOG_EVERY, TrainConfig, stored_train_config
 from .errors import ArchsaeError
 from .files import read_json, refuse_if_different, write_json, write_safetensors, write_text
 from .metrics import r2
@@ -41,7 +41,7 @@ from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, sav
 from .store import ActivationStore, Subset
 
 CALIBRATION_TOKENS = 16_384  # JumpReLU initial and BatchTopK inference thresholds; relative delta
-RESAMPLE_TOKENS, RESAMPLE_UNTIL = 4096, 0.75  # dead codes restart on a draw of calibration tokens, until 3/4 of training
+RESAMPLE_TOKENS, RESAMPLE_UNTIL = 4096, 0.75  # dead codes are resampled on a draw of calibration tokens, until 3/4 of training
 # Configurations trained in one pass of the store must agree on these (they define the batches).
 DATA_FIELDS = ("data_seed", "batch_size", "epochs", "shuffle_shards", "streams", "subset", "subset_seed", "centre")
 
@@ -106,7 +106,7 @@ class _Trainer:
         self.done = False
         if (self.out_dir / "config.json").exists():
             stored = read_json(self.out_dir / "config.json")
-            stored["train"] = asdict(from_dict(TrainConfig, stored["train"]))  # fields added since: defaults
+            stored["train"] = asdict(stored_train_config(stored["train"]))
             finished = (self.out_dir / "model.safetensors").exists()
             resolved = dict.fromkeys(("streams", "processes"))  # how it ran: any will do for a finished model
             refuse_if_different({**stored, **resolved}, {**self.config, **resolved}, self.out_dir, "a model",
@@ -158,7 +158,7 @@ class _Trainer:
         # loss, sse, sst, l0, tokens; kept on the device so a step never waits for a .item()
         self.window = torch.zeros(5, dtype=torch.float64, device=self.since_fired.device)
         self.fired = torch.zeros(self.cfg.k, dtype=torch.bool, device=self.since_fired.device)
-        self.resampled = 0  # codes restarted since the last log line
+        self.resampled = 0  # codes resampled since the last log line
         self.t0 = time.perf_counter()
 
     def step(self, step: int, micro_batches: list[torch.Tensor]) -> None:
@@ -166,6 +166,7 @@ class _Trainer:
         cfg, model = self.cfg, self.model
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, self.lr, cfg.warmup_steps) * group["lr_scale"]
+        self._resample(step)
         self.opt.zero_grad(set_to_none=True)
         dead = self.since_fired >= cfg.dead_tokens
         fired, active = torch.zeros_like(self.fired), torch.zeros((), device=self.fired.device)
@@ -187,27 +188,30 @@ class _Trainer:
         self.since_fired += cfg.batch_size
         self.since_fired[fired] = 0
         self.fired |= fired
-        self._resample(step + 1)
         self._after_step(step + 1)
 
-    def _resample(self, done: int) -> None:
-        """Every `resample_every` steps until 3/4 of training (the restarted codes need the rest to learn), restart
-        the dead codes (`SAE.resample_dead_`) on RESAMPLE_TOKENS calibration tokens drawn with a generator seeded
-        by (seed, step), the same on every rank, and zero their rows of Adam's moments: a restart is a function
-        of the checkpointed state, so a resumed run stays equal to an uninterrupted one."""
-        every = self.cfg.resample_every
-        if not every or done % every or done > RESAMPLE_UNTIL * self.total:
+    def _resample(self, step: int) -> None:
+        """Before step `step`, every `resample_every` steps until 3/4 of training (a resampled code needs the rest
+        to learn), resample the codes silent since the previous resampling (and for at least dead_tokens)
+        (`SAE.resample_dead_`) on RESAMPLE_TOKENS calibration tokens, with a generator seeded by (seed, step),
+        the same on every rank; zero their rows of Adam's moments. It is a function of the state a checkpoint
+        holds, and it runs after the log and checkpoint of the step before, so a resumed run equals an
+        uninterrupted one and the log shows the model as it was trained, not just resampled."""
+        every, cfg = self.cfg.resample_every, self.cfg
+        if not every or step == 0 or step % every or step > RESAMPLE_UNTIL * self.total:
             return
-        dead_k = self.since_fired >= self.cfg.dead_tokens
+        dead_k = self.since_fired >= max(cfg.dead_tokens, every * cfg.batch_size)
         if not dead_k.any():
             return
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + done)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         pick = torch.randperm(len(self.calibration_nd), generator=gen)[:RESAMPLE_TOKENS].to(dead_k.device)
-        rows_m = self.model.resample_dead_(dead_k, self.calibration_nd[pick], gen)
+        rows_m = self.model.resample_dead_(dead_k, self.calibration_nd[pick], cfg.top_k, gen,
+                                           chunk=cfg.batch_size // self.n_streams)
         for param in self.model.code_parameters():
-            for moment in self.opt.state.get(param, {}).values():
-                if moment.ndim and len(moment) == len(param):
-                    moment[rows_m] = 0.0
+            state = self.opt.state.get(param, {})
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                if key in state:
+                    state[key][rows_m] = 0.0
         self.since_fired[rows_m] = 0
         self.resampled += len(rows_m)
 

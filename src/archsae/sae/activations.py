@@ -238,14 +238,6 @@ class JumpReLU(Penalised):
         self.bandwidth = bandwidth
         self.log_threshold = nn.Parameter(torch.full((k,), math.log(threshold)))
 
-    @torch.no_grad()
-    def init_thresholds(self, pre_nk: torch.Tensor, l0: int) -> None:
-        """Start each code's threshold at its (1 - l0/k) quantile over `pre_nk`, so the initial mean L0 is
-        about l0 and no code starts dead. (A fixed small start, as in Rajamanoharan et al., needs far more
-        steps than a few epochs.)"""
-        q = 1 - l0 / pre_nk.shape[1]
-        self.log_threshold.copy_(torch.quantile(pre_nk.float(), q, dim=0).clamp_min(1e-3).log())
-
     def _gate(self, pre_nk: torch.Tensor) -> torch.Tensor:
         return _JumpFn.apply(pre_nk, self.log_threshold.exp(), self.bandwidth)
 

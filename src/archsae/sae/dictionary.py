@@ -31,9 +31,9 @@ class FreeDictionary(nn.Module):
         self.weight /= self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
-    def restart_(self, rows_m: torch.Tensor, directions_md: torch.Tensor) -> None:
-        """Atoms rows_m (m,) int64 become the unit directions_md (m, d) (dead-code resampling)."""
-        self.weight[rows_m] = directions_md / directions_md.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    def resample_(self, rows_m: torch.Tensor, directions_md: torch.Tensor, live_k: torch.Tensor) -> None:
+        """Atoms rows_m (m,) int64 become the unit directions_md (m, d) (`SAE.resample_dead_`; live_k unused)."""
+        self.weight[rows_m] = F.normalize(directions_md, dim=1)
 
     def code_parameters(self) -> list[nn.Parameter]:
         """The parameters whose first axis indexes atoms."""
@@ -175,12 +175,21 @@ class ArchetypalDictionary(nn.Module):
             self.relax /= self.relax.norm(dim=1, keepdim=True).clamp_min(1.0)
 
     @torch.no_grad()
-    def restart_(self, rows_m: torch.Tensor, directions_md: torch.Tensor) -> None:
-        """Atoms rows_m (m,) int64 restart on the candidate of highest cosine with each of directions_md (m, d),
-        W one-hot on it (with a support: that candidate's nearest neighbours, as `init_support`), Lambda = 0
-        (dead-code resampling: the atom stays in the hull of C)."""
-        unit_nd = self.candidates / self.candidates.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        cols_m = (directions_md @ unit_nd.T).argmax(1)
+    def resample_(self, rows_m: torch.Tensor, directions_md: torch.Tensor, live_k: torch.Tensor) -> None:
+        """Atoms rows_m (m,) int64 restart on candidates of C, each the one closest in angle to its direction
+        (directions_md (m, d)) among those no other atom of this call and no live atom (live_k bool (k,)) has as
+        its main candidate, so no duplicate is made: W one-hot on it (with a support, its nearest neighbours
+        as `init_support`), Lambda = 0, so the atom stays in the hull (`SAE.resample_dead_`)."""
+        score_mn = directions_md @ F.normalize(self.candidates, dim=1).T
+        main_k = self.weights.argmax(1) if self.support is None else self.support.gather(
+            1, self.weights.argmax(1, keepdim=True)).squeeze(1)
+        taken_n = torch.zeros(len(self.candidates), dtype=torch.bool, device=score_mn.device)
+        taken_n[main_k[live_k]] = True
+        cols = []
+        for score_n in score_mn:  # greedy, in row order (m <= n / 4 per call); all taken (n' = k): any goes
+            cols.append(score_n.masked_fill(taken_n & ~taken_n.all(), -torch.inf).argmax())
+            taken_n[cols[-1]] = True
+        cols_m = torch.stack(cols)
         self.weights[rows_m] = 0.0
         if self.support is None:
             self.weights[rows_m, cols_m] = 1.0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig, from_dict
+from ..config import TrainConfig, stored_train_config
 from ..errors import ArchsaeError
 from ..files import read_json, read_safetensors, write_json, write_safetensors
 from ..normalisation import RawSpace
@@ -129,10 +129,7 @@ class SAE(RawSpace, nn.Module):
             return
         xc_nd, l0 = x_nd - self.b_pre, min(l0, self.k)
         pre_nk = self.encoder(xc_nd)
-        if isinstance(self.activation, JumpReLU):
-            self.activation.init_thresholds(pre_nk, l0)
-        else:
-            self.encoder.bias.sub_(torch.quantile(pre_nk, 1 - l0 / self.k, dim=0))
+        self._gates_at_quantile_(pre_nk, torch.arange(self.k, device=pre_nk.device), 1 - l0 / self.k)
         recon_nd = self.activation(self.encoder(xc_nd)) @ self.atoms()
         alpha = (xc_nd * recon_nd).sum() / recon_nd.pow(2).sum().clamp_min(1e-12)
         if alpha > 0:  # (codes orthogonal to the data give no scale to fit: leave them)
@@ -142,34 +139,55 @@ class SAE(RawSpace, nn.Module):
                 self.activation.log_threshold.add_(alpha.log())
 
     @torch.no_grad()
-    def resample_dead_(self, dead_k: torch.Tensor, x_nd: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Restart the dead codes (dead_k: bool (k,)) on badly reconstructed tokens of x_nd (n, d, standardised),
-        the resampling of Bricken et al. (2023, "Towards Monosemanticity", App. "Neuron Resampling"): a token
-        per dead code drawn without replacement with probability proportional to its squared error², the atom
-        restarted toward that token's residual (a free atom on it; an archetypal atom on the candidate of C
-        closest in angle, so it stays in the hull), its encoder row tied to the new atom at the live rows' mean
-        norm, its encoder bias (and JumpReLU threshold) at the live codes' median. Returns the restarted codes,
-        (m,) int64; the caller resets their optimiser state.
+    def _gates_at_quantile_(self, pre_nm: torch.Tensor, rows_m: torch.Tensor, q: float) -> None:
+        """JumpReLU thresholds (ReLU encoder biases) of the codes rows_m (m,) int64 at the q quantile of their
+        pre-activations pre_nm (n, m), so each fires on a share 1 - q of those tokens (TopK, BatchTopK: no-op).
+        (A fixed small threshold, as in Rajamanoharan et al. 2024, needs far more steps than a few epochs.)"""
+        if isinstance(self.activation, (JumpReLU, ReLU)):
+            level_m = torch.quantile(pre_nm.float(), q, dim=0)
+            if isinstance(self.activation, JumpReLU):
+                self.activation.log_threshold[rows_m] = level_m.clamp_min(1e-3).log()
+            else:
+                self.encoder.bias[rows_m] -= level_m
 
-        Why: AuxK pulls a dead archetypal atom toward the residual only within the hull of its 64 candidates;
-        in a crowded neighbourhood it stays a near-duplicate that never wins a token (archetypal TopK kept
-        3-6 % of its codes dead on the default store; benchmarks/README.md)."""
-        rows_m, live_k = dead_k.nonzero().squeeze(1), ~dead_k
-        if len(rows_m) == 0 or not live_k.any():
-            return rows_m
+    @torch.no_grad()
+    def resample_dead_(self, dead_k: torch.Tensor, x_nd: torch.Tensor, l0: int, generator: torch.Generator,
+                       chunk: int = 1024) -> torch.Tensor:
+        """Resample dead codes on badly reconstructed tokens: Bricken et al. (2023, "Towards Monosemanticity",
+        "Neuron Resampling"), in archsae's terms.
+
+        dead_k: bool (k,), the codes to resample; x_nd: (n, d) float32 standardised tokens, the pool; l0: the
+        target codes per token; generator: a CPU torch.Generator (the draw); chunk: tokens per encoder pass
+        (BatchTopK selects within it, as in training). At most n / 4 codes are resampled per call (a seeded
+        choice among the dead; the rest wait for the next call), so the draw stays weighted by the error.
+        Each gets a token drawn without replacement with probability proportional to its squared error²;
+        its atom moves toward that token's residual (`dictionary.resample_`: a free atom onto it, an archetypal
+        one onto the unused candidate of C closest in angle, so it stays in the hull), its encoder row is tied
+        to the new unit atom at the live rows' mean norm (as `tie_encoder_` at the start), its encoder bias is
+        0, and a JumpReLU threshold or ReLU bias lets it fire on a share l0 / k of the pool (as
+        `init_from_data_`). Returns the resampled codes, (m,) int64 on dead_k's device, sorted; the caller
+        resets their optimiser state. Nothing is changed when the reconstruction is not finite.
+
+        Why: AuxK pulls a dead archetypal atom toward the residual only within the hull of its support of
+        candidates; in a crowded neighbourhood it stays a near-duplicate that never wins a token (archetypal
+        TopK kept 3-5 % of its codes dead on the default store; benchmarks/README.md)."""
+        rows_m = dead_k.nonzero().squeeze(1)
+        if len(rows_m) > max(1, len(x_nd) // 4):
+            keep = torch.randperm(len(rows_m), generator=generator)[:max(1, len(x_nd) // 4)]
+            rows_m = rows_m[keep.to(rows_m.device)].sort().values
+        live_k = ~dead_k if not dead_k.all() else torch.ones_like(dead_k)  # (every code dead: their statistics)
         atoms_kd = self.atoms()
         residual_nd = torch.cat([x - (self.activation(self.encoder(x - self.b_pre)) @ atoms_kd + self.b_pre)
-                                 for x in x_nd.split(1024)])
-        weights_n = residual_nd.pow(2).sum(1).pow(2).double().clamp_min(1e-300)
-        tokens_m = torch.multinomial(weights_n.cpu(), min(len(rows_m), len(x_nd)), generator=generator)
-        rows_m = rows_m[:len(tokens_m)]
-        self.dictionary.restart_(rows_m, residual_nd[tokens_m.to(x_nd.device)])
-        new_md = self.atoms()[rows_m]
-        weight = self.encoder.weight
-        weight[rows_m] = new_md / new_md.norm(dim=1, keepdim=True).clamp_min(1e-12) * weight[live_k].norm(dim=1).mean()
-        self.encoder.bias[rows_m] = self.encoder.bias[live_k].median()
-        if isinstance(self.activation, JumpReLU):
-            self.activation.log_threshold[rows_m] = self.activation.log_threshold[live_k].median()
+                                 for x in x_nd.split(chunk)])
+        weights_n = residual_nd.double().pow(2).sum(1).pow(2)
+        if len(rows_m) == 0 or not torch.isfinite(weights_n).all() or weights_n.sum() == 0:
+            return rows_m[:0]
+        tokens_m = torch.multinomial(weights_n.cpu(), len(rows_m), generator=generator).to(x_nd.device)
+        self.dictionary.resample_(rows_m, residual_nd[tokens_m], live_k)
+        self.encoder.weight[rows_m] = F.normalize(self.atoms()[rows_m], dim=1) * self.encoder.weight[live_k].norm(
+            dim=1).mean()
+        self.encoder.bias[rows_m] = 0.0
+        self._gates_at_quantile_((x_nd - self.b_pre) @ self.encoder.weight[rows_m].T, rows_m, 1 - min(l0, self.k) / self.k)
         return rows_m
 
     def code_parameters(self) -> list[nn.Parameter]:
@@ -332,7 +350,7 @@ def load_sae(model_dir: str | Path, device: torch.device | str = "cpu") -> SAE:
     if "train" not in info or "d" not in info:
         raise ArchsaeError(f"{model_dir / 'config.json'} is not an SAE's configuration (no 'train' or 'd'); "
                            "classical models load with archsae.load_model")
-    cfg = from_dict(TrainConfig, info["train"])
+    cfg = stored_train_config(info["train"])
     state = read_safetensors(path)
     model = build_sae(cfg, info["d"], state.get("dictionary.candidates"))
     try:
