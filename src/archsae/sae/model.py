@@ -163,7 +163,8 @@ class SAE(RawSpace, nn.Module):
         Each gets a token drawn without replacement with probability proportional to its squared error²;
         its atom moves toward that token's residual (`dictionary.resample_`: a free atom onto it, an archetypal
         one onto the unused candidate of C closest in angle, so it stays in the hull), its encoder row is tied
-        to the new unit atom at the live rows' mean norm (as `tie_encoder_` at the start), its encoder bias is
+        to the new unit atom at 0.2 times the live rows' mean norm (Bricken et al.'s; at 1, archetypal TopK's new
+        codes took tokens from good ones: planted R² -0.03 to -0.05, benchmarks/README.md), its encoder bias is
         0, and a JumpReLU threshold or ReLU bias lets it fire on a share l0 / k of the pool (as
         `init_from_data_`). Returns the resampled codes, (m,) int64 on dead_k's device, sorted; the caller
         resets their optimiser state. Nothing is changed when the reconstruction is not finite.
@@ -184,8 +185,8 @@ class SAE(RawSpace, nn.Module):
             return rows_m[:0]
         tokens_m = torch.multinomial(weights_n.cpu(), len(rows_m), generator=generator).to(x_nd.device)
         self.dictionary.resample_(rows_m, residual_nd[tokens_m], live_k)
-        self.encoder.weight[rows_m] = F.normalize(self.atoms()[rows_m], dim=1) * self.encoder.weight[live_k].norm(
-            dim=1).mean()
+        self.encoder.weight[rows_m] = F.normalize(self.atoms()[rows_m], dim=1) * (
+            RESAMPLED_ENCODER_SCALE * self.encoder.weight[live_k].norm(dim=1).mean())
         self.encoder.bias[rows_m] = 0.0
         self._gates_at_quantile_((x_nd - self.b_pre) @ self.encoder.weight[rows_m].T, rows_m, 1 - min(l0, self.k) / self.k)
         return rows_m
@@ -283,6 +284,7 @@ class SAE(RawSpace, nn.Module):
             return StepOutput(loss=loss, sse=sse.detach(), sst=sst, l0=active_e.sum(), fired_k=fired_k)
 
 
+RESAMPLED_ENCODER_SCALE = 0.2  # a resampled code's encoder row, relative to the live rows' mean norm
 RELU_L1_START, JUMPRELU_L0_START = 0.1, 1e-3  # adapted coefficients start here (L0 reaches top_k in ~100 steps)
 
 
