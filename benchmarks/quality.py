@@ -18,7 +18,7 @@ decoder's transpose, b_pre = 0, Adam at a constant 1e-3, batch 1,024, loss = squ
 averaged over the batch, decoder rows renormalised after each step, no AuxK; in memory, on the same
 standardised train tokens, for the same number of steps. archsae runs each method at its defaults (ReLU and
 JumpReLU adapt their coefficient to mean L0 = top_k); archetypal methods get k-means candidates C with
-n' = 4 k (planted) or `--n-centroids` (store).
+n' = 4 k (planted; `--candidates-per-atom`) or `--n-centroids` (store).
 
 `--rev` runs archsae as it was at a git commit (a temporary worktree, in a child process that uses only the
 API every commit shares), so the ablation table of benchmarks/README.md is the same command over the commits
@@ -174,6 +174,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=32, help="store: active codes per token")
     parser.add_argument("--steps", type=int, default=344, help="store: training steps (344 = 4 epochs of the default)")
     parser.add_argument("--n-centroids", type=int, default=4096, help="store: candidates C of archetypal methods")
+    parser.add_argument("--candidates-per-atom", type=int, default=4,
+                        help="planted: candidates C of archetypal methods per planted atom (n' = this x k)")
     parser.add_argument("--method", action="append", choices=METHODS, help="archsae methods (default: all 12)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per setting (model init and data order)")
     parser.add_argument("--rev", action="append", help="git commits to measure (default: the working tree)")
@@ -211,7 +213,8 @@ def main() -> None:
                         np.save(work / "atoms.npy", data.atoms_kd)
                         planted = data.atoms_kd
                         store = import_matrix(work / "acts.npy", work / "ref-store", shard_tokens=8192)
-                        spec.update(acts=str(work / "acts.npy"), atoms=str(work / "atoms.npy"), n_centroids=4 * regime["k"])
+                        spec.update(acts=str(work / "acts.npy"), atoms=str(work / "atoms.npy"),
+                                    n_centroids=args.candidates_per_atom * regime["k"])
                     train = store.standardise(torch.cat([store.read_shard(i, "train").acts_md
                                                          for i in range(store.n_shards)]))
                     start = time.perf_counter()
