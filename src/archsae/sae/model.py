@@ -172,9 +172,9 @@ class SAE(RawSpace, nn.Module):
         Why: AuxK pulls a dead archetypal atom toward the residual only within the hull of its support of
         candidates; in a crowded neighbourhood it stays a near-duplicate that never wins a token (archetypal
         TopK kept 3-5 % of its codes dead on the default store; benchmarks/README.md)."""
-        rows_m = dead_k.nonzero().squeeze(1)
-        if len(rows_m) > max(1, len(x_nd) // 4):
-            keep = torch.randperm(len(rows_m), generator=generator)[:max(1, len(x_nd) // 4)]
+        rows_m, cap = dead_k.nonzero().squeeze(1), max(1, len(x_nd) // 4)
+        if len(rows_m) > cap:
+            keep = torch.randperm(len(rows_m), generator=generator)[:cap]
             rows_m = rows_m[keep.to(rows_m.device)].sort().values
         live_k = ~dead_k if not dead_k.all() else torch.ones_like(dead_k)  # (every code dead: their statistics)
         atoms_kd = self.atoms()
