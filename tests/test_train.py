@@ -141,6 +141,47 @@ def test_a_killed_group_resumes_to_the_uninterrupted_models(planted, tmp_path, m
         assert resampled[0] > 0 and resampled[2] > 0, resampled  # before the checkpoints; after the kill
 
 
+@pytest.mark.parametrize("method", ["ra-jumprelu", "topk"])
+def test_resampling_zeroes_the_adam_moments_of_the_resampled_codes_only(planted, tmp_path, monkeypatch, method):
+    """A resampled code starts afresh: its rows of Adam's moments, in every parameter indexed by codes
+    (encoder, bias, W, Lambda, thresholds), are zero after a resampling; every other row is as before."""
+    from archsae.sae import SAE
+    from archsae.train import _Trainer
+
+    store, _, candidates = planted
+    cfg = replace(BASE, method=method, k=96, epochs=1, dead_tokens=300, resample_every=2)
+    returned, checked = [], []
+    real_resample_dead, real_resample = SAE.resample_dead_, _Trainer._resample
+
+    def resample_dead(self, *args, **kwargs):
+        returned.append(real_resample_dead(self, *args, **kwargs))
+        return returned[-1]
+
+    def resample(self, step):
+        params = [p for p in self.model.parameters() if p.ndim and p.shape[0] == cfg.k]  # d = 64: every code-indexed one
+        assert {id(p) for p in params} == {id(p) for p in self.model.code_parameters()}
+        before = [{key: v.clone() for key, v in self.opt.state.get(p, {}).items() if v.ndim} for p in params]
+        calls = len(returned)
+        real_resample(self, step)
+        if len(returned) > calls and len(returned[-1]) and before[0]:
+            rows = returned[-1]
+            others = torch.ones(cfg.k, dtype=torch.bool)
+            others[rows] = False
+            was_moving = False
+            for p, moments in zip(params, before):
+                for key, old in moments.items():
+                    new = self.opt.state[p][key]
+                    assert new[rows].abs().sum() == 0, key
+                    assert torch.equal(new[others], old[others]), key
+                    was_moving |= bool(old[rows].abs().sum() > 0)
+            checked.append(was_moving)
+
+    monkeypatch.setattr(SAE, "resample_dead_", resample_dead)
+    monkeypatch.setattr(_Trainer, "_resample", resample)
+    train(store, cfg, tmp_path / method, candidates if method.startswith("ra-") else None)
+    assert any(checked), "no resampling of codes with moments happened: the test checked nothing"
+
+
 def test_relative_delta_is_resolved_against_the_mean_activation_norm(planted, tmp_path):
     store, _, candidates = planted
     cfg = replace(BASE, method="ra-topk", delta=0.02, delta_relative=True, epochs=1)
