@@ -18,7 +18,6 @@ atoms were chosen; and the ratio of the refitted codes' sum to the codes' own.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
