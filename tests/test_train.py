@@ -199,7 +199,8 @@ def test_relative_delta_is_resolved_against_the_mean_activation_norm(planted, tm
 def test_two_gloo_processes_under_torchrun_equal_one_process_with_two_streams(planted, tmp_path):
     """torchrun --nproc-per-node 2 (gloo): each rank reads its own shards and runs half of each batch;
     the gradients are summed. One process with streams=2 runs the same micro-batches and must end with
-    the same models (TopK with AuxK, and RA-BatchTopK), up to float summation order."""
+    the same models (TopK with AuxK, RA-BatchTopK, and TopK and RA-TopK with dead codes resampled), up to float
+    summation order."""
     store, _, candidates = planted
     run = tmp_path / "run"
     (run / "centroids").mkdir(parents=True)
@@ -207,19 +208,23 @@ def test_two_gloo_processes_under_torchrun_equal_one_process_with_two_streams(pl
     from archsae.files import write_safetensors
     write_safetensors(run / "centroids" / "seed0.safetensors", {"centroids": candidates})
     args = ["--k", "48", "--top-k", "2", "--epochs", "2", "--batch-size", "512", "--lr", "3e-3",
-            "--warmup-steps", "5", "--aux-k", "8", "--dead-tokens", "1000", "--delta", "0.05", "--w-support", "16"]
+            "--warmup-steps", "5", "--aux-k", "8", "--dead-tokens", "1000", "--delta", "0.05", "--w-support", "16",
+            "--resample-every", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "archsae", "train", "--run-dir", str(run), "--method", "topk", "--method", "ra-batchtopk", *args]
+           "-m", "archsae", "train", "--run-dir", str(run), "--method", "topk", "--method", "ra-batchtopk",
+           "--method", "ra-topk", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     cfg = dict(k=48, top_k=2, epochs=2, batch_size=512, lr=3e-3, warmup_steps=5, aux_k=8, dead_tokens=1000,
-               delta=0.05, w_support=16, streams=2)
-    for method in ("topk", "ra-batchtopk"):
+               delta=0.05, w_support=16, resample_every=2, streams=2)
+    for method in ("topk", "ra-batchtopk", "ra-topk"):
         one = train(store, TrainConfig(method=method, **cfg), tmp_path / f"one-{method}",
                     candidates if method.startswith("ra") else None)
         two = load_file(str(run / "models" / f"{method}-s0" / "model.safetensors"))
         assert json.loads((run / "models" / f"{method}-s0" / "config.json").read_text())["train"]["streams"] == 0
+        log = [json.loads(line) for line in (run / "models" / f"{method}-s0" / "log.jsonl").read_text().splitlines()]
+        assert sum(r["resampled"] for r in log) > 0 or method == "ra-batchtopk", method  # rank 0's, broadcast
         for name, a in one.state_dict().items():
             assert torch.allclose(a, two[name], atol=1e-4, rtol=1e-3), (method, name, (a - two[name]).abs().max())
     # The tolerance means something: one stream (other batches) ends elsewhere.

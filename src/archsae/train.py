@@ -207,6 +207,8 @@ class _Trainer:
         pick = torch.randperm(len(self.calibration_nd), generator=gen)[:RESAMPLE_TOKENS].to(dead_k.device)
         rows_m = self.model.resample_dead_(dead_k, self.calibration_nd[pick], cfg.top_k, gen,
                                            chunk=cfg.batch_size // self.n_streams)
+        if self.world.size > 1:  # every rank drew the same, unless its floats differ (other GPUs): rank 0's holds
+            rows_m = self._broadcast_resampled(rows_m)
         for param in self.model.code_parameters():
             state = self.opt.state.get(param, {})
             for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
@@ -214,6 +216,16 @@ class _Trainer:
                     state[key][rows_m] = 0.0
         self.since_fired[rows_m] = 0
         self.resampled += len(rows_m)
+
+    def _broadcast_resampled(self, rows_m: torch.Tensor) -> torch.Tensor:
+        """Rank 0's resampled codes and every code-indexed tensor (encoder, atoms' parameters, W's support,
+        thresholds) on every rank; returns the codes, (m,) int64."""
+        mask_k = torch.zeros(self.cfg.k, dtype=torch.uint8, device=rows_m.device)
+        mask_k[rows_m] = 1
+        support = getattr(self.model.dictionary, "support", None)
+        for tensor in [mask_k, *self.model.code_parameters(), *([support] if support is not None else [])]:
+            dist.broadcast(tensor.data, 0)
+        return mask_k.nonzero().squeeze(1)
 
     def _all_reduce_grads_and(self, fired_k: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum the gradients over ranks (each rank's loss is already divided by the global stream count)
