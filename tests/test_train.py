@@ -196,11 +196,24 @@ def test_relative_delta_is_resolved_against_the_mean_activation_norm(planted, tm
     assert torch.equal(reloaded.atoms(), model.atoms())
 
 
+RANK1_DRAWS_OTHERWISE = """
+import os
+import torch
+from archsae.sae import SAE
+if os.environ["RANK"] == "1":
+    real = SAE.resample_dead_
+    SAE.resample_dead_ = lambda self, dead_k, x_nd, l0, generator, chunk=1024: real(
+        self, dead_k, x_nd.flip(0), l0, torch.Generator().manual_seed(1234), chunk)
+from archsae.cli import main
+main()
+"""
+
+
 def test_two_gloo_processes_under_torchrun_equal_one_process_with_two_streams(planted, tmp_path):
     """torchrun --nproc-per-node 2 (gloo): each rank reads its own shards and runs half of each batch;
     the gradients are summed. One process with streams=2 runs the same micro-batches and must end with
-    the same models (TopK with AuxK, RA-BatchTopK, and TopK and RA-TopK with dead codes resampled), up to float
-    summation order."""
+    the same models (TopK with AuxK, RA-BatchTopK, and TopK and RA-TopK with dead codes resampled, rank 1
+    drawing its resamplings otherwise), up to float summation order."""
     store, _, candidates = planted
     run = tmp_path / "run"
     (run / "centroids").mkdir(parents=True)
@@ -211,8 +224,12 @@ def test_two_gloo_processes_under_torchrun_equal_one_process_with_two_streams(pl
             "--warmup-steps", "5", "--aux-k", "8", "--dead-tokens", "1000", "--delta", "0.05", "--w-support", "16",
             "--resample-every", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    # Rank 1 draws other dead-code resamplings (as floats that differ between GPUs could): only the broadcast of
+    # rank 0's keeps the ranks one model.
+    cli = tmp_path / "cli_rank1_draws_otherwise.py"
+    cli.write_text(RANK1_DRAWS_OTHERWISE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "archsae", "train", "--run-dir", str(run), "--method", "topk", "--method", "ra-batchtopk",
+           str(cli), "train", "--run-dir", str(run), "--method", "topk", "--method", "ra-batchtopk",
            "--method", "ra-topk", *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -207,7 +207,7 @@ class _Trainer:
         pick = torch.randperm(len(self.calibration_nd), generator=gen)[:RESAMPLE_TOKENS].to(dead_k.device)
         rows_m = self.model.resample_dead_(dead_k, self.calibration_nd[pick], cfg.top_k, gen,
                                            chunk=cfg.batch_size // self.n_streams)
-        if self.world.size > 1:  # every rank drew the same, unless its floats differ (other GPUs): rank 0's holds
+        if self.world.size > 1:  # ranks draw the same unless their floats differ (other GPUs): re-synced to rank 0
             rows_m = self._broadcast_resampled(rows_m)
         for param in self.model.code_parameters():
             state = self.opt.state.get(param, {})
