@@ -3,15 +3,17 @@ within 0.03 of TopK at equal L0"): is ReLU's gap to TopK archsae's recipe, or th
 
     .venv/bin/python benchmarks/relu_reference.py --regime uneven --l1 1 --l1 3 --l1 7 --l1 8.5 --l1 10
 
-The textbook ReLU SAE (Bricken et al. 2023, with Anthropic's April 2024 update): decoder rows random at norm
-0.1, encoder their transpose, biases 0; loss = squared error summed over d, mean over the batch, + lambda
-sum_i z_i ||D_i|| (atoms not renormalised), lambda warmed up linearly over the first 5 % of steps; Adam at 1e-3,
-gradient norm clipped at 1, the rate decayed linearly to 0 over the last 20 %; batch 1,024; in memory on the
-same standardised train tokens as `quality.py`, for the regime's steps. One row per lambda (its L0 follows from
+The textbook ReLU SAE (Bricken et al. 2023, with Anthropic's April 2024 update): z = relu(W_enc x + b_enc),
+x_hat = z D + b_dec; decoder rows random at norm 0.1, encoder their transpose, biases 0; loss = squared error
+summed over d, mean over the batch, + lambda sum_i z_i ||D_i|| (atoms not renormalised), lambda warmed up
+linearly over the first 5 % of steps; Adam, gradient norm clipped at 1, the rate decayed linearly to 0 over the
+last 20 %; batch 1,024; in memory on the same standardised train tokens as `quality.py`, for the regime's
+steps. Two differences from the update: Adam at 1e-3, not ~5e-5 (a few hundred steps, not millions), and, as
+the update, no resampling of dead codes (archsae's ReLU resamples; on this data none of its codes dies). One row per lambda (its L0 follows from
 it), scored like quality.py's rows (recovery of the planted atoms, held-out R², dead codes, L0). Beside them,
 archsae's `relu` and `topk` at their defaults (L0 = the regime's active atoms) on the same tokens and steps, and
-for every row the held-out R² with each token's codes refitted by least squares on the token's own support (the
-codes it keeps): the part of the error that is the codes' magnitudes (an L1 penalty shrinks them), not which
+for every row the held-out R² with each token's codes refitted by non-negative least squares on the token's own
+support (the codes it keeps): the part of the error that is the codes' magnitudes (an L1 penalty shrinks them), not which
 atoms were chosen; and the ratio of the refitted codes' sum to the codes' own.
 """
 
@@ -39,7 +41,7 @@ def textbook_relu(x_nd: torch.Tensor, k: int, steps: int, l1: float, lr: float =
     opt = torch.optim.Adam(params, lr=lr)
 
     def forward(x):
-        z = torch.relu((x - b_pre) @ enc + b_enc)
+        z = torch.relu(x @ enc + b_enc)  # (the update dropped Bricken's subtraction of b_dec before encoding)
         return z @ dec + b_pre, z
 
     per_epoch = len(x_nd) // BATCH
@@ -60,13 +62,18 @@ def textbook_relu(x_nd: torch.Tensor, k: int, steps: int, l1: float, lr: float =
 
 
 def refit_on_support(x_nd: torch.Tensor, codes_nk: torch.Tensor, atoms_kd: torch.Tensor, b_d: torch.Tensor):
-    """(x_hat (n, d), refitted codes' sum / codes' sum): x - b reconstructed by least squares on the atoms of each
-    token's nonzero codes."""
-    m = int((codes_nk > 0).sum(1).max())
-    vals_nm, idx_nm = codes_nk.topk(m, dim=1)
-    basis_ndm = atoms_kd[idx_nm].transpose(1, 2) * (vals_nm > 0).unsqueeze(1)  # unused slots: zero columns
-    coef_nm1 = torch.linalg.pinv(basis_ndm) @ (x_nd - b_d).unsqueeze(2)
-    return (basis_ndm @ coef_nm1).squeeze(2) + b_d, (coef_nm1.squeeze(2).sum() / vals_nm.sum()).item()
+    """(x_hat (n, d), refitted codes' sum / codes' sum): x - b reconstructed by non-negative least squares
+    (scipy's nnls; codes cannot be negative) on the atoms of each token's nonzero codes."""
+    from scipy.optimize import nnls
+
+    target_nd, atoms_kd = (x_nd - b_d).double().numpy(), atoms_kd.double().numpy()
+    x_hat_nd, refit_sum = np.zeros_like(target_nd), 0.0
+    for i, codes_k in enumerate(codes_nk.numpy()):
+        support = np.flatnonzero(codes_k > 0)
+        if len(support):
+            coef, _ = nnls(atoms_kd[support].T, target_nd[i])
+            x_hat_nd[i], refit_sum = coef @ atoms_kd[support], refit_sum + coef.sum()
+    return torch.from_numpy(x_hat_nd).float() + b_d, refit_sum / codes_nk.sum().item()
 
 
 def main() -> None:
@@ -83,7 +90,7 @@ def main() -> None:
     regime = dict(REGIMES[args.regime])
     steps = regime.pop("steps")
     data = planted_dictionary(**regime, seed=args.seed)
-    print("| SAE | recovery | > 0.9 | held-out R² | R² refitted on its support (sum ratio) | dead | L0 |\n"
+    print("| SAE | recovery | > 0.9 | held-out R² | R² refitted on its support (refitted / own code sum) | dead | L0 |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "acts.npy", data.acts_nd)
