@@ -84,11 +84,7 @@ def textbook_topk(x_nd: torch.Tensor, k: int, top_k: int, steps: int, seed: int 
         z = torch.zeros(len(x), k).scatter(1, idx, torch.relu(values))
         return z @ dec + b_pre, z
 
-    per_epoch = len(x_nd) // BATCH
-    for step in range(steps):
-        if step % per_epoch == 0:
-            order = torch.randperm(len(x_nd), generator=g)
-        x = x_nd[order[step % per_epoch * BATCH:(step % per_epoch + 1) * BATCH]]
+    for _, x in textbook_batches(x_nd, steps, g):
         loss = (forward(x)[0] - x).pow(2).sum(1).mean()
         opt.zero_grad()
         loss.backward()
@@ -96,6 +92,15 @@ def textbook_topk(x_nd: torch.Tensor, k: int, top_k: int, steps: int, seed: int 
         with torch.no_grad():
             dec /= dec.norm(dim=1, keepdim=True)
     return (lambda x: tuple(t.detach() for t in forward(x))), dec.detach()
+
+
+def textbook_batches(x_nd: torch.Tensor, steps: int, g: torch.Generator):
+    """(step, batch (BATCH, d)) for `steps` steps of a reference SAE: rows of x in a new order (from g) each epoch."""
+    per_epoch = len(x_nd) // BATCH
+    for step in range(steps):
+        if step % per_epoch == 0:
+            order = torch.randperm(len(x_nd), generator=g)
+        yield step, x_nd[order[step % per_epoch * BATCH:(step % per_epoch + 1) * BATCH]]
 
 
 def child(spec: dict) -> list[dict]:

@@ -28,7 +28,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from quality import BATCH, REGIMES, in_standardised_space, scores  # noqa: E402
+from quality import BATCH, REGIMES, in_standardised_space, scores, textbook_batches  # noqa: E402
 
 
 def textbook_relu(x_nd: torch.Tensor, k: int, steps: int, l1: float, lr: float = 1e-3, seed: int = 0):
@@ -44,11 +44,7 @@ def textbook_relu(x_nd: torch.Tensor, k: int, steps: int, l1: float, lr: float =
         z = torch.relu(x @ enc + b_enc)  # (the update dropped Bricken's subtraction of b_dec before encoding)
         return z @ dec + b_pre, z
 
-    per_epoch = len(x_nd) // BATCH
-    for step in range(steps):
-        if step % per_epoch == 0:
-            order = torch.randperm(len(x_nd), generator=g)
-        x = x_nd[order[step % per_epoch * BATCH:(step % per_epoch + 1) * BATCH]]
+    for step, x in textbook_batches(x_nd, steps, g):
         x_hat, z = forward(x)
         penalty = l1 * min(1.0, step / (0.05 * steps)) * (z * dec.norm(dim=1)).sum(1).mean()
         loss = (x_hat - x).pow(2).sum(1).mean() + penalty
