@@ -29,8 +29,10 @@ PROPORTIONAL = 4.0  # see Penalised.penalty_coeff
 
 
 def _where(mask_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cols_e, counts_n) of the True entries of a (n, k) mask, token-major."""
-    return mask_nk.nonzero()[:, 1], mask_nk.sum(1)
+    """(cols_e, counts_n) of the True entries of a (n, k) mask, token-major. (Counted from the entries: a sum
+    over the bool mask casts all n k of them to int64, 24 ms a step at the default sizes.)"""
+    rows_e, cols_e = mask_nk.nonzero().unbind(1)
+    return cols_e, torch.bincount(rows_e, minlength=len(mask_nk))
 
 
 def _no_penalty(x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms):
