@@ -8,13 +8,15 @@ x_hat = z D + b_dec; decoder rows random at norm 0.1, encoder their transpose, b
 summed over d, mean over the batch, + lambda sum_i z_i ||D_i|| (atoms not renormalised), lambda warmed up
 linearly over the first 5 % of steps; Adam, gradient norm clipped at 1, the rate decayed linearly to 0 over the
 last 20 %; batch 1,024; in memory on the same standardised train tokens as `quality.py`, for the regime's
-steps. Two differences from the update: Adam at 1e-3, not ~5e-5 (a few hundred steps, not millions), and, as
-the update, no resampling of dead codes (archsae's ReLU resamples; on this data none of its codes dies). One row per lambda (its L0 follows from
-it), scored like quality.py's rows (recovery of the planted atoms, held-out R², dead codes, L0). Beside them,
-archsae's `relu` and `topk` at their defaults (L0 = the regime's active atoms) on the same tokens and steps, and
-for every row the held-out R² with each token's codes refitted by non-negative least squares on the token's own
-support (the codes it keeps): the part of the error that is the codes' magnitudes (an L1 penalty shrinks them), not which
-atoms were chosen; and the ratio of the refitted codes' sum to the codes' own.
+steps. One difference from the update: Adam at 1e-3, not ~5e-5 (a few hundred steps, not millions); like the
+update, it does not resample dead codes (archsae's ReLU does; on this data none of its codes dies).
+
+One row per lambda (its L0 follows from it), scored like quality.py's rows (recovery of the planted atoms,
+held-out R², dead codes, L0). Beside them, archsae's `relu` and `topk` at their defaults (L0 = the regime's
+active atoms) on the same tokens and steps. For every row, also the held-out R² with each token's codes
+refitted by non-negative least squares on the token's own support (the codes it keeps), which removes the
+error of the codes' magnitudes (an L1 penalty shrinks them) and keeps that of the atoms chosen; and the ratio
+of the refitted codes' sum to the codes' own.
 """
 
 from __future__ import annotations
