@@ -314,6 +314,9 @@ def test_resampling_moves_dead_codes_toward_badly_reconstructed_tokens(method):
             assert torch.equal(p.detach()[~dead], before[name][~dead]), name
     assert {name for name, p in model.named_parameters() if p.ndim and len(p) == k} == {
         name for name, p in model.named_parameters() if any(p is q for q in model.code_parameters())}
+    # (torchrun re-syncs these tensors: `_Trainer._broadcast_resampled`)
+    assert {name for name, b in model.dictionary.named_buffers() if b.ndim and len(b) == k} == {
+        name for name, b in model.dictionary.named_buffers() if any(b is q for q in model.dictionary.code_buffers())}
 
 
 def test_resampling_caps_its_draw_and_survives_every_code_dead():

@@ -222,8 +222,7 @@ class _Trainer:
         thresholds) on every rank; returns the codes, (m,) int64."""
         mask_k = torch.zeros(self.cfg.k, dtype=torch.uint8, device=rows_m.device)
         mask_k[rows_m] = 1
-        support = getattr(self.model.dictionary, "support", None)
-        for tensor in [mask_k, *self.model.code_parameters(), *([support] if support is not None else [])]:
+        for tensor in [mask_k, *self.model.code_parameters(), *self.model.dictionary.code_buffers()]:
             dist.broadcast(tensor.data, 0)
         return mask_k.nonzero().squeeze(1)
 

@@ -39,6 +39,10 @@ class FreeDictionary(nn.Module):
         """The parameters whose first axis indexes atoms."""
         return [self.weight]
 
+    def code_buffers(self) -> list[torch.Tensor]:
+        """The buffers whose first axis indexes atoms: none."""
+        return []
+
 
 def _initial_columns(k: int, n_prime: int, mode: str, generator: torch.Generator) -> torch.Tensor:
     """The candidate each atom starts on (identity / permuted init), (k,) int64."""
@@ -202,3 +206,7 @@ class ArchetypalDictionary(nn.Module):
     def code_parameters(self) -> list[nn.Parameter]:
         """The parameters whose first axis indexes atoms (W, and U for an RA-SAE)."""
         return [self.weights] + ([self.relax] if self.relax is not None else [])
+
+    def code_buffers(self) -> list[torch.Tensor]:
+        """The buffers whose first axis indexes atoms: W's support (k, m) int64, when W is sparse."""
+        return [self.support] if self.support is not None else []
