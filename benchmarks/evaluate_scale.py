@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
+
+from common import peak_rss_gb  # noqa: E402
 
 D, K, TOP_K, TOKENS = 1280, 32_768, 32, 40_000
 
@@ -49,8 +50,7 @@ def run_evaluate(work: Path) -> dict:
     t0 = time.perf_counter()
     summary = evaluate(ActivationStore(work / "store"), work / "models", EvaluateConfig(max_tokens=20_000),
                        work / "metrics.json")
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-    return {"seconds": time.perf_counter() - t0, "peak_rss_gb": peak_gb, "metrics": summary}
+    return {"seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb(), "metrics": summary}
 
 
 def main() -> None:

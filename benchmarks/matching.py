@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from archsae import metrics
+from common import peak_rss_gb
 
 
 def pairs(k: int, d: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -62,7 +62,7 @@ def main() -> None:
                      "scipy_float64_s": round(t_ref, 2), "scipy_float64_stability": ref,
                      "abs_difference": abs(ours - ref)})
         print(json.dumps(rows[-1]))
-    result = {"rows": rows, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    result = {"rows": rows, "peak_rss_gb": round(peak_rss_gb(), 2),
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__}
     out = Path(__file__).parent / "results" / "matching.json"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+from common import peak_rss_gb  # noqa: E402
 
 
 def repeat_store(src: Path, dst: Path, times: int) -> None:
@@ -56,7 +56,7 @@ def child(store_dir: Path, steps: int) -> None:
     start = time.perf_counter()
     train_many(store, jobs)
     print(json.dumps({"tokens": store.n, "shards": store.n_shards, "steps": steps, "seconds": time.perf_counter() - start,
-                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                      "peak_rss_gb": peak_rss_gb()}))
 
 
 def main() -> None:

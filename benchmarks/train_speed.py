@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from common import peak_rss_gb  # noqa: E402
 
 D, K, N_PRIME, TOP_K, BATCH = 768, 3840, 3840, 32, 1024
 WARMUP = 10
@@ -45,10 +46,6 @@ def make_tokens(n: int, seed: int = 0) -> np.ndarray:
         w = rng.uniform(0.5, 2.0, size=(m, 8, 1)).astype(np.float32)
         out[start:start + m] = (atoms[idx] * w).sum(1) + 0.05 * rng.normal(size=(m, D)).astype(np.float32)
     return out
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 def run_archsae(work: Path, method: str, steps: int, k: int, n_prime: int, support: int) -> dict:
