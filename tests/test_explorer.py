@@ -100,6 +100,19 @@ def test_statistics_are_cached_and_recomputed_when_the_model_changes(quick_run, 
     assert calls and np.abs(redone.matches["models/topk-s1"][1]).min() > 0.999
 
 
+def test_the_backbone_is_loaded_once_for_class_directions_and_uploads(quick_run, monkeypatch):
+    import archsae.models
+    from archsae.evaluate import class_directions
+
+    real, loads = archsae.models.load_backbone, []
+    monkeypatch.setattr(archsae.models, "load_backbone", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    fresh = RunView(quick_run)
+    heads = fresh.heads[0]
+    fresh.backbone
+    assert len(loads) == 1
+    assert torch.equal(heads, class_directions(fresh.store)[0])  # the same directions as a load of their own
+
+
 def test_bad_requests_get_a_clear_answer_and_change_nothing(view):
     client = create_app(view).test_client()
     bad = client.post("/upload", data={"model": "models/topk-s0", "image": (io.BytesIO(b"not an image"), "x.jpg")})

@@ -67,17 +67,18 @@ def find_models(models_dir: str | Path) -> dict[str, Path]:
     return found
 
 
-def class_directions(store: ActivationStore) -> tuple[torch.Tensor | None, str]:
+def class_directions(store: ActivationStore, backbone=None) -> tuple[torch.Tensor | None, str]:
     """The classifier head's class directions (c, d) mapped into the standardised space (v * std,
     DESIGN.md), when the store holds the pooled-feature space the head reads (its model's
-    forward_features); else None. Returns (V, where they came from or why there are none)."""
+    forward_features); else None. Returns (V, where they came from or why there are none). `backbone`: the
+    store's backbone (`load_backbone` of its config), when the caller has it loaded already."""
     config = store.header.get("config", {})
     if not config.get("model") or config.get("layer") or not config.get("pretrained", True):
         return None, "no pretrained classifier head reads this store's layer"
     from .models import load_backbone
 
     try:
-        heads = load_backbone(config["model"], pretrained=True).head_directions()
+        heads = (backbone or load_backbone(config["model"], pretrained=True)).head_directions()
     except ArchsaeError as e:
         return None, f"head of {config['model']} unavailable: {e}"
     if heads is None or heads.shape[1] != store.d:

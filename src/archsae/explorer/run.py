@@ -78,7 +78,7 @@ class RunView:
 
     def prepare(self) -> None:
         """What every page needs, before the first is served: each model's statistics (computed or from the
-        cache) and the classifier's class directions (a backbone load, ~2 s)."""
+        cache) and the classifier's class directions (the backbone's load, ~2 s, which uploads then reuse)."""
         for name in self.paths:
             self.stats(name)
         self.heads
@@ -98,8 +98,13 @@ class RunView:
 
     @cached_property
     def heads(self) -> tuple[torch.Tensor | None, str]:
-        """The classifier's class directions in the standardised space, and where they came from."""
-        return class_directions(self.store)
+        """The classifier's class directions in the standardised space, and where they came from; read from
+        the backbone that uploads use, so the explorer loads it once."""
+        try:
+            backbone = self.backbone
+        except ArchsaeError:  # (an imported store, or weights out of reach: class_directions says why)
+            backbone = None
+        return class_directions(self.store, backbone)
 
     @cached_property
     def class_names(self) -> list[str]:
