@@ -20,7 +20,8 @@ from .plots import save_figure, subplots, tradeoff_plot
 # beside max cosine. The report and the explorer both print them from here.
 METRICS = [
     ("r2", "R² ↑", "", "share of the held-out activations' variance the reconstruction explains (eq. 5)"),
-    ("dead_codes", "dead ↓", "%", "share of codes that never fire on the held-out tokens (eq. 6)"),
+    ("dead_codes", "dead ↓", "%", "share of codes that never fire on the held-out tokens (eq. 6; on a small "
+     "held-out split this counts rare codes too)"),
     ("l0", "L0", "codes/token", "mean number of codes active per token"),
     ("stability", "stability ↑", "", "Hungarian-matched mean |cos| between the atoms of two runs (eqs. 2, 7)"),
     ("mmcs", "MMCS ↑", "", "mean over atoms of the best |cos| with an atom of the other run"),
