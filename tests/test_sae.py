@@ -66,7 +66,7 @@ def test_delta_zero_is_exact_a_sae():
 @pytest.mark.parametrize("k", [4, 10, 25])
 def test_w_init_modes_make_no_zero_atoms_for_k_below_and_above_n_prime(k):
     candidates = torch.randn(10, 5)
-    for mode in ("identity", "permuted", "random"):
+    for mode in ("identity", "permuted", "spread", "random"):
         d = ArchetypalDictionary(candidates, k, 0.0, mode, torch.Generator().manual_seed(1))
         assert torch.allclose(d.weights.sum(1), torch.ones(k)) and (d().norm(dim=1) > 0).all()
     ident = ArchetypalDictionary(candidates, k, 0.0, "identity", torch.Generator().manual_seed(1))
@@ -337,13 +337,36 @@ def test_resampling_caps_its_draw_and_survives_every_code_dead():
     assert all(torch.equal(state[name], t) for name, t in model.state_dict().items())
 
 
+def test_spread_init_starts_atoms_on_the_most_distinct_candidates():
+    """Farthest-point sampling in angle: each chosen candidate has the smallest largest |cos| with those before it
+    (brute force), so from 4 tight bundles of 5 candidates and one lone direction, 5 atoms take one from each
+    bundle and the lone one, where a random 5 of the 21 would take the lone one 1 time in 4."""
+    from archsae.sae.dictionary import spread_columns
+
+    g = torch.Generator().manual_seed(0)
+    unit = lambda m: m / m.norm(dim=-1, keepdim=True)
+    candidates = torch.randn(30, 6, generator=g) * torch.rand(30, 1, generator=g)  # any norms: only angles count
+    cols = spread_columns(candidates, 12, torch.Generator().manual_seed(3)).tolist()
+    cos = (unit(candidates) @ unit(candidates).T).abs()
+    for i in range(1, 12):
+        assert cols[i] not in cols[:i]
+        assert cos[cols[i], cols[:i]].max() == cos[:, cols[:i]].max(1).values.min()
+    bundles = unit(torch.eye(6)[:4])
+    bundled = torch.cat([unit(b + 0.05 * torch.randn(5, 6, generator=g)) for b in bundles])
+    lone = unit(torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]]))
+    candidates = torch.cat([bundled, 3 * lone])  # index 20 is the lone direction
+    for seed in range(5):
+        cols = spread_columns(candidates, 5, torch.Generator().manual_seed(seed))
+        assert 20 in cols.tolist() and sorted(c // 5 for c in cols.tolist() if c < 20) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("k", [6, 25])
 def test_sparse_support_w_starts_like_the_dense_one_and_stays_row_stochastic(k):
     from archsae.sae.dictionary import nearest_candidates
 
     candidates = torch.randn(10, 5)
     gen = lambda: torch.Generator().manual_seed(1)
-    for mode in ("identity", "permuted"):
+    for mode in ("identity", "permuted", "spread"):
         dense = ArchetypalDictionary(candidates, k, 0.0, mode, gen(), support=0)
         sparse = ArchetypalDictionary(candidates, k, 0.0, mode, gen(), support=4)
         assert sparse.weights.shape == (k, 4) and torch.allclose(sparse(), dense())

@@ -132,7 +132,8 @@ class TrainConfig:
                             "(or x mean ||A|| with delta_relative). 4 = the smallest that keeps held-out R² within "
                             "0.02 of TopK's on the default store, about 13 % of a centroid's norm there (~31 at d = 1,280)")
     delta_relative: bool = opt(False, "ra-: delta is a fraction of the mean norm of the standardised activations")
-    w_init: str = opt("permuted", "a-/ra-: W init: permuted (seeded), identity (the paper's) or random")
+    w_init: str = opt("spread", "a-/ra-: W init: spread (the most distinct candidates: farthest-point in angle "
+                                "from a seeded first), permuted (seeded random ones), identity (the paper's) or random")
     w_support: int = opt(64, "a-/ra-: candidates per row of W (its start and nearest neighbours); 0 = dense W")
     centroids_seed: int = opt(-1, "a-/ra-: seed of the k-means C to use; -1 = the run's seed")
     aux_k: int = opt(256, "dead codes in the AuxK loss, which pulls them back to the residual (Gao et al. 2025); "
@@ -173,8 +174,8 @@ class TrainConfig:
         _check(self.delta >= 0, f"delta must be >= 0, got {self.delta}")
         _check(not self.method.startswith("ra-") or self.delta > 0,
                f"{self.method} needs delta > 0; for delta = 0 use a-{self.sparsity} (A-SAE)")
-        _check(self.w_init in ("permuted", "identity", "random"),
-               f"w_init must be permuted, identity or random, got {self.w_init!r}")
+        _check(self.w_init in ("permuted", "identity", "spread", "random"),
+               f"w_init must be permuted, identity, spread or random, got {self.w_init!r}")
         _check(self.w_support >= 0, f"w_support must be >= 0 (0 = dense W), got {self.w_support}")
         _check(self.aux_k >= 0 and self.aux_coeff >= 0, "aux_k and aux_coeff must be >= 0")
         _check(self.dead_tokens >= 1, f"dead_tokens must be >= 1, got {self.dead_tokens}")

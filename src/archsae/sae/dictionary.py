@@ -44,13 +44,32 @@ class FreeDictionary(nn.Module):
         return []
 
 
-def _initial_columns(k: int, n_prime: int, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """The candidate each atom starts on (identity / permuted init), (k,) int64."""
+def spread_columns(candidates_nd: torch.Tensor, m: int, generator: torch.Generator) -> torch.Tensor:
+    """m <= n' distinct candidates, (m,) int64: a seeded first one, then each the candidate whose largest |cos|
+    with those chosen so far is smallest (farthest-point sampling in angle; Gonzalez 1985). The atoms start
+    on the most distinct directions of C, rare ones included, instead of a random m of the k-means centroids,
+    which, like the tokens, crowd where the data is dense. m products of (n', d) by (d,)."""
+    unit = F.normalize(candidates_nd.float(), dim=1)
+    cols = torch.empty(m, dtype=torch.long)
+    cols[0] = int(torch.randint(len(unit), (1,), generator=generator))
+    closest_n = (unit @ unit[cols[0]]).abs()
+    for i in range(1, m):
+        cols[i] = int(closest_n.argmin())
+        closest_n = torch.maximum(closest_n, (unit @ unit[cols[i]]).abs())
+    return cols
+
+
+def _initial_columns(k: int, candidates_nd: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """The candidate each atom starts on (identity / permuted / spread init), (k,) int64; for k > n' the
+    order repeats in blocks."""
+    n_prime = len(candidates_nd)
     if mode == "identity":
         return torch.arange(k) % n_prime
     if mode == "permuted":
         blocks = [torch.randperm(n_prime, generator=generator) for _ in range(-(-k // n_prime))]
         return torch.cat(blocks)[:k]
+    if mode == "spread":
+        return spread_columns(candidates_nd, min(k, n_prime), generator).repeat(-(-k // n_prime))[:k]
     raise ValueError(f"unknown W init {mode!r}")
 
 
@@ -59,17 +78,19 @@ def _dirichlet(shape: tuple[int, int], generator: torch.Generator) -> torch.Tens
     return w / w.sum(1, keepdim=True)
 
 
-def init_weights(k: int, n_prime: int, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """A dense row-stochastic W (k, n').
+def init_weights(k: int, candidates_nd: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """A dense row-stochastic W (k, n') over the candidates C (n', d).
 
     identity: atom i starts as C_{i mod n'} (the paper's eye(k, n'), extended so k > n' has no zero atom);
     permuted: atom i starts as C_{pi(i)}, pi a seeded permutation (repeated blocks when k > n');
+    spread: atom i starts on the i-th candidate of `spread_columns` (a seeded first, then farthest in angle);
     random: rows drawn from a flat Dirichlet (seeded).
     """
+    n_prime = len(candidates_nd)
     if mode == "random":
         return _dirichlet((k, n_prime), generator)
     w = torch.zeros(k, n_prime)
-    w[torch.arange(k), _initial_columns(k, n_prime, mode, generator)] = 1.0
+    w[torch.arange(k), _initial_columns(k, candidates_nd, mode, generator)] = 1.0
     return w
 
 
@@ -89,7 +110,7 @@ def init_support(k: int, n_prime: int, m: int, mode: str, candidates_nd: torch.T
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """A sparse row-stochastic W as (support (k, m) int64 candidate indices, weights (k, m)).
 
-    identity / permuted: atom i starts exactly on the same candidate as with a dense W, and may move
+    identity / permuted / spread: atom i starts exactly on the same candidate as with a dense W, and may move
     within the convex hull of that candidate and its m - 1 nearest neighbours; random: m seeded random
     candidates per atom with flat-Dirichlet weights.
     """
@@ -97,7 +118,7 @@ def init_support(k: int, n_prime: int, m: int, mode: str, candidates_nd: torch.T
         support = torch.cat([torch.rand(len(rows), n_prime, generator=generator).topk(m, dim=1).indices
                              for rows in torch.arange(k).split(1024)])
         return support, _dirichlet((k, m), generator)
-    support = nearest_candidates(candidates_nd, _initial_columns(k, n_prime, mode, generator), m)
+    support = nearest_candidates(candidates_nd, _initial_columns(k, candidates_nd, mode, generator), m)
     weights = torch.zeros(k, m)
     weights[:, 0] = 1.0
     return support, weights
@@ -136,7 +157,7 @@ class ArchetypalDictionary(nn.Module):
             idx, weights = init_support(k, n_prime, support, w_init, self.candidates, generator)
             self.register_buffer("support", idx)
         else:
-            weights, self.support = init_weights(k, n_prime, w_init, generator), None
+            weights, self.support = init_weights(k, self.candidates, w_init, generator), None
         self.weights = nn.Parameter(weights)
         # delta is a buffer, so a model saved with a delta resolved from a relative setting reloads as is.
         self.register_buffer("delta", torch.tensor(float(delta)))
