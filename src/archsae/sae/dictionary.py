@@ -48,7 +48,9 @@ def spread_columns(candidates_nd: torch.Tensor, m: int, generator: torch.Generat
     """m <= n' distinct candidates, (m,) int64: a seeded first one, then each the candidate whose largest |cos|
     with those chosen so far is smallest (farthest-point sampling in angle; Gonzalez 1985). The atoms start
     on the most distinct directions of C, rare ones included, instead of a random m of the k-means centroids,
-    which, like the tokens, crowd where the data is dense. m products of (n', d) by (d,)."""
+    which, like the tokens, crowd where the data is dense (|cos|, as in the stability metric: a candidate and
+    its opposite count as one direction). Costs m products of (n', d) by (d,): ~3 s at k = 2,560, n' = 4,096,
+    d = 1,280 on 2 cores, growing as k n' (not measured at the paper's n' = k = 32,768)."""
     unit = F.normalize(candidates_nd.float(), dim=1)
     cols = torch.empty(m, dtype=torch.long)
     cols[0] = int(torch.randint(len(unit), (1,), generator=generator))
