@@ -49,8 +49,10 @@ def spread_columns(candidates_nd: torch.Tensor, m: int, generator: torch.Generat
     with those chosen so far is smallest (farthest-point sampling in angle; Gonzalez 1985). The atoms start
     on the most distinct directions of C, rare ones included, instead of a random m of the k-means centroids,
     which, like the tokens, crowd where the data is dense (|cos|, as in the stability metric: a candidate and
-    its opposite count as one direction). Costs m products of (n', d) by (d,): ~3 s at k = 2,560, n' = 4,096,
-    d = 1,280 on 2 cores, growing as k n' (not measured at the paper's n' = k = 32,768)."""
+    its opposite count as one direction). Costs m products of (n', d) by (d,), bound by memory: on 2 cores at
+    d = 1,280, 2.5 s for m = 2,560 of n' = 4,096, and 11 ms per atom at the paper's n' = 32,768 (70 s for
+    m = 5 d = 6,400; it would take 6 min for m = n' = 32,768, where it picks every candidate and
+    `_initial_columns` uses a permutation instead)."""
     unit = F.normalize(candidates_nd.float(), dim=1)
     cols = torch.empty(m, dtype=torch.long)
     cols[0] = int(torch.randint(len(unit), (1,), generator=generator))
@@ -67,11 +69,11 @@ def _initial_columns(k: int, candidates_nd: torch.Tensor, mode: str, generator: 
     n_prime = len(candidates_nd)
     if mode == "identity":
         return torch.arange(k) % n_prime
-    if mode == "permuted":
+    if mode == "permuted" or (mode == "spread" and k >= n_prime):  # spread would take every candidate: same set
         blocks = [torch.randperm(n_prime, generator=generator) for _ in range(-(-k // n_prime))]
         return torch.cat(blocks)[:k]
     if mode == "spread":
-        return spread_columns(candidates_nd, min(k, n_prime), generator).repeat(-(-k // n_prime))[:k]
+        return spread_columns(candidates_nd, k, generator)
     raise ValueError(f"unknown W init {mode!r}")
 
 
@@ -85,7 +87,8 @@ def init_weights(k: int, candidates_nd: torch.Tensor, mode: str, generator: torc
 
     identity: atom i starts as C_{i mod n'} (the paper's eye(k, n'), extended so k > n' has no zero atom);
     permuted: atom i starts as C_{pi(i)}, pi a seeded permutation (repeated blocks when k > n');
-    spread: atom i starts on the i-th candidate of `spread_columns` (a seeded first, then farthest in angle);
+    spread: atom i starts on the i-th candidate of `spread_columns` (a seeded first, then farthest in angle;
+    with k >= n' every candidate is taken, so as permuted);
     random: rows drawn from a flat Dirichlet (seeded).
     """
     n_prime = len(candidates_nd)
