@@ -197,6 +197,20 @@ def test_train_sweep_trains_each_distinct_model_once_with_a_readable_name(tmp_pa
     _error(invoke("train", "--run-dir", tmp_path / "r", "--seed", "0", "--seed", "1", "--name", "x"), "drop --name")
 
 
+def test_a_boolean_option_has_its_off_form(tmp_path):
+    import json
+
+    from conftest import planted_data
+
+    np.save(tmp_path / "a.npy", planted_data(n=2000)[0])
+    assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "r").exit_code == 0
+    result = invoke("train", "--run-dir", tmp_path / "r", "--no-centre", "--k", "16", "--top-k", "2",
+                    "--epochs", "0.5", "--batch-size", "256", "--name", "uncentred")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "models" / "uncentred" / "config.json").read_text())["train"]["centre"] is False
+    assert "--no-amp" in invoke("stability", "--help").output
+
+
 def test_a_moved_run_folder_is_the_same_run(tmp_path):
     """Models and centroids record the store by content, not by path: after `mv runs/A runs/B`, the same
     commands reuse every result instead of refusing it as "another configuration"."""

@@ -42,9 +42,11 @@ def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
             kind, default = List[type(default[0])], list(default)
         elif repeatable and kind is not bool:
             kind, default, help = List[kind], (defaults or {}).get(f.name, [default]), help + " [repeat to sweep]"
+        flag = (prefix + f.name).replace("_", "-")
+        names = f"--{flag}/--no-{flag}" if kind is bool else f"--{flag}"  # a bool has an off form: --no-centre
         params.append(inspect.Parameter(
             prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-            default=typer.Option(default, "--" + (prefix + f.name).replace("_", "-"), help=help, show_default=True)))
+            default=typer.Option(default, names, help=help, show_default=True)))
     return params
 
 
