@@ -31,6 +31,12 @@ def test_store_import_lists_only_its_own_options():
     assert options == {"--run-dir", "--shard-tokens", "--dtype", "--holdout-every", "--help"}
 
 
+def test_plausibility_offers_no_train_option_it_overrides():
+    options = {w for w in invoke("benchmark", "plausibility", "--help").output.split() if w.startswith("--")}
+    assert {"--k", "--delta", "--sparsity", "--train-top-k"} <= options
+    assert not {"--train-method", "--train-k", "--train-delta"} & options
+
+
 def _error(result, pattern):
     assert result.exit_code == 2, result.output
     assert pattern in result.output and "Traceback" not in result.output

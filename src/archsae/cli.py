@@ -31,12 +31,15 @@ RUN_OPTION = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation
                                default=typer.Option(Path("archsae-run"), "--run-dir", help="run directory"))
 
 
+def _options(cls: type, hidden=()) -> list[dataclasses.Field]:
+    """The fields of a config that are command-line options: those with a help text, less `hidden`."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata and f.name not in hidden]
+
+
 def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
-                   defaults: dict | None = None) -> list[inspect.Parameter]:
+                   defaults: dict | None = None, hidden=()) -> list[inspect.Parameter]:
     params = []
-    for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            continue
+    for f in _options(cls, hidden):
         kind, default, help = type(f.default), f.default, f.metadata["help"]
         if kind is tuple:  # a field holding several values: a repeatable option
             kind, default = List[type(default[0])], list(default)
@@ -63,20 +66,23 @@ def sweep(cls: type, values: dict[str, object]) -> list:
 
 
 def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list[inspect.Parameter],
-            swept: str = "", defaults: dict | None = None, writes: bool = True):
+            swept: str = "", defaults: dict | None = None, writes: bool = True, hidden: dict | None = None):
     """Register `fn(**params, **{key: config})` as a command whose options mirror the configs' fields.
 
     `configs` maps the keyword `fn` receives to a config class; the key is the option prefix (--demo-seed)
     except for the command's own config (the first) and the `swept` one, whose options are plain (--k).
     The `swept` config's options may be repeated, and `fn` receives the list of configurations of their
-    product (a sweep); `defaults` replaces some of its fields' defaults. A command that `writes` into its
+    product (a sweep); `defaults` replaces some of its fields' defaults; `hidden` maps a key to the fields that
+    are no options there (the command sets them; they keep their defaults). A command that `writes` into its
     --run-dir checks first that it can. ArchsaeError becomes a one-line message and exit status 2.
     """
+    hidden = hidden or {}
+
     def deco(fn: Callable) -> Callable:
         prefixes = {key: "" if i == 0 or key == swept else key + "_" for i, key in enumerate(configs)}
         sig = list(params) + [p for key, cls in configs.items()
                               for p in _config_params(cls, prefixes[key], key == swept,
-                                                      defaults if key == swept else None)]
+                                                      defaults if key == swept else None, hidden.get(key, ()))]
         assert len({p.name for p in sig}) == len(sig), f"{name}: two options share a name"
 
         @functools.wraps(fn)
@@ -86,8 +92,7 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
                     check_writable(kw["run"])
                 built = {}
                 for key, cls in configs.items():
-                    values = {f.name: kw.pop(prefixes[key] + f.name) for f in dataclasses.fields(cls)
-                              if "help" in f.metadata}
+                    values = {f.name: kw.pop(prefixes[key] + f.name) for f in _options(cls, hidden.get(key, ()))}
                     values = {k: tuple(v) if isinstance(getattr(cls, k, None), tuple) else v
                               for k, v in values.items()}
                     built[key] = sweep(cls, values) if key == swept else cls(**values)
@@ -302,12 +307,13 @@ def distillation_cmd(run: Path, device: str, bench: DistillationBenchConfig, tra
 
 
 @command(benchmark_app, "plausibility", {"bench": PlausibilityBenchConfig, "train": TrainConfig,
-                                         "distill": DistillConfig}, [RUN_OPTION, DEVICE])
+                                         "distill": DistillConfig}, [RUN_OPTION, DEVICE],
+         hidden={"train": {"method", "k", "delta"}})
 def plausibility_cmd(run: Path, device: str, bench: PlausibilityBenchConfig, train: TrainConfig,
                      distill: DistillConfig) -> str:
     """Plausibility of TopK, A-SAE and RA-SAE atoms against the classifier head's class directions at each
     dictionary size (Fel et al. 2025, Sec. 5.2, Table 2) -> RUN/benchmarks/plausibility/. --train-* options
-    set every SAE's training (their methods come from --sparsity and --delta); --distill-* options set C."""
+    set every SAE's training but its method, k and delta (--sparsity, --k and --delta); --distill-* options set C."""
     from .benchmarks import plausibility_benchmark
     from .report.plots import plausibility_plot
     from .store import ActivationStore
