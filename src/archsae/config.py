@@ -292,7 +292,7 @@ class EvaluateConfig:
 
 
 STABILITY_MODES = {
-    "independent": "each run its own k-means seed, W initialisation, dictionary seed and data order (the default)",
+    "independent": "each run its own k-means seed, W initialisation, dictionary seed and data order",
     "shared": "the paper's: one C and W = identity, so every run starts from the same dictionary (and, tied, the "
               "same encoder); runs differ only in their data order",
     "perturbed": "independent seeds, and each run (k-means included) on its own subset of the train tokens",
