@@ -161,7 +161,9 @@ def store_verify_cmd(run: Path) -> str:
 
 @command(app, "distill", {"distill": DistillConfig}, [RUN_OPTION])
 def distill_cmd(run: Path, distill: DistillConfig) -> str:
-    """k-means of the standardised activations into n' centroids C -> RUN/centroids/seed{seed}."""
+    """n' candidates C of the standardised activations, k-means centroids by default ->
+    RUN/centroids/seed{S}.safetensors (+ .json; another --method: {method}-seed{S}), which a- and ra- models of
+    seed S use."""
     from .distill import centroids_path, distill as do_distill
     from .store import ActivationStore
 
