@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
+
+from common import peak_rss_gb  # noqa: E402
 
 BATCH = 1024
 ROWS = [  # name, library, method, learning rate (None: archsae's default, 0.06 / sqrt(d))
@@ -43,10 +44,6 @@ ROWS = [  # name, library, method, learning rate (None: archsae's default, 0.06 
     ("overcomplete RATopKSAE, lr 5e-4", "overcomplete", "ra-topk", 5e-4),
     ("overcomplete RATopKSAE, archsae's lr", "overcomplete", "ra-topk", None),
 ]
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 def run_archsae(run_dir: Path, work: Path, method: str, steps: int, every: int) -> list[dict]:
