@@ -375,7 +375,7 @@ def serve_cmd(run: Path, port: int, host: str) -> str:
 
 @command(app, "run", {}, [
     RUN_OPTION, IMAGES,
-    _param("quick", bool, False, "a small configuration for smoke tests (~3 min on 2 cores)", "--quick"),
+    _param("quick", bool, False, "a small configuration for smoke tests (~40 s on 2 cores)", "--quick"),
     _param("model", str, ExtractConfig.model, "timm model name (default: embedded EfficientNet-Lite0)", "--model"),
     _param("n_images", int, 0, "demo images (0 = the configuration's default)", "--n-images"),
     _param("method", List[str], list(RunConfig.methods), "methods to train, repeatable; 'all' = all 12", "--method"),
