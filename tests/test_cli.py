@@ -265,6 +265,26 @@ def test_evaluate_reports_a_model_it_cannot_score_and_scores_the_others(tmp_path
     assert "another store" in evaluated["skipped"]["stranger"]
 
 
+def test_evaluate_groups_runs_by_configuration_and_names_an_unfinished_model(tmp_path):
+    import json
+
+    from conftest import planted_data
+
+    np.save(tmp_path / "a.npy", planted_data(n=3000, d=16)[0])
+    assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "r").exit_code == 0
+    common = ["--run-dir", tmp_path / "r", "--top-k", 2, "--epochs", 0.5, "--batch-size", 256]
+    assert invoke("train", *common, "--k", 16, "--seed", 0, "--seed", 1).exit_code == 0
+    assert invoke("train", *common, "--k", 8, "--seed", 2).exit_code == 0  # topk-s2: same name, another k
+    unfinished = tmp_path / "r" / "models" / "topk-s3"
+    unfinished.mkdir()
+    (unfinished / "checkpoint.safetensors").write_bytes(b"")
+    assert invoke("evaluate", "--run-dir", tmp_path / "r").exit_code == 0
+    evaluated = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert {g: v["runs"] for g, v in evaluated["groups"].items()} == {
+        "topk": ["topk-s0", "topk-s1"], "topk (k=8)": ["topk-s2"]}
+    assert "did not finish" in evaluated["skipped"]["topk-s3"]
+
+
 def test_results_get_the_users_umask_and_a_read_only_run_dir_fails_before_any_work(tmp_path, monkeypatch):
     import os
     import tempfile

@@ -88,10 +88,20 @@ def class_directions(store: ActivationStore, backbone=None) -> tuple[torch.Tenso
 
 def group_label(cfg: TrainConfig | ClassicalConfig, name: str, labels: dict[str, str]) -> str:
     """The label of the group of runs `cfg` belongs to: configurations equal but for their seeds share one
-    (the first model's folder name without its -s{seed})."""
+    (the first model's folder name without its -s{seed}); a configuration whose folder names that label
+    already has it followed by the fields in which it differs ("topk (k=256)"). `labels` maps each
+    configuration seen to its label."""
     seeds = dict(seed=0, centroids_seed=-1, subset_seed=0) if isinstance(cfg, TrainConfig) else dict(seed=0)
-    key = type(cfg).__name__ + json.dumps(asdict(replace(cfg.canonical(), **seeds)), sort_keys=True)
-    return labels.setdefault(key, re.sub(r"-s\d+$", "", name))
+    fields = asdict(replace(cfg.canonical(), **seeds))
+    key = type(cfg).__name__ + json.dumps(fields, sort_keys=True)
+    if key not in labels:
+        label = re.sub(r"-s\d+$", "", name)
+        owner = next((k for k, v in labels.items() if v == label), None)
+        if owner is not None:  # another configuration's runs carry the same name (e.g. trained at another k)
+            theirs = json.loads(owner[owner.index("{"):])
+            label += " (" + ", ".join(f"{f}={v}" for f, v in fields.items() if theirs.get(f) != v) + ")"
+        labels[key] = label
+    return labels[key]
 
 
 CONNECTIVITY_TOKENS = 8192  # connectivity falls as tokens are added: always counted on this many (or all, if fewer)
@@ -145,7 +155,11 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     acts = store.standardise(raw)
     heads, heads_from = class_directions(store)
     found = find_models(models_dir)
-    results, atoms, labels, skipped = {}, {}, {}, {}
+    results, atoms, labels = {}, {}, {}
+    skipped = {p.parent.name: "its training did not finish (a checkpoint, no model): run its train command again"
+               for p in sorted(Path(models_dir).glob("*/checkpoint.safetensors")) if p.parent.name not in found}
+    for name, reason in skipped.items():
+        tqdm.write(f"evaluate: skipped {name}: {reason}")
     for name, path in tqdm(found.items(), desc="evaluate", unit="model", **quiet(len(found) < 2)):
         try:
             trained_on = read_json(path / "config.json").get("store")
