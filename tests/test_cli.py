@@ -83,8 +83,14 @@ def test_bad_matrices_and_settings(tmp_path):
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 1, "--top-k", 1), "k must be >= 2")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 10**9, "--top-k", 2, "--batch-size", 64), "GiB available")
     assert not (tmp_path / "c" / "models").exists()
+    (tmp_path / "empty.npy").write_bytes(b"")
+    _error(invoke("store", "import", tmp_path / "empty.npy", "--run-dir", tmp_path / "f"), "empty or truncated")
+    np.save(tmp_path / "const.npy", np.ones((300, 4), np.float32))
+    assert invoke("store", "import", tmp_path / "const.npy", "--run-dir", tmp_path / "g").exit_code == 0
+    _error(invoke("train", "--run-dir", tmp_path / "g", "--k", 8, "--top-k", 2), "every feature of the store")
     np.save(tmp_path / "complex.npy", np.ones((20, 4), np.complex64))
     _error(invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e"), "expected real numbers")
+    assert "archsae store import: error" in invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e").output
     _error(invoke("train", "--run-dir", tmp_path / "c", "--method", "ra-topk"), "run `archsae distill`")
     _error(invoke("evaluate", "--run-dir", tmp_path / "c"), "no trained models")
     _error(invoke("serve", "--run-dir", tmp_path / "c", "--port", 0), "no trained models")

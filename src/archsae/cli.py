@@ -20,9 +20,9 @@ from .files import check_writable
 
 app = typer.Typer(help="Stable, honest concept extraction from vision models with (archetypal) SAEs.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-store_app = typer.Typer(help="Activation store utilities.", no_args_is_help=True)
+store_app = typer.Typer(name="store", help="Activation store utilities.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
-benchmark_app = typer.Typer(help="The paper's benchmarks on RUN/store's model -> RUN/benchmarks/NAME/.",
+benchmark_app = typer.Typer(name="benchmark", help="The paper's benchmarks on RUN/store's model -> RUN/benchmarks/NAME/.",
                             no_args_is_help=True)
 app.add_typer(benchmark_app, name="benchmark")
 
@@ -77,6 +77,7 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
     --run-dir checks first that it can. ArchsaeError becomes a one-line message and exit status 2.
     """
     hidden = hidden or {}
+    full_name = " ".join(filter(None, [app_.info.name, name]))  # "store import" in messages
 
     def deco(fn: Callable) -> Callable:
         prefixes = {key: "" if i == 0 or key == swept else key + "_" for i, key in enumerate(configs)}
@@ -98,10 +99,10 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
                     built[key] = sweep(cls, values) if key == swept else cls(**values)
                 result = fn(**kw, **built)
             except ArchsaeError as e:
-                typer.echo(f"archsae {name}: error: {e}", err=True)
+                typer.echo(f"archsae {full_name}: error: {e}", err=True)
                 raise typer.Exit(2)
             except KeyboardInterrupt:
-                typer.echo(f"archsae {name}: interrupted; run the same command again to resume", err=True)
+                typer.echo(f"archsae {full_name}: interrupted; run the same command again to resume", err=True)
                 raise typer.Exit(130)
             if result:
                 typer.echo(result)

@@ -87,7 +87,7 @@ def check_finite(acts: np.ndarray, where: str) -> None:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ArchsaeError(f"{where}: activations contain NaN/Inf ({int(bad.sum())} rows, first row {row}); "
-                           "fix the source (model in fp32, no corrupt images) before storing")
+                           "fix the source (an imported matrix; or the model in fp32, no corrupt images) before storing")
 
 
 class StoreWriter:
@@ -397,8 +397,10 @@ def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384,
                 matrix = f.get_tensor(key)
         else:
             raise ArchsaeError(f"{path}: expected a .npy or .safetensors file")
-    except (ValueError, OSError, SafetensorError) as e:
-        raise ArchsaeError(f"cannot read {path} ({e})") from None
+    except (ValueError, OSError, EOFError, SafetensorError) as e:
+        reason = ("an empty or truncated file" if isinstance(e, EOFError) else "not a numeric array: archsae never "
+                  "loads pickled objects; save the matrix with np.save(path, array)" if "pickle" in str(e) else e)
+        raise ArchsaeError(f"cannot read {path} ({reason})") from None
     if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
         raise ArchsaeError(f"{path} holds shape {matrix.shape}; expected a 2-D (n, d) activation matrix")
     if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
