@@ -75,6 +75,10 @@ def test_bad_matrices_and_settings(tmp_path):
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))
     assert invoke("store", "import", tmp_path / "ok.npy", "--run-dir", tmp_path / "c").exit_code == 0
     _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 0), "n' (n_centroids) must be >= 1")
+    _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 8, "--n-centroids", 16), "same file")
+    assert invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 8, "--seed", 5, "--seed", 6).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "c" / "centroids").glob("*.safetensors")) == [
+        "seed5.safetensors", "seed6.safetensors"]
     _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 5000, "--max-points", 10_000),
            "at least n' = 5000")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 16), "must be >= top_k")

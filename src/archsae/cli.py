@@ -160,17 +160,20 @@ def store_verify_cmd(run: Path) -> str:
     return f"{store.n_shards} shards OK"
 
 
-@command(app, "distill", {"distill": DistillConfig}, [RUN_OPTION])
-def distill_cmd(run: Path, distill: DistillConfig) -> str:
+@command(app, "distill", {"distill": DistillConfig}, [RUN_OPTION], swept="distill")
+def distill_cmd(run: Path, distill: list[DistillConfig]) -> str:
     """n' candidates C of the standardised activations, k-means centroids by default ->
     RUN/centroids/seed{S}.safetensors (+ .json; another --method: {method}-seed{S}), which a- and ra- models of
-    seed S use."""
+    seed S use. Repeat --seed (or --method) for several: --seed 0 --seed 1."""
     from .distill import centroids_path, distill as do_distill
     from .store import ActivationStore
 
-    out = centroids_path(run, distill.seed, method=distill.method)
-    c = do_distill(ActivationStore(run / "store"), distill, out)
-    return f"C {tuple(c.shape)} in {out}"
+    outs = [centroids_path(run, cfg.seed, method=cfg.method) for cfg in distill]
+    if len(set(outs)) < len(outs):
+        raise ArchsaeError("two configurations of one seed and method would write the same file: give one value of "
+                           "the other options per run directory")
+    store = ActivationStore(run / "store")
+    return "\n".join(f"C {tuple(do_distill(store, cfg, out).shape)} in {out}" for cfg, out in zip(distill, outs))
 
 
 @command(app, "train", {"train": TrainConfig}, [
