@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -224,6 +225,13 @@ def test_a_boolean_option_has_its_off_form(tmp_path):
                     "--epochs", "0.5", "--batch-size", "256", "--name", "uncentred")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "models" / "uncentred" / "config.json").read_text())["train"]["centre"] is False
+    # a free SAE's b_pre starts at the data mean: the uncentred model has the centred one's atoms (as documented)
+    assert invoke("train", "--run-dir", tmp_path / "r", "--k", "16", "--top-k", "2", "--epochs", "0.5",
+                  "--batch-size", "256", "--name", "centred").exit_code == 0
+    from archsae import load_sae
+
+    atoms = [load_sae(tmp_path / "r" / "models" / name).atoms().detach() for name in ("centred", "uncentred")]
+    assert torch.nn.functional.cosine_similarity(*atoms).min() > 0.999
     assert "--no-amp" in invoke("stability", "--help").output
 
 
