@@ -224,6 +224,7 @@ def test_a_boolean_option_has_its_off_form(tmp_path):
     result = invoke("train", "--run-dir", tmp_path / "r", "--no-centre", "--k", "16", "--top-k", "2",
                     "--epochs", "0.5", "--batch-size", "256", "--name", "uncentred")
     assert result.exit_code == 0, result.output
+    assert "fewer than the 50 warmup steps" in result.output  # 4 steps of 256 tokens: a user is told
     assert json.loads((tmp_path / "r" / "models" / "uncentred" / "config.json").read_text())["train"]["centre"] is False
     # a free SAE's b_pre starts at the data mean: the uncentred model has the centred one's atoms (as documented)
     assert invoke("train", "--run-dir", tmp_path / "r", "--k", "16", "--top-k", "2", "--epochs", "0.5",

@@ -73,7 +73,7 @@ def test_w_init_modes_make_no_zero_atoms_for_k_below_and_above_n_prime(k):
     assert torch.allclose(ident.weights @ candidates, candidates[torch.arange(k) % 10])
 
 
-def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, monkeypatch):
+def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, monkeypatch, capsys):
     store, _ = planted
     cfg = TrainConfig(method="topk", k=24, top_k=2, epochs=2, batch_size=512, checkpoint_every=15)
     full = train(store, cfg, tmp_path / "full")
@@ -92,7 +92,9 @@ def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, mon
         train(store, cfg, tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
     monkeypatch.setattr(type(store), "batches", real_batches)
+    capsys.readouterr()
     resumed = train(store, cfg, tmp_path / "resumed")
+    assert "resuming resumed from step 15" in capsys.readouterr().out
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     log = lambda p: [json.loads(l)["step"] for l in (p / "log.jsonl").read_text().splitlines()]
