@@ -195,6 +195,11 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
     if name and len(train) > 1:
         raise ArchsaeError(f"--name names one model, but the options describe {len(train)}; drop --name")
     store = ActivationStore(run / "store")
+    missing = sorted({cfg.kmeans_seed for cfg in train if cfg.archetypal
+                      and not centroids_path(run, cfg.kmeans_seed).exists()})
+    if missing:
+        raise ArchsaeError(f"no centroids C for seed(s) {', '.join(map(str, missing))} under {run / 'centroids'}: run "
+                           f"`archsae distill {' '.join(f'--seed {s}' for s in missing)}` first")
     jobs = []
     for cfg, label in zip(train, sweep_labels(train)):
         candidates = load_centroids(centroids_path(run, cfg.kmeans_seed)) if cfg.archetypal else None
