@@ -226,6 +226,9 @@ def test_a_boolean_option_has_its_off_form(tmp_path):
                     "--epochs", "0.5", "--batch-size", "256", "--name", "uncentred")
     assert result.exit_code == 0, result.output
     assert "fewer than the 50 warmup steps" in result.output  # 4 steps of 256 tokens: a user is told
+    clash = invoke("train", "--run-dir", tmp_path / "r", "--no-centre", "--k", "8", "--top-k", "2", "--epochs", "0.5",
+                   "--batch-size", "128", "--name", "uncentred")  # the refusal names every difference, not the first
+    _error(clash, "train.batch_size: 256 there, 128 now; train.k: 16 there, 8 now")
     assert json.loads((tmp_path / "r" / "models" / "uncentred" / "config.json").read_text())["train"]["centre"] is False
     # a free SAE's b_pre starts at the data mean: the uncentred model has the centred one's atoms (as documented)
     assert invoke("train", "--run-dir", tmp_path / "r", "--k", "16", "--top-k", "2", "--epochs", "0.5",

@@ -93,30 +93,25 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def first_difference(stored: Any, asked: Any, key: str = "") -> str | None:
-    """The first field where two JSON-like records differ, in words ("k: 512 there, 1024 now"), or None."""
+def differences(stored: Any, asked: Any, key: str = "") -> list[str]:
+    """The fields where two JSON-like records differ, in words (["k: 512 there, 1024 now", ...]), in key order."""
     if isinstance(stored, dict) and isinstance(asked, dict):
-        for k in sorted(set(stored) | set(asked), key=str):
-            found = first_difference(stored.get(k, "(absent)"), asked.get(k, "(absent)"), f"{key}.{k}" if key else k)
-            if found:
-                return found
-        return None
+        return [found for k in sorted(set(stored) | set(asked), key=str)
+                for found in differences(stored.get(k, "(absent)"), asked.get(k, "(absent)"), f"{key}.{k}" if key else k)]
     if isinstance(stored, list) and isinstance(asked, list):
         if len(stored) != len(asked):
-            return f"{key}: {len(stored)} items there, {len(asked)} now"
-        for i, (a, b) in enumerate(zip(stored, asked)):
-            where = f"{key}[{i}]" + (f" ({b['path']})" if isinstance(b, dict) and "path" in b else "")
-            found = first_difference(a, b, where)
-            if found:
-                return found
-        return None
-    return None if stored == asked else f"{key}: {_short(stored)} there, {_short(asked)} now"
+            return [f"{key}: {len(stored)} items there, {len(asked)} now"]
+        return [found for i, (a, b) in enumerate(zip(stored, asked))
+                for found in differences(a, b, f"{key}[{i}]" + (f" ({b['path']})" if isinstance(b, dict) and "path" in b
+                                                                else ""))]
+    return [] if stored == asked else [f"{key}: {_short(stored)} there, {_short(asked)} now"]
 
 
 def refuse_if_different(stored: dict, asked: dict, where: Path, what: str, fix: str) -> None:
     """The one rule for results kept in a run directory: a result is reused only when the record it was
     made with (configuration, store fingerprint, inputs' checksums) equals the one asked for now; else
-    ArchsaeError names the first difference and `fix`, and nothing is overwritten."""
-    found = first_difference(stored, asked)
+    ArchsaeError names the differences (the first three) and `fix`, and nothing is overwritten."""
+    found = differences(stored, asked)
     if found:
-        raise ArchsaeError(f"{where} holds {what} made with another configuration ({found}); {fix}")
+        more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
+        raise ArchsaeError(f"{where} holds {what} made with another configuration ({'; '.join(found[:3])}{more}); {fix}")
