@@ -101,9 +101,10 @@ def differences(stored: Any, asked: Any, key: str = "") -> list[str]:
     if isinstance(stored, list) and isinstance(asked, list):
         if len(stored) != len(asked):
             return [f"{key}: {len(stored)} items there, {len(asked)} now"]
-        return [found for i, (a, b) in enumerate(zip(stored, asked))
-                for found in differences(a, b, f"{key}[{i}]" + (f" ({b['path']})" if isinstance(b, dict) and "path" in b
-                                                                else ""))]
+        found = []
+        for i, (a, b) in enumerate(zip(stored, asked)):
+            found += differences(a, b, f"{key}[{i}]" + (f" ({b['path']})" if isinstance(b, dict) and "path" in b else ""))
+        return found
     return [] if stored == asked else [f"{key}: {_short(stored)} there, {_short(asked)} now"]
 
 

@@ -398,8 +398,11 @@ def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384,
         else:
             raise ArchsaeError(f"{path}: expected a .npy or .safetensors file")
     except (ValueError, OSError, EOFError, SafetensorError) as e:
-        reason = ("an empty or truncated file" if isinstance(e, EOFError) else "not a numeric array: archsae never "
-                  "loads pickled objects; save the matrix with np.save(path, array)" if "pickle" in str(e) else e)
+        reason = str(e)
+        if isinstance(e, EOFError):
+            reason = "an empty or truncated file"
+        elif "pickle" in reason:  # numpy's advice (allow_pickle=True) would run code from the file
+            reason = "not a numeric array: archsae never loads pickled objects; save the matrix with np.save(path, array)"
         raise ArchsaeError(f"cannot read {path} ({reason})") from None
     if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
         raise ArchsaeError(f"{path} holds shape {matrix.shape}; expected a 2-D (n, d) activation matrix")
