@@ -32,10 +32,15 @@ def test_store_import_lists_only_its_own_options():
     assert options == {"--run-dir", "--shard-tokens", "--dtype", "--holdout-every", "--help"}
 
 
-def test_plausibility_offers_no_train_option_it_overrides():
-    options = {w for w in invoke("benchmark", "plausibility", "--help").output.split() if w.startswith("--")}
-    assert {"--k", "--delta", "--sparsity", "--train-top-k"} <= options
-    assert not {"--train-method", "--train-k", "--train-delta"} & options
+def test_commands_offer_no_train_option_they_override():
+    options = lambda *cmd: {w for w in invoke(*cmd, "--help").output.split() if w.startswith("--")}
+    plausibility = options("benchmark", "plausibility")
+    assert {"--k", "--delta", "--sparsity", "--train-top-k"} <= plausibility
+    assert not {"--train-method", "--train-k", "--train-delta", "--train-centroids-seed"} & plausibility
+    assert not {"--train-delta", "--train-centroids-seed"} & options("benchmark", "distillation")
+    stability = options("stability")
+    assert {"--uncentred", "--snapshots", "--k"} <= stability
+    assert not {"--centre", "--no-centre", "--centroids-seed", "--snapshot-every"} & stability
 
 
 def _error(result, pattern):
@@ -91,8 +96,9 @@ def test_bad_matrices_and_settings(tmp_path):
     (tmp_path / "empty.npy").write_bytes(b"")
     _error(invoke("store", "import", tmp_path / "empty.npy", "--run-dir", tmp_path / "f"), "empty or truncated")
     np.save(tmp_path / "const.npy", np.ones((300, 4), np.float32))
-    assert invoke("store", "import", tmp_path / "const.npy", "--run-dir", tmp_path / "g").exit_code == 0
-    _error(invoke("train", "--run-dir", tmp_path / "g", "--k", 8, "--top-k", 2), "every feature of the store")
+    _error(invoke("store", "import", tmp_path / "const.npy", "--run-dir", tmp_path / "g"), "every feature of the store")
+    for cmd in (["train", "--k", 8, "--top-k", 2], ["distill"], ["classical", "--method", "pca"], ["evaluate"]):
+        _error(invoke(*cmd, "--run-dir", tmp_path / "g"), "every feature of the store")  # no command uses it
     np.save(tmp_path / "complex.npy", np.ones((20, 4), np.complex64))
     _error(invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e"), "expected real numbers")
     assert "archsae store import: error" in invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e").output
@@ -230,13 +236,19 @@ def test_a_boolean_option_has_its_off_form(tmp_path):
                    "--batch-size", "128", "--name", "uncentred")  # the refusal names every difference, not the first
     _error(clash, "train.batch_size: 256 there, 128 now; train.k: 16 there, 8 now")
     assert json.loads((tmp_path / "r" / "models" / "uncentred" / "config.json").read_text())["train"]["centre"] is False
-    # a free SAE's b_pre starts at the data mean: the uncentred model has the centred one's atoms (as documented)
-    assert invoke("train", "--run-dir", tmp_path / "r", "--k", "16", "--top-k", "2", "--epochs", "0.5",
-                  "--batch-size", "256", "--name", "centred").exit_code == 0
+    # a free SAE's b_pre starts at the data mean: trained uncentred, it learns the centred one's atoms (as documented)
     from archsae import load_sae
+    from archsae.files import read_safetensors
 
-    atoms = [load_sae(tmp_path / "r" / "models" / name).atoms().detach() for name in ("centred", "uncentred")]
-    assert torch.nn.functional.cosine_similarity(*atoms).min() > 0.999
+    for centre in ("--centre", "--no-centre"):
+        assert invoke("train", "--run-dir", tmp_path / "r", centre, "--k", "16", "--top-k", "2", "--epochs", "5",
+                      "--warmup-steps", "1", "--batch-size", "256", "--snapshot-every", "1000",
+                      "--name", f"long{centre}").exit_code == 0
+    atoms = [load_sae(tmp_path / "r" / "models" / f"long{c}").atoms().detach() for c in ("--centre", "--no-centre")]
+    start = read_safetensors(tmp_path / "r" / "models" / "long--centre" / "snapshots" / "step000000.safetensors")
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(atoms[0], start["atoms"]).mean() < 0.95  # 35 steps moved the atoms ...
+    assert cos(*atoms).min() > 0.999  # ... the same way in both spaces
     assert "--no-amp" in invoke("stability", "--help").output
 
 

@@ -255,7 +255,8 @@ def evaluate_cmd(run: Path, evaluate: EvaluateConfig) -> str:
 
 @command(app, "stability", {"stability": StabilityConfig, "train": TrainConfig, "distill": DistillConfig},
          [RUN_OPTION, _param("device", str, "", "torch device; default: a GPU if any, else cpu", "--device")],
-         swept="train", defaults={"method": ["topk", "ra-topk"]})
+         swept="train", defaults={"method": ["topk", "ra-topk"]},
+         hidden={"train": {"centre", "centroids_seed", "snapshot_every"}})  # set per run (--uncentred, --snapshots)
 def stability_cmd(run: Path, device: str, stability: StabilityConfig, train: list[TrainConfig],
                   distill: DistillConfig) -> str:
     """Train --runs runs of each configuration under each --mode on RUN/store, and measure their
@@ -301,7 +302,7 @@ def _table(corner: str, rows: dict[str, dict[str, object]]) -> str:
 
 
 @command(benchmark_app, "distillation", {"bench": DistillationBenchConfig, "train": TrainConfig},
-         [RUN_OPTION, DEVICE])
+         [RUN_OPTION, DEVICE], hidden={"train": {"delta", "delta_relative", "centroids_seed"}})  # A-SAE on each C
 def distillation_cmd(run: Path, device: str, bench: DistillationBenchConfig, train: TrainConfig) -> str:
     """A-SAE (delta = 0) on the candidates of each distillation method (Fel et al. 2025, App. C, Fig. 11):
     R², stability and OOD score per method -> RUN/benchmarks/distillation/. --train-* options set the A-SAE
@@ -319,7 +320,7 @@ def distillation_cmd(run: Path, device: str, bench: DistillationBenchConfig, tra
 
 @command(benchmark_app, "plausibility", {"bench": PlausibilityBenchConfig, "train": TrainConfig,
                                          "distill": DistillConfig}, [RUN_OPTION, DEVICE],
-         hidden={"train": {"method", "k", "delta"}})
+         hidden={"train": {"method", "k", "delta", "centroids_seed"}})
 def plausibility_cmd(run: Path, device: str, bench: PlausibilityBenchConfig, train: TrainConfig,
                      distill: DistillConfig) -> str:
     """Plausibility of TopK, A-SAE and RA-SAE atoms against the classifier head's class directions at each

@@ -207,6 +207,9 @@ class ActivationStore:
         self.header = self.meta["header"]
         self.mean_d = torch.tensor(self.meta["mean"], dtype=torch.float32)
         std = torch.tensor(self.meta["std"], dtype=torch.float32)
+        if not (std > 1e-6).any():  # nothing to standardise by, no variance to explain: every R² would divide by 0
+            raise ArchsaeError(f"every feature of the store at {self.root} is constant (std 0): there is nothing to "
+                               "learn; delete it and store activations that vary")
         # Constant features (std 0, e.g. a channel ReLU6 never opens) standardise to 0, not NaN.
         self.std_d = torch.where(std > 1e-6, std, torch.ones_like(std))
 

@@ -356,9 +356,6 @@ def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | s
     Under torchrun the processes split each batch (see the module docstring)."""
     if len({job.out_dir.resolve() for job in jobs}) != len(jobs):
         raise ArchsaeError("two configurations would be written to the same model folder; give each its own name")
-    if not any(std > 1e-6 for std in store.meta["std"]):  # R² and the standardisation have nothing to scale by
-        raise ArchsaeError(f"every feature of the store at {store.root} is constant (std 0): there is nothing "
-                           "to learn; check the activations it was made from")
     device = torch.device(device) if device is not None else default_device()
     groups: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
