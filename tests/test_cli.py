@@ -81,8 +81,9 @@ def test_bad_matrices_and_settings(tmp_path):
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))
     assert invoke("store", "import", tmp_path / "ok.npy", "--run-dir", tmp_path / "c").exit_code == 0
     _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 0), "n' (n_centroids) must be >= 1")
-    _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 8, "--n-centroids", 16), "same file")
-    assert invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 8, "--seed", 5, "--seed", 6).exit_code == 0
+    _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 8, "--n-centroids", 16), "may be repeated")
+    assert invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 8, "--seed", 5, "--seed", 6,
+                  "--seed", 5).exit_code == 0
     assert sorted(p.name for p in (tmp_path / "c" / "centroids").glob("*.safetensors")) == [
         "seed5.safetensors", "seed6.safetensors"]
     _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 5000, "--max-points", 10_000),
@@ -93,6 +94,10 @@ def test_bad_matrices_and_settings(tmp_path):
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 1, "--top-k", 1), "k must be >= 2")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 10**9, "--top-k", 2, "--batch-size", 64), "GiB available")
     assert not (tmp_path / "c" / "models").exists()
+    (tmp_path / "text.npy").write_text("1 2 3\n")
+    np.save(tmp_path / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    for bad in ("text.npy", "objects.npy"):
+        _error(invoke("store", "import", tmp_path / bad, "--run-dir", tmp_path / "f"), "not a numeric array saved by np.save")
     (tmp_path / "empty.npy").write_bytes(b"")
     _error(invoke("store", "import", tmp_path / "empty.npy", "--run-dir", tmp_path / "f"), "empty or truncated")
     np.save(tmp_path / "const.npy", np.ones((300, 4), np.float32))
@@ -310,13 +315,14 @@ def test_evaluate_groups_runs_by_configuration_and_names_an_unfinished_model(tmp
     common = ["--run-dir", tmp_path / "r", "--top-k", 2, "--epochs", 0.5, "--batch-size", 256]
     assert invoke("train", *common, "--k", 16, "--seed", 0, "--seed", 1).exit_code == 0
     assert invoke("train", *common, "--k", 8, "--seed", 2).exit_code == 0  # topk-s2: same name, another k
+    assert invoke("train", *common, "--k", 12, "--name", "topk (k=8)-s0").exit_code == 0  # named like that label
     unfinished = tmp_path / "r" / "models" / "topk-s3"
     unfinished.mkdir()
     (unfinished / "checkpoint.safetensors").write_bytes(b"")
     assert invoke("evaluate", "--run-dir", tmp_path / "r").exit_code == 0
     evaluated = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert {g: v["runs"] for g, v in evaluated["groups"].items()} == {
-        "topk": ["topk-s0", "topk-s1"], "topk (k=8)": ["topk-s2"]}
+        "topk (k=8)": ["topk (k=8)-s0"], "topk": ["topk-s0", "topk-s1"], "topk (k=8) #2": ["topk-s2"]}  # folder order
     assert "did not finish" in evaluated["skipped"]["topk-s3"]
 
 

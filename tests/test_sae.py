@@ -94,7 +94,7 @@ def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, mon
     monkeypatch.setattr(type(store), "batches", real_batches)
     capsys.readouterr()
     resumed = train(store, cfg, tmp_path / "resumed")
-    assert "resuming resumed from step 15" in capsys.readouterr().out
+    assert "resuming resumed from step 15" in capsys.readouterr().err
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     log = lambda p: [json.loads(l)["step"] for l in (p / "log.jsonl").read_text().splitlines()]
@@ -360,6 +360,19 @@ def test_spread_init_starts_atoms_on_the_most_distinct_candidates():
     for seed in range(5):
         cols = spread_columns(candidates, 5, torch.Generator().manual_seed(seed))
         assert 20 in cols.tolist() and sorted(c // 5 for c in cols.tolist() if c < 20) == [0, 1, 2, 3]
+
+
+def test_spread_start_with_as_many_atoms_as_candidates_takes_each_once_without_the_search(monkeypatch):
+    import archsae.sae.dictionary as dictionary
+
+    def no_search(*args):
+        raise AssertionError("farthest-point search where every candidate is taken anyway")
+
+    monkeypatch.setattr(dictionary, "spread_columns", no_search)
+    candidates = torch.randn(10, 5)
+    for k in (10, 20):
+        cols = dictionary._initial_columns(k, candidates, "spread", torch.Generator().manual_seed(0))
+        assert sorted(cols.tolist()) == sorted(list(range(10)) * (k // 10))
 
 
 @pytest.mark.parametrize("k", [6, 25])

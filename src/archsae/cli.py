@@ -60,9 +60,8 @@ def sweep(cls: type, values: dict[str, object]) -> list:
     if "all" in lists.get("method", []):
         lists["method"] = list(METHODS)
     configs = [cls(**dict(zip(lists, combo))) for combo in itertools.product(*lists.values())]
-    if hasattr(cls, "canonical"):  # drop combinations that differ only in fields their method ignores
-        configs = list(dict.fromkeys(c.canonical() for c in configs))
-    return configs
+    # once each (--seed 5 --seed 5), and combinations that differ only in fields their method ignores once too
+    return list(dict.fromkeys(c.canonical() if hasattr(c, "canonical") else c for c in configs))
 
 
 def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list[inspect.Parameter],
@@ -170,8 +169,8 @@ def distill_cmd(run: Path, distill: list[DistillConfig]) -> str:
 
     outs = [centroids_path(run, cfg.seed, method=cfg.method) for cfg in distill]
     if len(set(outs)) < len(outs):
-        raise ArchsaeError("two configurations of one seed and method would write the same file: give one value of "
-                           "the other options per run directory")
+        raise ArchsaeError("only --seed and --method may be repeated: C is kept per seed and method, so two values "
+                           "of another option would write one file")
     store = ActivationStore(run / "store")
     return "\n".join(f"C {tuple(do_distill(store, cfg, out).shape)} in {out}" for cfg, out in zip(distill, outs))
 

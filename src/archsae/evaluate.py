@@ -86,22 +86,25 @@ def class_directions(store: ActivationStore, backbone=None) -> tuple[torch.Tenso
     return heads.float() * store.std_d, f"head of {config['model']} ({heads.shape[0]} classes), v * std"
 
 
-def group_label(cfg: TrainConfig | ClassicalConfig, name: str, labels: dict[str, str]) -> str:
+def group_label(cfg: TrainConfig | ClassicalConfig, name: str, labels: dict[str, tuple[str, dict]]) -> str:
     """The label of the group of runs `cfg` belongs to: configurations equal but for their seeds share one
-    (the first model's folder name without its -s{seed}); a configuration whose folder names that label
-    already has it followed by the fields in which it differs ("topk (k=256)"). `labels` maps each
-    configuration seen to its label."""
+    (the first model's folder name without its -s{seed}); a configuration whose folder names a label already
+    taken gets the fields in which it differs from that one ("topk (k=256)"), then a number if need be.
+    `labels` maps each configuration seen to its (label, fields)."""
     seeds = dict(seed=0, centroids_seed=-1, subset_seed=0) if isinstance(cfg, TrainConfig) else dict(seed=0)
-    fields = asdict(replace(cfg.canonical(), **seeds))
-    key = type(cfg).__name__ + json.dumps(fields, sort_keys=True)
+    fields = {"kind": type(cfg).__name__, **asdict(replace(cfg.canonical(), **seeds))}
+    key = json.dumps(fields, sort_keys=True)
     if key not in labels:
+        taken = {label: theirs for label, theirs in labels.values()}
         label = re.sub(r"-s\d+$", "", name)
-        owner = next((k for k, v in labels.items() if v == label), None)
-        if owner is not None:  # another configuration's runs carry the same name (e.g. trained at another k)
-            theirs = json.loads(owner[owner.index("{"):])
-            label += " (" + ", ".join(f"{f}={v}" for f, v in fields.items() if theirs.get(f) != v) + ")"
-        labels[key] = label
-    return labels[key]
+        if label in taken:  # another configuration's runs carry the same name (e.g. trained at another k)
+            label += " (" + ", ".join(f"{f}={v}" for f, v in fields.items() if taken[label].get(f) != v) + ")"
+        unique, i = label, 1
+        while unique in taken:  # a folder was named like the label this makes
+            i += 1
+            unique = f"{label} #{i}"
+        labels[key] = (unique, fields)
+    return labels[key][0]
 
 
 CONNECTIVITY_TOKENS = 8192  # connectivity falls as tokens are added: always counted on this many (or all, if fewer)

@@ -96,8 +96,10 @@ def _short(value: Any) -> str:
 def differences(stored: Any, asked: Any, key: str = "") -> list[str]:
     """The fields where two JSON-like records differ, in words (["k: 512 there, 1024 now", ...]), in key order."""
     if isinstance(stored, dict) and isinstance(asked, dict):
-        return [found for k in sorted(set(stored) | set(asked), key=str)
-                for found in differences(stored.get(k, "(absent)"), asked.get(k, "(absent)"), f"{key}.{k}" if key else k)]
+        found = []
+        for k in sorted(set(stored) | set(asked), key=str):
+            found += differences(stored.get(k, "(absent)"), asked.get(k, "(absent)"), f"{key}.{k}" if key else k)
+        return found
     if isinstance(stored, list) and isinstance(asked, list):
         if len(stored) != len(asked):
             return [f"{key}: {len(stored)} items there, {len(asked)} now"]

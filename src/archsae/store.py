@@ -404,8 +404,9 @@ def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384,
         reason = str(e)
         if isinstance(e, EOFError):
             reason = "an empty or truncated file"
-        elif "pickle" in reason:  # numpy's advice (allow_pickle=True) would run code from the file
-            reason = "not a numeric array: archsae never loads pickled objects; save the matrix with np.save(path, array)"
+        elif "pickle" in reason or "Python objects" in reason:  # numpy's advice, allow_pickle=True, runs the file's code
+            reason = ("not a numeric array saved by np.save (archsae never loads pickled objects); save the matrix "
+                      "with np.save(path, array)")
         raise ArchsaeError(f"cannot read {path} ({reason})") from None
     if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
         raise ArchsaeError(f"{path} holds shape {matrix.shape}; expected a 2-D (n, d) activation matrix")

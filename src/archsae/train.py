@@ -23,6 +23,7 @@ import ctypes.util
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -442,13 +443,13 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
     active = [t for t in trainers if not t.done]
     start = min((t.start for t in active), default=total)
     names = active[0].out_dir.name if len(active) == 1 else f"{len(active)} models"
-    if world.rank == 0 and active:
-        if start > 0:
-            tqdm.write(f"train: resuming {names} from step {start} of {total}")
+    if world.rank == 0:
+        for t in (t for t in active if t.start > 0):
+            tqdm.write(f"train: resuming {t.out_dir.name} from step {t.start} of {total}", file=sys.stderr)
         short = sorted({t.cfg.warmup_steps for t in active if t.cfg.warmup_steps > total})
         if short:
             tqdm.write(f"train: warning: {total} steps, fewer than the {short[-1]} warmup steps: the learning rate "
-                       "never reaches its value; train more --epochs or lower --warmup-steps")
+                       "never reaches its value; train more --epochs or lower --warmup-steps", file=sys.stderr)
     bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", **quiet(world.rank > 0 or not active))
     my_streams = range(world.rank, n_streams, world.size)
     for epoch in range(math.ceil(total / steps_per_epoch)):
