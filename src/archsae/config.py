@@ -421,7 +421,7 @@ class RunConfig:
 
     @classmethod
     def quick(cls) -> "RunConfig":
-        """A small configuration for smoke tests (a few minutes on 2 cores)."""
+        """A small configuration for smoke tests (~40 s on 2 cores)."""
         return cls(
             demo=DemoConfig(n_images=160),
             distill=DistillConfig(n_centroids=1024, max_points=20_000),
