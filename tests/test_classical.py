@@ -102,5 +102,5 @@ def test_a_saved_model_encodes_and_decodes_as_the_fitted_one(planted, name, tmp_
     assert torch.allclose(loaded.encode(test), fitted.encode(test), atol=1e-3)
     assert torch.allclose(loaded.decode(loaded.encode(test)), fitted.decode(fitted.encode(test)), atol=1e-3)
     assert fit_baseline(train, cfg, tmp_path / name).dictionary.equal(fitted.dictionary)  # reused, not refitted
-    with pytest.raises(ArchsaeError, match=r"another configuration \(config.k: 8 there, 4 now\)"):
+    with pytest.raises(ArchsaeError, match=r"another configuration \(config.k: 8 there, 4 now; "):
         fit_baseline(train, ClassicalConfig(method=name, k=4, max_tokens=3000), tmp_path / name)

@@ -84,7 +84,8 @@ def test_import_rejects_nan_and_wrong_shape_and_writes_nothing_complete(tmp_path
 
 
 def test_corrupt_shard_is_reported(tmp_path):
-    store = import_matrix(_save(tmp_path, np.ones((20, 3), np.float32)), tmp_path / "s", shard_tokens=10)
+    varied = np.random.default_rng(1).normal(size=(20, 3)).astype(np.float32)
+    store = import_matrix(_save(tmp_path, varied), tmp_path / "s", shard_tokens=10)
     path = store.root / store.meta["shards"][1]["file"]
     path.write_bytes(path.read_bytes()[:-8] + b"garbage!")
     with pytest.raises(ArchsaeError, match="corrupt"):
@@ -155,7 +156,8 @@ def test_flipped_bytes_in_a_shard_stop_training_naming_the_file(tmp_path):
 
 
 def test_an_edited_or_incomplete_store_json_is_a_clear_error(tmp_path):
-    import_matrix(_save(tmp_path, np.ones((20, 3), np.float32)), tmp_path / "s", shard_tokens=10)
+    import_matrix(_save(tmp_path, np.random.default_rng(1).normal(size=(20, 3)).astype(np.float32)), tmp_path / "s",
+                  shard_tokens=10)
     meta_path = tmp_path / "s" / "store.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "mean": [0.0, 0.0, 0.0]}))
