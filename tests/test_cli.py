@@ -245,12 +245,12 @@ def test_a_boolean_option_has_its_off_form(tmp_path):
     from archsae import load_sae
     from archsae.files import read_safetensors
 
-    for centre in ("--centre", "--no-centre"):
-        assert invoke("train", "--run-dir", tmp_path / "r", centre, "--k", "16", "--top-k", "2", "--epochs", "5",
+    for name, off in (("centred", []), ("uncentred-long", ["--no-centre"])):
+        assert invoke("train", "--run-dir", tmp_path / "r", *off, "--k", "16", "--top-k", "2", "--epochs", "5",
                       "--warmup-steps", "1", "--batch-size", "256", "--snapshot-every", "1000",
-                      "--name", f"long{centre}").exit_code == 0
-    atoms = [load_sae(tmp_path / "r" / "models" / f"long{c}").atoms().detach() for c in ("--centre", "--no-centre")]
-    start = read_safetensors(tmp_path / "r" / "models" / "long--centre" / "snapshots" / "step000000.safetensors")
+                      "--name", name).exit_code == 0
+    atoms = [load_sae(tmp_path / "r" / "models" / name).atoms().detach() for name in ("centred", "uncentred-long")]
+    start = read_safetensors(tmp_path / "r" / "models" / "centred" / "snapshots" / "step000000.safetensors")
     cos = torch.nn.functional.cosine_similarity
     assert cos(atoms[0], start["atoms"]).mean() < 0.95  # 35 steps moved the atoms ...
     assert cos(*atoms).min() > 0.999  # ... the same way in both spaces

@@ -36,6 +36,12 @@ def _options(cls: type, hidden=()) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata and f.name not in hidden]
 
 
+def _param_name(f: dataclasses.Field, prefix: str) -> str:
+    """The command-line parameter of a config field: a field on by default is offered as its off switch,
+    --no-centre, one name (a --centre/--no-centre pair would give every option of the help a column)."""
+    return prefix + ("no_" if f.default is True else "") + f.name
+
+
 def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
                    defaults: dict | None = None, hidden=()) -> list[inspect.Parameter]:
     params = []
@@ -45,11 +51,12 @@ def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
             kind, default = List[type(default[0])], list(default)
         elif repeatable and kind is not bool:
             kind, default, help = List[kind], (defaults or {}).get(f.name, [default]), help + " [repeat to sweep]"
-        flag = (prefix + f.name).replace("_", "-")
-        names = f"--{flag}/--no-{flag}" if kind is bool else f"--{flag}"  # a bool has an off form: --no-centre
+        name = _param_name(f, prefix)
+        if default is True:
+            default, help = False, f"turn off (on by default): {help}"
         params.append(inspect.Parameter(
-            prefix + f.name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-            default=typer.Option(default, names, help=help, show_default=True)))
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+            default=typer.Option(default, "--" + name.replace("_", "-"), help=help, show_default=kind is not bool)))
     return params
 
 
@@ -92,7 +99,10 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
                     check_writable(kw["run"])
                 built = {}
                 for key, cls in configs.items():
-                    values = {f.name: kw.pop(prefixes[key] + f.name) for f in _options(cls, hidden.get(key, ()))}
+                    values = {}
+                    for f in _options(cls, hidden.get(key, ())):
+                        value = kw.pop(_param_name(f, prefixes[key]))
+                        values[f.name] = not value if f.default is True else value  # given --no-x: x is off
                     values = {k: tuple(v) if isinstance(getattr(cls, k, None), tuple) else v
                               for k, v in values.items()}
                     built[key] = sweep(cls, values) if key == swept else cls(**values)
