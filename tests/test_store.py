@@ -79,6 +79,7 @@ def test_import_rejects_nan_and_wrong_shape_and_writes_nothing_complete(tmp_path
         import_matrix(_save(tmp_path, bad), tmp_path / "s")
     with pytest.raises(ArchsaeError, match="no activation store"):  # nothing was written
         ActivationStore(tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # not even an empty folder
     with pytest.raises(ArchsaeError, match="2-D"):
         import_matrix(_save(tmp_path, np.ones(5), "flat.npy"), tmp_path / "t")
 

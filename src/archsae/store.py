@@ -105,7 +105,6 @@ class StoreWriter:
         else:
             self.meta = {"version": VERSION, "complete": False, "header": header,
                          "images_per_shard": images_per_shard, "shards": []}
-        self.root.mkdir(parents=True, exist_ok=True)
         for stray in self.root.glob(".*.tmp"):  # left by a kill during a write
             stray.unlink()
         self._buf: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -140,6 +139,7 @@ class StoreWriter:
         m2 = ((a64 - mean) ** 2).sum(0)
         idx = len(self.meta["shards"])
         name = f"shard_{idx:05d}.safetensors"
+        self.root.mkdir(parents=True, exist_ok=True)  # at the first shard: input refused before it leaves no folder
         write_safetensors(self.root / name, {
             "acts": torch.from_numpy(acts), "image": torch.from_numpy(image), "pos": torch.from_numpy(pos),
             "stat_mean": torch.from_numpy(mean), "stat_m2": torch.from_numpy(m2)})
