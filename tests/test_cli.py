@@ -97,7 +97,8 @@ def test_bad_matrices_and_settings(tmp_path):
     (tmp_path / "text.npy").write_text("1 2 3\n")
     np.save(tmp_path / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
     for bad in ("text.npy", "objects.npy"):
-        _error(invoke("store", "import", tmp_path / bad, "--run-dir", tmp_path / "f"), "not a numeric array saved by np.save")
+        _error(invoke("store", "import", tmp_path / bad, "--run-dir", tmp_path / "f"),
+               "not a numeric array saved by np.save")
     (tmp_path / "empty.npy").write_bytes(b"")
     _error(invoke("store", "import", tmp_path / "empty.npy", "--run-dir", tmp_path / "f"), "empty or truncated")
     np.save(tmp_path / "const.npy", np.ones((300, 4), np.float32))
@@ -106,7 +107,8 @@ def test_bad_matrices_and_settings(tmp_path):
         _error(invoke(*cmd, "--run-dir", tmp_path / "g"), "every feature of the store")  # no command uses it
     np.save(tmp_path / "complex.npy", np.ones((20, 4), np.complex64))
     _error(invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e"), "expected real numbers")
-    assert "archsae store import: error" in invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e").output
+    imported = invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e")
+    assert "archsae store import: error" in imported.output
     _error(invoke("train", "--run-dir", tmp_path / "c", "--method", "ra-topk", "--seed", 0, "--seed", 1, "--seed", 5),
            "seed(s) 0, 1 under")  # every missing C at once (seed 5's was distilled above)
     _error(invoke("evaluate", "--run-dir", tmp_path / "c"), "no trained models")

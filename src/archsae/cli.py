@@ -22,8 +22,8 @@ app = typer.Typer(help="Stable, honest concept extraction from vision models wit
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 store_app = typer.Typer(name="store", help="Activation store utilities.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
-benchmark_app = typer.Typer(name="benchmark", help="The paper's benchmarks on RUN/store's model -> RUN/benchmarks/NAME/.",
-                            no_args_is_help=True)
+benchmark_app = typer.Typer(name="benchmark", no_args_is_help=True,
+                            help="The paper's benchmarks on RUN/store's model -> RUN/benchmarks/NAME/.")
 app.add_typer(benchmark_app, name="benchmark")
 
 # Not --run: torchrun's own parser takes any prefix of its --run-path option, even after the script name.
@@ -204,15 +204,14 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
     if name and len(train) > 1:
         raise ArchsaeError(f"--name names one model, but the options describe {len(train)}; drop --name")
     store = ActivationStore(run / "store")
-    missing = sorted({cfg.kmeans_seed for cfg in train if cfg.archetypal
-                      and not centroids_path(run, cfg.kmeans_seed).exists()})
+    seeds = sorted({cfg.kmeans_seed for cfg in train if cfg.archetypal})
+    missing = [s for s in seeds if not centroids_path(run, s).exists()]
     if missing:
         raise ArchsaeError(f"no centroids C for seed(s) {', '.join(map(str, missing))} under {run / 'centroids'}: run "
                            f"`archsae distill {' '.join(f'--seed {s}' for s in missing)}` first")
-    jobs = []
-    for cfg, label in zip(train, sweep_labels(train)):
-        candidates = load_centroids(centroids_path(run, cfg.kmeans_seed)) if cfg.archetypal else None
-        jobs.append(Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"), candidates))
+    candidates = {s: load_centroids(centroids_path(run, s)) for s in seeds}  # once per seed, shared by a sweep
+    jobs = [Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"), candidates.get(cfg.kmeans_seed))
+            for cfg, label in zip(train, sweep_labels(train))]
     train_many(store, jobs, device or None)
     return "\n".join(f"model in {job.out_dir}" for job in jobs)
 

@@ -105,7 +105,8 @@ def differences(stored: Any, asked: Any, key: str = "") -> list[str]:
             return [f"{key}: {len(stored)} items there, {len(asked)} now"]
         found = []
         for i, (a, b) in enumerate(zip(stored, asked)):
-            found += differences(a, b, f"{key}[{i}]" + (f" ({b['path']})" if isinstance(b, dict) and "path" in b else ""))
+            where = f"{key}[{i}]" + (f" ({b['path']})" if isinstance(b, dict) and "path" in b else "")
+            found += differences(a, b, where)
         return found
     return [] if stored == asked else [f"{key}: {_short(stored)} there, {_short(asked)} now"]
 
@@ -117,4 +118,5 @@ def refuse_if_different(stored: dict, asked: dict, where: Path, what: str, fix: 
     found = differences(stored, asked)
     if found:
         more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
-        raise ArchsaeError(f"{where} holds {what} made with another configuration ({'; '.join(found[:3])}{more}); {fix}")
+        raise ArchsaeError(f"{where} holds {what} made with another configuration ({'; '.join(found[:3])}{more}); "
+                           f"{fix}")

@@ -87,7 +87,8 @@ def check_finite(acts: np.ndarray, where: str) -> None:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ArchsaeError(f"{where}: activations contain NaN/Inf ({int(bad.sum())} rows, first row {row}); "
-                           "fix the source (an imported matrix; or the model in fp32, no corrupt images) before storing")
+                           "fix the source (an imported matrix; or the model in fp32, no corrupt images) before "
+                           "storing")
 
 
 class StoreWriter:
@@ -404,7 +405,7 @@ def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384,
         reason = str(e)
         if isinstance(e, EOFError):
             reason = "an empty or truncated file"
-        elif "pickle" in reason or "Python objects" in reason:  # numpy's advice, allow_pickle=True, runs the file's code
+        elif "pickle" in reason or "Python objects" in reason:  # numpy's advice, allow_pickle, runs the file's code
             reason = ("not a numeric array saved by np.save (archsae never loads pickled objects); save the matrix "
                       "with np.save(path, array)")
         raise ArchsaeError(f"cannot read {path} ({reason})") from None
