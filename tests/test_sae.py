@@ -63,6 +63,42 @@ def test_delta_zero_is_exact_a_sae():
     assert (d.weights >= 0).all() and torch.allclose(d.weights.sum(1), torch.ones(6))
 
 
+def test_w_is_projected_onto_the_simplex_and_stays_sparse_under_noisy_steps():
+    from archsae.sae.dictionary import project_simplex_
+
+    # hand-computed: theta = (0.5 + 0.3 - 1) / 2 = -0.1, and -0.2 < theta is cut
+    w = project_simplex_(torch.tensor([[0.5, 0.3, -0.2], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    assert torch.allclose(w, torch.tensor([[0.6, 0.4, 0.0], [1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
+    # the nearest simplex point (Duchi et al. 2008): KKT holds, and no random simplex point is nearer;
+    # the warm start from the largest entries changes nothing
+    v = torch.randn(20, 300, generator=torch.Generator().manual_seed(0)).double() * 2
+    w = project_simplex_(v.clone(), warm=300)
+    assert torch.equal(project_simplex_(v.clone(), warm=4), w)
+    assert (w >= 0).all() and torch.allclose(w.sum(1), torch.ones(20, dtype=torch.double))
+    for row in range(20):
+        gap = (v - w)[row][w[row] > 0]
+        assert torch.allclose(gap, gap[:1].expand_as(gap)) and (v[row][w[row] == 0] <= gap[0] + 1e-12).all()
+    others = torch.distributions.Dirichlet(torch.full((300,), 0.05)).sample((2000,)).double()
+    assert ((v[:1] - w[:1]).norm() <= (v[:1] - others).norm(dim=1)).all()
+    # a one-hot row plus +-1.5e-4: in float32 the fixed point's sum cancels against 1 and, unguarded, cycled
+    gen = torch.Generator().manual_seed(0)
+    near = torch.randn(50, 64, generator=gen).sign() * 1.5e-4 * (1 - 1e-4 * torch.rand(50, 64, generator=gen))
+    near[:, 0] += 1
+    w = project_simplex_(near)
+    assert torch.allclose(w.sum(1), torch.ones(50)) and (w[:, 0] > 0.99).all()
+    # Adam moves every entry by about lr per step; under zero-mean noise a one-hot row keeps most of its mass
+    # through the projection, where clamping and renormalising (the authors' code) spreads it over the row
+    gen, lr = torch.Generator().manual_seed(1), 0.004
+    proj = torch.zeros(1, 64)
+    proj[0, 0] = 1.0
+    clip = proj.clone()
+    for _ in range(100):
+        proj = project_simplex_(proj + lr * torch.randn(1, 64, generator=gen).sign())
+        clip = (clip + lr * torch.randn(1, 64, generator=gen).sign()).clamp(min=0)
+        clip /= clip.sum()
+    assert proj[0, 0] > 0.7 and clip[0, 0] < 0.2
+
+
 @pytest.mark.parametrize("k", [4, 10, 25])
 def test_w_init_modes_make_no_zero_atoms_for_k_below_and_above_n_prime(k):
     candidates = torch.randn(10, 5)

@@ -46,15 +46,18 @@ class FreeDictionary(nn.Module):
 
 def _simplex_threshold(v_nm: torch.Tensor, theta_n1: torch.Tensor) -> torch.Tensor:
     """Michelot's (1986) fixed point: from theta below each row's threshold, theta <- (sum of the entries above
-    theta - 1) / their count until the set above theta stops shrinking (exactly; at most m passes)."""
+    theta - 1) / their count until the set above theta stops shrinking. In exact arithmetic theta only grows;
+    rounding can lower it (the sum cancels against 1), which could cycle between two sets, so it is kept
+    non-decreasing: the set then only shrinks, and the loop ends within m passes."""
     count = None
-    while True:
+    for _ in range(v_nm.shape[1] + 2):
         above = v_nm > theta_n1
         new_count = above.sum(1, keepdim=True)
         if count is not None and torch.equal(new_count, count):
             return theta_n1
         count = new_count
-        theta_n1 = torch.where(above, v_nm, 0).sum(1, keepdim=True).sub_(1) / count
+        theta_n1 = torch.maximum(theta_n1, torch.where(above, v_nm, 0).sum(1, keepdim=True).sub_(1) / count)
+    raise RuntimeError("simplex projection did not converge (a bug: the set above theta must shrink)")
 
 
 @torch.no_grad()
