@@ -67,7 +67,8 @@ def project_simplex_(w_nm: torch.Tensor, warm: int = 64, chunk_entries: int = 1 
     1974; Duchi et al. 2008, eq. 3). theta comes from `_simplex_threshold`, started at max - 1 on the row's
     `warm` largest entries, whose theta is a lower bound of the whole row's: a near-simplex W then takes one
     or two passes over the full row instead of ~30. Rows in chunks of about `chunk_entries` entries bound the
-    temporary memory. Returns w.
+    temporary memory. w: float tensor (n, m), any device. Returns w. Raises RuntimeError only if the fixed point
+    fails to converge, which its monotone threshold rules out (a bug, not a user error).
 
     Unlike clamping at 0 and dividing by the row sum (the authors' implementation), the projection subtracts
     one threshold from every entry: entries that the optimiser's noise lifts from 0 fall back to 0 instead of
