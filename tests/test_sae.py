@@ -10,6 +10,7 @@ from archsae.config import TrainConfig
 from archsae.distill import kmeans
 from archsae.errors import ArchsaeError
 from archsae.sae import ArchetypalDictionary, build_sae, load_sae
+from archsae.sae.dictionary import project_simplex_
 from archsae.train import train
 from conftest import planted_data, recovery, write_store
 
@@ -64,7 +65,6 @@ def test_delta_zero_is_exact_a_sae():
 
 
 def test_w_is_projected_onto_the_simplex_and_stays_sparse_under_noisy_steps():
-    from archsae.sae.dictionary import project_simplex_
 
     # hand-computed: theta = (0.5 + 0.3 - 1) / 2 = -0.1, and -0.2 < theta is cut
     w = project_simplex_(torch.tensor([[0.5, 0.3, -0.2], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
@@ -97,6 +97,27 @@ def test_w_is_projected_onto_the_simplex_and_stays_sparse_under_noisy_steps():
         clip = (clip + lr * torch.randn(1, 64, generator=gen).sign()).clamp(min=0)
         clip /= clip.sum()
     assert proj[0, 0] > 0.7 and clip[0, 0] < 0.2
+
+
+@pytest.mark.parametrize("support", [0, 5])
+def test_w_gradient_loses_only_the_direction_the_projection_discards(support):
+    # candidates far from the origin and nearly parallel, as k-means centroids are
+    gen = torch.Generator().manual_seed(0)
+    candidates = 10 * torch.randn(1, 6, generator=gen) + torch.randn(12, 6, generator=gen)
+    d = ArchetypalDictionary(candidates, k=4, delta=0.0, w_init="random", generator=gen, support=support)
+    r_kd = torch.randn(4, 6, generator=gen)
+    (d() * r_kd).sum().backward()
+    support_km = d.support if d.support is not None else torch.arange(12).expand(4, 12)
+    full = d.log_scale.exp().detach() * r_kd @ candidates.T  # dL/dW by hand, (k, n')
+    full_km = full.gather(1, support_km)
+    assert torch.allclose(d.weights.grad, full_km - full_km.mean(1, keepdim=True), atol=1e-5)
+    assert not torch.allclose(d.weights.grad, full_km, atol=1e-2)
+    # an SGD step then the projection lands where the step on the full gradient lands
+    for lr in (1e-3, 1e-2, 1e-1):
+        with torch.no_grad():
+            w = d.weights.detach()
+            assert torch.allclose(project_simplex_(w - lr * d.weights.grad), project_simplex_(w - lr * full_km),
+                                  atol=1e-6)
 
 
 @pytest.mark.parametrize("k", [4, 10, 25])

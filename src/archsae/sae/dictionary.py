@@ -169,6 +169,18 @@ def init_support(k: int, n_prime: int, m: int, mode: str, candidates_nd: torch.T
     return support, weights
 
 
+def _tangent(grad_km: torch.Tensor) -> torch.Tensor:
+    """W's gradient (k, m) with each row's mean removed: its part in the plane {sum w = 1} of the simplex.
+
+    The rest, a constant per row, is a null direction of the projected step (`project_simplex_` of w + c 1
+    is that of w), yet it is the largest part of the gradient: W's candidates are nearby and nearly parallel,
+    so <dL/dD_i, C_j> is nearly the same for every candidate j of a row. Left in, it fills Adam's second
+    moment and the gradient-norm clip, and shrinks the steps that move the atom within its hull (RA-TopK,
+    planted `large`: recovery 0.855 -> 0.909; benchmarks/README.md, "W's gradient in the simplex's plane").
+    With plain SGD it changes nothing."""
+    return grad_km - grad_km.mean(1, keepdim=True)
+
+
 class ArchetypalDictionary(nn.Module):
     """D = (W C + Lambda) exp(s), Fel et al. 2025, eq. 4 (RA-SAE; delta = 0 is A-SAE).
 
@@ -179,6 +191,9 @@ class ArchetypalDictionary(nn.Module):
     each coordinate of U by about lr per step, so Lambda reaches its bound in about 1 / (lr sqrt(d)) steps
     whatever delta, and a sweep of delta (Fel et al. Fig. 4) changes how far atoms may leave the hull, not
     how fast. With delta = 0 there is no U at all, so the constraint is exact and no 0/0 arises.
+
+    W's gradient reaches the optimiser with each row's mean removed (`_tangent`), then each row of W is
+    projected onto the simplex after the step (`project_`).
 
     `support` = m > 0 keeps only m candidates per row of W (the atom's starting candidate and its
     nearest neighbours; see `init_support`): W is stored as (k, m) weights over a fixed (k, m) index
@@ -204,6 +219,7 @@ class ArchetypalDictionary(nn.Module):
         else:
             weights, self.support = init_weights(k, self.candidates, w_init, generator), None
         self.weights = nn.Parameter(weights)
+        self.weights.register_hook(_tangent)
         # delta is a buffer, so a model saved with a delta resolved from a relative setting reloads as is.
         self.register_buffer("delta", torch.tensor(float(delta)))
         self.relax = nn.Parameter(torch.zeros(k, d)) if delta > 0 else None  # U, with Lambda = delta U
