@@ -65,7 +65,6 @@ def test_delta_zero_is_exact_a_sae():
 
 
 def test_w_is_projected_onto_the_simplex_and_stays_sparse_under_noisy_steps():
-
     # hand-computed: theta = (0.5 + 0.3 - 1) / 2 = -0.1, and -0.2 < theta is cut
     w = project_simplex_(torch.tensor([[0.5, 0.3, -0.2], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
     assert torch.allclose(w, torch.tensor([[0.6, 0.4, 0.0], [1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]]))

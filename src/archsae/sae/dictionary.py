@@ -175,9 +175,9 @@ def _tangent(grad_km: torch.Tensor) -> torch.Tensor:
     The rest, a constant per row, is a null direction of the projected step (`project_simplex_` of w + c 1
     is that of w), yet it is the largest part of the gradient: W's candidates are nearby and nearly parallel,
     so <dL/dD_i, C_j> is nearly the same for every candidate j of a row. Left in, it fills Adam's second
-    moment and the gradient-norm clip, and shrinks the steps that move the atom within its hull (RA-TopK,
-    planted `large`: recovery 0.855 -> 0.909; benchmarks/README.md, "W's gradient in the simplex's plane").
-    With plain SGD it changes nothing."""
+    moment and shrinks the steps that move the atom within its hull, by a factor that grows with C's distance
+    from the origin (RA-TopK, planted `large`: recovery 0.855 -> 0.909; benchmarks/README.md, "W's gradient in
+    the simplex's plane"). With plain SGD it changes nothing."""
     return grad_km - grad_km.mean(1, keepdim=True)
 
 
