@@ -100,7 +100,7 @@ def test_w_is_projected_onto_the_simplex_and_stays_sparse_under_noisy_steps():
 
 @pytest.mark.parametrize("support", [0, 5])
 def test_w_gradient_loses_only_the_direction_the_projection_discards(support):
-    # candidates far from the origin and nearly parallel, as k-means centroids are
+    # candidates far from the origin and close together, as k-means centroids of uncentred data are
     gen = torch.Generator().manual_seed(0)
     candidates = 10 * torch.randn(1, 6, generator=gen) + torch.randn(12, 6, generator=gen)
     d = ArchetypalDictionary(candidates, k=4, delta=0.0, w_init="random", generator=gen, support=support)
@@ -111,12 +111,20 @@ def test_w_gradient_loses_only_the_direction_the_projection_discards(support):
     full_km = full.gather(1, support_km)
     assert torch.allclose(d.weights.grad, full_km - full_km.mean(1, keepdim=True), atol=1e-5)
     assert not torch.allclose(d.weights.grad, full_km, atol=1e-2)
-    # an SGD step then the projection lands where the step on the full gradient lands
+    # why the removed part is not needed (a property of the projection, true with or without the hook): an SGD
+    # step then the projection lands where the step on the full gradient lands
     for lr in (1e-3, 1e-2, 1e-1):
         with torch.no_grad():
             w = d.weights.detach()
             assert torch.allclose(project_simplex_(w - lr * d.weights.grad), project_simplex_(w - lr * full_km),
                                   atol=1e-6)
+    # a dictionary rebuilt from the state dict (as load_sae and a resumed checkpoint do) keeps the hook, through
+    # gradients accumulated over two backward passes (micro-batches)
+    rebuilt = ArchetypalDictionary(candidates, k=4, delta=0.0, w_init="random", generator=gen, support=support)
+    rebuilt.load_state_dict(d.state_dict())
+    for _ in range(2):
+        (rebuilt() * r_kd).sum().backward()
+    assert torch.allclose(rebuilt.weights.grad, 2 * d.weights.grad, atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [4, 10, 25])

@@ -177,7 +177,7 @@ def _tangent(grad_km: torch.Tensor) -> torch.Tensor:
     so <dL/dD_i, C_j> is nearly the same for every candidate j of a row. Left in, it fills Adam's second
     moment and shrinks the steps that move the atom within its hull, by a factor that grows with C's distance
     from the origin (RA-TopK, planted `large`: recovery 0.855 -> 0.909; benchmarks/README.md, "W's gradient in
-    the simplex's plane"). With plain SGD it changes nothing."""
+    the simplex's plane"). With plain SGD (and the gradient-norm clip inactive) it changes nothing."""
     return grad_km - grad_km.mean(1, keepdim=True)
 
 
@@ -219,7 +219,7 @@ class ArchetypalDictionary(nn.Module):
         else:
             weights, self.support = init_weights(k, self.candidates, w_init, generator), None
         self.weights = nn.Parameter(weights)
-        self.weights.register_hook(_tangent)
+        self.weights.register_hook(_tangent)  # kept by load_state_dict (copies into W), lost with assign=True
         # delta is a buffer, so a model saved with a delta resolved from a relative setting reloads as is.
         self.register_buffer("delta", torch.tensor(float(delta)))
         self.relax = nn.Parameter(torch.zeros(k, d)) if delta > 0 else None  # U, with Lambda = delta U
