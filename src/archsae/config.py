@@ -129,8 +129,9 @@ class TrainConfig:
     bandwidth: float = opt(0.5, "jumprelu: bandwidth of the Silverman kernel of the threshold's gradient, in "
                                 "standardised units (pre-activations are O(1); 1e-2 left 5 % of codes dead)")
     delta: float = opt(4.0, "ra-: bound on ||Lambda_i|| in the units of C, standardised activations, as the paper's "
-                            "(or x mean ||A|| with delta_relative). 4: held-out R² 0.005 below TopK's on the default "
-                            "store, atoms at cos 0.98 with C; about 13 % of a centroid's norm there (~31 at d = 1,280)")
+                            "(or x mean ||A|| with delta_relative). 4: held-out R² equal to TopK's (0.632) on the "
+                            "default store, atoms at cos 0.98 with C; about 13 % of a centroid's norm there (~31 at "
+                            "d = 1,280)")
     delta_relative: bool = opt(False, "ra-: delta is a fraction of the mean norm of the standardised activations")
     w_init: str = opt("spread", "a-/ra-: W init: spread (the most distinct candidates: farthest-point in angle "
                                 "from a seeded first), permuted (seeded random ones), identity (the paper's) or random")
