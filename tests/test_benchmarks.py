@@ -84,6 +84,11 @@ def test_identifiability_quick_run_on_real_collages(tmp_path):
     features = (out / "gems" / "features.safetensors").stat().st_mtime_ns
     invoke(*args)  # a rerun reuses the features and the trained SAEs
     assert (out / "gems" / "features.safetensors").stat().st_mtime_ns == features
+    # archetypal W started as mixtures: its own models beside the spread ones, which stay
+    invoke(*args, "--w-init", "random")
+    trained = json.loads((out / "gems" / "models" / "a-topk-w-random" / "config.json").read_text())["train"]
+    assert trained["w_init"] == "random" and (out / "gems" / "models" / "a-topk" / "model.safetensors").exists()
+    assert json.loads((out / "results.json").read_text())["config"]["w_init"] == "random"
     # other features: the SAEs trained on the old ones are retrained, not reused
     invoke(*args, "--n-train", 48, "--n-centroids", 16)
     assert json.loads((out / "results.json").read_text())["config"]["n_train"] == 48

@@ -375,6 +375,9 @@ class IdentifiabilityBenchConfig:
     top_k: int = opt(4, "topk/batchtopk: active codes (4 objects per collage); jumprelu: initial L0")
     epochs: float = opt(60.0, "SAE passes over the train collages")
     n_centroids: int = opt(64, "a-/ra-: candidates C per theme (k-means of the train collages)")
+    w_init: str = opt("spread", "a-/ra-: how W starts: spread (each atom on one of the most distinct candidates, "
+                                "as `archsae train`) or random (each row a flat Dirichlet over all candidates; "
+                                "atoms start as mixtures, as the authors' clamp-and-divide step for W leaves them)")
     l1: float = opt(0.1, "Semi-NMF, Convex-NMF: L1 coefficient; Sparse PCA: alpha")
     seed: int = opt(0, "seed of the collages, the SAEs and the classical methods")
     sprites: str = opt("", "folder of the Fluent 3D emoji sprites; default $ARCHSAE_SPRITES or the one "
@@ -391,6 +394,7 @@ class IdentifiabilityBenchConfig:
                f"n_train must be >= n_centroids ({self.n_centroids}) and n_test >= 1; "
                f"got {self.n_train}, {self.n_test}")
         _check(1 <= self.top_k <= 9, f"top_k must be in 1..9 (the smallest theme has 9 objects), got {self.top_k}")
+        _check(self.w_init in ("spread", "random"), f"w_init must be spread or random, got {self.w_init!r}")
         _check(math.isfinite(self.epochs) and self.epochs > 0 and self.l1 >= 0, "epochs must be finite and > 0, "
                "and l1 >= 0")
 

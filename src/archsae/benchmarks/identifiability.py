@@ -103,7 +103,7 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
     batch = min(64, store.n_split("train"))
     steps = math.ceil(cfg.epochs * (store.n_split("train") // batch))
     base = TrainConfig(k=n_objects, top_k=cfg.top_k, epochs=cfg.epochs, batch_size=batch, seed=cfg.seed,
-                       warmup_steps=max(1, steps // 20), w_support=0, aux_k=n_objects // 2,
+                       warmup_steps=max(1, steps // 20), w_init=cfg.w_init, w_support=0, aux_k=n_objects // 2,
                        dead_tokens=10 * store.n_split("train"), checkpoint_every=10**6, shuffle_shards=1)
     candidates = None
     if any(is_archetypal(m) for m in methods):
@@ -112,7 +112,8 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
     jobs = []
     for method in methods:
         tcfg = replace(base, method=method).canonical()
-        jobs.append(Job(tcfg, out / "models" / method, candidates if tcfg.archetypal else None))
+        name = method if not tcfg.archetypal or cfg.w_init == "spread" else f"{method}-w-{cfg.w_init}"
+        jobs.append(Job(tcfg, out / "models" / name, candidates if tcfg.archetypal else None))
     train_many(store, jobs, device)
     return {method: tuple(reconstruct(load_sae(job.out_dir), a)[1].toarray() for a in (train_nd, test_nd))
             for method, job in zip(methods, jobs)}
