@@ -89,6 +89,11 @@ def test_identifiability_quick_run_on_real_collages(tmp_path):
     trained = json.loads((out / "gems" / "models" / "a-topk-w-random" / "config.json").read_text())["train"]
     assert trained["w_init"] == "random" and (out / "gems" / "models" / "a-topk" / "model.safetensors").exists()
     assert json.loads((out / "results.json").read_text())["config"]["w_init"] == "random"
+    # other training settings on the same features: the SAEs are retrained, not refused
+    epochs = json.loads((out / "results.json").read_text())["config"]["epochs"] + 1
+    invoke(*args, "--epochs", epochs)
+    assert json.loads((out / "gems" / "models" / "a-topk" / "config.json").read_text())["train"]["epochs"] == epochs
+    assert (out / "gems" / "features.safetensors").stat().st_mtime_ns == features
     # other features: the SAEs trained on the old ones are retrained, not reused
     invoke(*args, "--n-train", 48, "--n-centroids", 16)
     assert json.loads((out / "results.json").read_text())["config"]["n_train"] == 48
