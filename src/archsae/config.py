@@ -150,8 +150,9 @@ class TrainConfig:
     subset: float = opt(1.0, "fraction of the train tokens this model sees (seeded by subset_seed); 1 = all")
     subset_seed: int = opt(0, "seed of the token subset, when subset < 1")
     centre: bool = opt(True, "train on (A - mean) / std (off: on A / std, the uncentred space, where archetypal "
-                             "atoms, mixtures of the shifted C, carry the data mean; a free SAE's b_pre starts at "
-                             "that mean, so it learns the same model either way)")
+                             "atoms, mixtures of the shifted C, carry the data mean, so each token's codes must sum to "
+                             "about a constant; a free SAE's b_pre starts at that mean, so it learns the same model "
+                             "either way)")
     snapshot_every: int = opt(0, "steps between copies of the dictionary kept in snapshots/ (and at step 0 "
                                  "and the end), for stability along training; 0 = none")
     heldout_every: int = opt(100, "steps between held-out R² measurements in log.jsonl (on 4,096 fixed held-out "
