@@ -82,8 +82,10 @@ def test_identifiability_quick_run_on_real_collages(tmp_path):
     assert results["mean"] == gems["accuracy"]
     assert Image.open(out / "gems" / "example.png").size == (4 * 224 + 12, 224)
     features = (out / "gems" / "features.safetensors").stat().st_mtime_ns
+    model = (out / "gems" / "models" / "a-topk" / "model.safetensors").stat().st_mtime_ns
     invoke(*args)  # a rerun reuses the features and the trained SAEs
     assert (out / "gems" / "features.safetensors").stat().st_mtime_ns == features
+    assert (out / "gems" / "models" / "a-topk" / "model.safetensors").stat().st_mtime_ns == model
     # archetypal W started as mixtures: its own models beside the spread ones, which stay
     invoke(*args, "--w-init", "random")
     trained = json.loads((out / "gems" / "models" / "a-topk-w-random" / "config.json").read_text())["train"]
