@@ -136,7 +136,8 @@ def identifiability_benchmark(run_dir: str | Path, cfg: IdentifiabilityBenchConf
     EfficientNet-Lite0). Returns and writes `RUN/benchmarks/identifiability/results.json`: per theme its
     objects and the mean test accuracy of each method (Table 4), and the mean over themes (Table 3).
     Features and trained SAEs are reused when rerun with the same settings, and made again otherwise (and once
-    in a folder from before trained.json). Raises ArchsaeError when the sprites are missing or a method cannot run (e.g. k-means with fewer collages than n_centroids)."""
+    in a folder from before trained.json). Raises ArchsaeError when the sprites are missing or a method cannot
+    run (e.g. k-means with fewer collages than n_centroids)."""
     run_dir = Path(run_dir)
     out = run_dir / "benchmarks" / "identifiability"
     if not model:
