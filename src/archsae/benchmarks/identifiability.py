@@ -109,7 +109,7 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
     trained = out / "trained.json"
     if (read_json(trained) if trained.exists() else None) != settings:
         _drop_trained(out)  # trained with other settings: retrain rather than refuse (w_init: own folders)
-    write_json(out / "trained.json", settings)
+    write_json(trained, settings)
     batch = min(64, store.n_split("train"))
     steps = math.ceil(cfg.epochs * (store.n_split("train") // batch))
     base = TrainConfig(k=n_objects, top_k=cfg.top_k, epochs=cfg.epochs, batch_size=batch, seed=cfg.seed,
