@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from archsae.cli import app
 from archsae.report.plots import tradeoff_plot
+from archsae.sae import load_sae
 
 runner = CliRunner()
 
@@ -52,6 +53,11 @@ def test_plausibility_benchmark_scores_every_dictionary_against_the_real_head(de
     # real tokens point more the classes' way than random directions do: the head is mapped into the right space
     assert refs["candidates C (n' = 64)"] > max(refs["random atoms"].values())
     assert (run / "benchmarks" / "plausibility" / "table2.png").exists()
+    # a rerun with other training settings retrains its models (its own cache) instead of refusing them
+    invoke("benchmark", "plausibility", "--run-dir", run, "--k", 16, "--delta", 0, "--train-epochs", 2,
+           "--train-batch-size", 256, "--distill-n-centroids", 64, "--distill-max-points", 1000)
+    config = json.loads((run / "benchmarks" / "plausibility" / "models" / "a-topk-k16" / "config.json").read_text())
+    assert config["train"]["epochs"] == 2
 
 
 def test_distillation_benchmark_trains_an_a_sae_per_method(demo_store, tmp_path):
@@ -66,6 +72,11 @@ def test_distillation_benchmark_trains_an_a_sae_per_method(demo_store, tmp_path)
     assert results["train"]["method"] == "a-topk"
     assert sorted(p.name for p in (run / "benchmarks" / "distillation" / "models").iterdir()) == \
         ["hull-r0", "hull-r1", "kmeans-r0", "kmeans-r1"]
+    # other candidates and training: its own C and A-SAEs are made again, not refused
+    invoke("benchmark", "distillation", "--run-dir", run, "--method", "kmeans", "--n-centroids", 48, "--max-points",
+           800, "--max-tokens", 500, "--train-k", 32, "--train-top-k", 4, "--train-epochs", 2, "--train-batch-size", 256)
+    model = load_sae(run / "benchmarks" / "distillation" / "models" / "kmeans-r1")
+    assert model.config.epochs == 2 and model.dictionary.candidates.shape[0] == 48
 
 
 def test_identifiability_quick_run_on_real_collages(tmp_path):
@@ -96,6 +107,10 @@ def test_identifiability_quick_run_on_real_collages(tmp_path):
     invoke(*args, "--epochs", epochs)
     assert json.loads((out / "gems" / "models" / "a-topk" / "config.json").read_text())["train"]["epochs"] == epochs
     assert (out / "gems" / "features.safetensors").stat().st_mtime_ns == features
+    # other features: the SAEs trained on the old ones are retrained, not reused
+    # other candidates on the same features: the archetypal SAEs are retrained on them
+    invoke(*args, "--n-centroids", 12)
+    assert load_sae(out / "gems" / "models" / "a-topk").dictionary.candidates.shape[0] == 12
     # other features: the SAEs trained on the old ones are retrained, not reused
     invoke(*args, "--n-train", 48, "--n-centroids", 16)
     assert json.loads((out / "results.json").read_text())["config"]["n_train"] == 48

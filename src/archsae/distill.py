@@ -11,7 +11,7 @@ from tqdm import tqdm, trange
 
 from .config import DistillConfig, from_dict, to_dict
 from .errors import ArchsaeError
-from .files import read_json, read_safetensors, refuse_if_different, write_json, write_safetensors
+from .files import differences, read_json, read_safetensors, refuse_if_different, write_json, write_safetensors
 from .progress import quiet
 from .store import ActivationStore, Subset
 
@@ -152,11 +152,11 @@ def centroids_path(run_dir: str | Path, seed: int, subset: float = 1.0, subset_s
     return Path(run_dir) / "centroids" / f"{name}.safetensors"
 
 
-def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path) -> torch.Tensor:
+def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path, own_cache: bool = False) -> torch.Tensor:
     """C (n', d) chosen by `cfg.method` (k-means by default) from up to `cfg.max_points` standardised
     (centred) train tokens; saved to `out` (+ a JSON of its configuration beside it). Reuses an existing
-    result of the same configuration; raises ArchsaeError rather than overwrite one of another, or if n'
-    exceeds the sampled tokens."""
+    result of the same configuration; raises ArchsaeError rather than overwrite one of another (unless
+    `own_cache`: `out` is a benchmark's own cache, and is made again), or if n' exceeds the sampled tokens."""
     out = Path(out)
     meta_path = out.with_suffix(".json")
     record = {"config": to_dict(cfg), "store": store.fingerprint}
@@ -164,8 +164,9 @@ def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path) -> torc
         stored = read_json(meta_path)
         stored = {"config": to_dict(from_dict(DistillConfig, stored["config"])),  # fields added since: defaults
                   "store": stored.get("store")}
-        refuse_if_different(stored, record, out, "centroids", "delete it or use another run directory")
-        return load_centroids(out)
+        if not (own_cache and differences(stored, record)):
+            refuse_if_different(stored, record, out, "centroids", "delete it or use another run directory")
+            return load_centroids(out)
     subset = Subset.of(cfg.subset, cfg.subset_seed)
     sample = store.standardise(store.sample(cfg.max_points, seed=cfg.seed, split="train", subset=subset), inplace=True)
     centroids = torch.from_numpy(select_candidates(sample.numpy(), cfg))

@@ -23,6 +23,7 @@ import ctypes.util
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from .config import HELDOUT_TOKENS, LOG_EVERY, TrainConfig, stored_train_config
 from .errors import ArchsaeError
-from .files import read_json, refuse_if_different, write_json, write_safetensors, write_text
+from .files import differences, read_json, refuse_if_different, write_json, write_safetensors, write_text
 from .metrics import r2
 from .progress import quiet
 from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
@@ -57,12 +58,15 @@ def lr_at(step: int, peak: float, warmup_steps: int) -> float:
 @dataclass
 class Job:
     """One SAE to train: its configuration, its folder, the candidates C (n', d) of archetypal methods
-    (in the centred standardised space, as `distill` writes them), and provenance for its config.json."""
+    (in the centred standardised space, as `distill` writes them), and provenance for its config.json.
+    `own_cache`: the folder is a benchmark's own cache, not a user's model, so a model of other settings
+    there is deleted and retrained instead of refused."""
 
     cfg: TrainConfig
     out_dir: Path
     candidates_nd: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    own_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class World:
         if dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
+
+    def barrier(self) -> None:
+        """Wait for every process (nothing to wait for in a single one)."""
+        if self.size > 1:
+            dist.barrier()
 
 
 def default_device() -> torch.device:
@@ -105,11 +114,20 @@ class _Trainer:
                 "streams": n_streams, "processes": world.size}  # resolved: a resume must match them
         self.config = sae_config(cfg, store.d, store=store.fingerprint, **info)
         self.done = False
-        if (self.out_dir / "config.json").exists():
-            stored = read_json(self.out_dir / "config.json")
+        resolved = dict.fromkeys(("streams", "processes"))  # how it ran: any will do for a finished model
+        stored = read_json(self.out_dir / "config.json") if (self.out_dir / "config.json").exists() else None
+        if stored is not None:
             stored["train"] = asdict(stored_train_config(stored["train"]))
+            changed = differences({**stored, **resolved}, {**self.config, **resolved})
+            if changed and job.own_cache:  # a benchmark's cache made with other settings: retrain, not refuse
+                world.barrier()  # every rank has read the old config.json before rank 0 deletes it
+                if world.rank == 0:
+                    tqdm.write(f"{self.out_dir}: trained with other settings ({'; '.join(changed[:3])}); retraining")
+                    shutil.rmtree(self.out_dir)
+                world.barrier()
+                stored = None
+        if stored is not None:
             finished = (self.out_dir / "model.safetensors").exists()
-            resolved = dict.fromkeys(("streams", "processes"))  # how it ran: any will do for a finished model
             refuse_if_different({**stored, **resolved}, {**self.config, **resolved}, self.out_dir, "a model",
                                 "use another name or delete it")
             if not finished and any(stored.get(key) != self.config[key] for key in resolved):
@@ -473,6 +491,5 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
             bar.update(1)
     bar.close()
     models = [t.model if t.done else t.finish() for t in trainers]
-    if world.size > 1:
-        dist.barrier()  # every rank returns only once rank 0 has written the models
+    world.barrier()  # every rank returns only once rank 0 has written the models
     return models

@@ -30,7 +30,7 @@ def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Dis
     """Train an A-SAE (`a-{sparsity of train_cfg}`, its other options from `train_cfg`) on the C of each
     method in `cfg.method`, `cfg.runs` times, and score them; results in `run_dir/benchmarks/distillation/
     results.json` ({"methods": {method: {r2, stability, ood, candidates_stability, ...}}}). Finished
-    models and candidate sets are reused. Raises ArchsaeError on an impossible setting (n' > tokens, or
+    models and candidate sets are reused, and made again when their settings change. Raises ArchsaeError on an impossible setting (n' > tokens, or
     n' < k)."""
     out = Path(run_dir) / "benchmarks" / "distillation"
     base = replace(train_cfg, method="a-" + train_cfg.sparsity).canonical()
@@ -38,10 +38,10 @@ def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Dis
     for method, run in itertools.product(cfg.method, range(cfg.runs)):
         seed = base.seed + run
         dcfg = DistillConfig(n_centroids=cfg.n_centroids, seed=seed, method=method, max_points=cfg.max_points)
-        candidates[method, run] = distill(store, dcfg, centroids_path(out, seed, method=method))
+        candidates[method, run] = distill(store, dcfg, centroids_path(out, seed, method=method), own_cache=True)
         tcfg = replace(base, seed=seed, centroids_seed=seed)
         jobs[method, run] = Job(tcfg, out / "models" / f"{method}-r{run}", candidates[method, run],
-                                info={"candidates": to_dict(dcfg)})
+                                info={"candidates": to_dict(dcfg)}, own_cache=True)
     train_many(store, list(jobs.values()), device)
 
     raw = store.sample(cfg.max_tokens, 0, "heldout")

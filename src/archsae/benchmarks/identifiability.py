@@ -9,8 +9,7 @@ object's atom and threshold are chosen on the train codes and its accuracy repor
 reported beside it as the chance level: eq. 18's accuracy counts true negatives.
 
 Layout: `RUN/benchmarks/identifiability/{theme}/` holds the features (features.safetensors), the store,
-the SAEs (models/; trained.json, the settings they were trained with) and an example collage; `results.json` the
-accuracies (per theme: Table 4; mean over themes: Table 3).
+the SAEs (models/) and an example collage; `results.json` the accuracies (per theme: Table 4; mean over themes: Table 3).
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ def _theme_features(out: Path, theme: str, cfg: IdentifiabilityBenchConfig, back
         with safe_open(str(path), framework="pt") as f:
             if f.metadata() == {k: str(v) for k, v in key.items()}:
                 return load_file(str(path))
-    _drop_trained(out, "store")  # new features: what was made from the old ones goes
+    shutil.rmtree(out / "store", ignore_errors=True)  # new features: a new store (its models are remade: own_cache)
     sprites = theme_sprites(root, theme)
     split = {}
     for name, n, seed in (("train", cfg.n_train, cfg.seed), ("test", cfg.n_test, cfg.seed + 1)):
@@ -82,15 +81,6 @@ def _theme_features(out: Path, theme: str, cfg: IdentifiabilityBenchConfig, back
             save_image(out / "example.png", sheet)
     write_safetensors(path, split, metadata={k: str(v) for k, v in key.items()})
     return split
-
-
-def _drop_trained(out: Path, *also: str) -> None:
-    """Delete what this benchmark trained under `out` (its own cache, never a user's run): the SAEs, the
-    centroids and the folders `also`."""
-    for stale in ("models", *also):
-        shutil.rmtree(out / stale, ignore_errors=True)
-    for stale in ("centroids.safetensors", "centroids.json", "trained.json"):
-        (out / stale).unlink(missing_ok=True)
 
 
 def _contact_sheet(images: list[Image.Image]) -> Image.Image:
@@ -105,25 +95,20 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
                n_objects: int, train_nd: torch.Tensor, test_nd: torch.Tensor, device: str | None) -> dict:
     """Train the SAE `methods` (k = n_objects) on `store` (the train features); {method: (train codes, test
     codes)} of the raw features `train_nd`, `test_nd`."""
-    settings = {"epochs": cfg.epochs, "top_k": cfg.top_k, "n_centroids": cfg.n_centroids}  # besides the features'
-    trained = out / "trained.json"
-    if (read_json(trained) if trained.exists() else None) != settings:
-        _drop_trained(out)  # trained with other settings: retrain rather than refuse (w_init: own folders)
-    write_json(trained, settings)
     batch = min(64, store.n_split("train"))
     steps = math.ceil(cfg.epochs * (store.n_split("train") // batch))
     base = TrainConfig(k=n_objects, top_k=cfg.top_k, epochs=cfg.epochs, batch_size=batch, seed=cfg.seed,
                        warmup_steps=max(1, steps // 20), w_init=cfg.w_init, w_support=0, aux_k=n_objects // 2,
                        dead_tokens=10 * store.n_split("train"), checkpoint_every=10**6, shuffle_shards=1)
-    candidates = None
-    if any(is_archetypal(m) for m in methods):
-        candidates = distill(store, DistillConfig(n_centroids=cfg.n_centroids, seed=cfg.seed, max_points=len(train_nd)),
-                             out / "centroids.safetensors")
+    dcfg = DistillConfig(n_centroids=cfg.n_centroids, seed=cfg.seed, max_points=len(train_nd))
+    candidates = distill(store, dcfg, out / "centroids.safetensors", own_cache=True) \
+        if any(is_archetypal(m) for m in methods) else None
     jobs = []
     for method in methods:
         tcfg = replace(base, method=method).canonical()
         name = method if not tcfg.archetypal or cfg.w_init == "spread" else f"{method}-w-{cfg.w_init}"
-        jobs.append(Job(tcfg, out / "models" / name, candidates if tcfg.archetypal else None))
+        jobs.append(Job(tcfg, out / "models" / name, candidates, {"candidates": to_dict(dcfg)}, own_cache=True)
+                    if tcfg.archetypal else Job(tcfg, out / "models" / name, own_cache=True))
     train_many(store, jobs, device)
     return {method: tuple(reconstruct(load_sae(job.out_dir), a)[1].toarray() for a in (train_nd, test_nd))
             for method, job in zip(methods, jobs)}
@@ -135,8 +120,7 @@ def identifiability_benchmark(run_dir: str | Path, cfg: IdentifiabilityBenchConf
     docstring) with the timm `model` (default: the one RUN/store was extracted with, else the embedded
     EfficientNet-Lite0). Returns and writes `RUN/benchmarks/identifiability/results.json`: per theme its
     objects and the mean test accuracy of each method (Table 4), and the mean over themes (Table 3).
-    Features and trained SAEs are reused when rerun with the same settings, and made again otherwise (and once
-    in a folder from before trained.json). Raises ArchsaeError when the sprites are missing or a method cannot
+    Features and trained SAEs are reused when rerun with the same settings, and made again otherwise. Raises ArchsaeError when the sprites are missing or a method cannot
     run (e.g. k-means with fewer collages than n_centroids)."""
     run_dir = Path(run_dir)
     out = run_dir / "benchmarks" / "identifiability"

@@ -36,8 +36,9 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
                            device: str | None = None) -> dict:
     """Train one SAE per (dictionary, k) (options from `train_cfg`; C from `distill_cfg`, reused from
     `run_dir/centroids/`) and score each against the head; results in `run_dir/benchmarks/plausibility/
-    results.json` ({"rows": {label: {k: plausibility}}, "references": ...}). Raises ArchsaeError when the
-    store's model has no classifier head over its features (e.g. an inner layer)."""
+    results.json` ({"rows": {label: {k: plausibility}}, "references": ...}). Its models are reused when rerun
+    with the same settings and retrained otherwise. Raises ArchsaeError when the store's model has no
+    classifier head over its features (e.g. an inner layer)."""
     heads, heads_from = class_directions(store)
     if heads is None:
         raise ArchsaeError(f"plausibility needs class directions: {heads_from}; extract the final "
@@ -51,7 +52,8 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
         tcfg = replace(train_cfg, method=method, k=k, delta=delta or train_cfg.delta,
                        top_k=min(train_cfg.top_k, k), centroids_seed=distill_cfg.seed).canonical()
         name = method + (f"-delta{delta:g}" if delta else "") + f"-k{k}"
-        jobs[delta, k] = Job(tcfg, out / "models" / name, candidates if delta is not None else None)
+        jobs[delta, k] = Job(tcfg, out / "models" / name, own_cache=True) if delta is None else \
+            Job(tcfg, out / "models" / name, candidates, {"candidates": to_dict(distill_cfg)}, own_cache=True)
     train_many(store, list(jobs.values()), device)
 
     def score(delta: float | None, k: int) -> float:
