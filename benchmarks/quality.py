@@ -8,7 +8,9 @@
 in several regimes (sizes, uneven frequencies, a mean far from the origin, noise). Every learner gets a
 dictionary of k = the number of planted atoms and top_k = the number active per token. Recovery is the mean,
 over planted atoms, of the best |cos| with a learned atom, in the standardised space the learners see
-(D*_i / sigma); also the share of planted atoms found above 0.9, R² on held-out tokens, dead codes and L0.
+(D*_i / sigma); also the same mean over the rarest third of the planted atoms, the share found above 0.9, R²
+on held-out tokens, dead codes and L0. For RA-SAE, how much of a free dictionary's freedom it took: the share
+of atoms whose Lambda is at its bound delta, and the mean cos between an atom and its hull part W C.
 (b) A real store (`--store`): held-out R², dead codes and L0 only.
 Dead codes are counted on up to 20,000 held-out tokens (eq. 6); beside them, on every training token (`dead_train`:
 codes that never fire on what they were trained on) and on all the tokens of as many random training images as the
@@ -57,9 +59,10 @@ METHODS = ["topk", "batchtopk", "jumprelu", "relu", "a-topk", "a-batchtopk", "a-
            "ra-topk", "ra-batchtopk", "ra-jumprelu", "ra-relu"]
 
 
-def scores(store, encode_decode, atoms_kd, planted_kd=None) -> dict:
+def scores(store, encode_decode, atoms_kd, planted_kd=None, frequency_k=None) -> dict:
     """Held-out R², dead codes and L0 of a learner (encode_decode: x -> (x_hat, codes), standardised space),
-    and recovery of the planted atoms (k, d) when given (raw space; mapped by 1 / sigma)."""
+    and recovery of the planted atoms (k, d) when given (raw space; mapped by 1 / sigma): over all of them,
+    and over the rarest third by their frequency (k,) (`recovery_rare`)."""
     from archsae import metrics
 
     x = store.standardise(store.sample(20_000, 0, "heldout"))
@@ -69,8 +72,23 @@ def scores(store, encode_decode, atoms_kd, planted_kd=None) -> dict:
            **dead_on_train(store, encode_decode)}
     if planted_kd is not None:
         best = metrics.cosines(torch.as_tensor(planted_kd) / store.std_d, atoms_kd).abs().max(1).values
-        out.update(recovery=best.mean().item(), found=(best > 0.9).float().mean().item())
+        out.update(recovery=best.mean().item(), found=(best > 0.9).float().mean().item(),
+                   recovery_rare=best[np.argsort(frequency_k)[:len(best) // 3]].mean().item())
     return out
+
+
+@torch.no_grad()
+def hull_use(model) -> dict:
+    """For an RA-SAE: the share of atoms whose Lambda_i is at its bound delta (`lambda_at_bound`), and the mean
+    cos between each atom and its hull part W_i C (`cos_hull`): how much of the free dictionary's freedom it
+    took. Empty for other models (and for commits without `relaxation`)."""
+    dictionary = getattr(model, "dictionary", None)
+    relax = dictionary.relaxation() if hasattr(dictionary, "relaxation") else None
+    if relax is None:
+        return {}
+    hull_kd = dictionary.dense_weights() @ dictionary.candidates
+    return {"lambda_at_bound": (relax.norm(dim=1) >= 0.99 * dictionary.delta).float().mean().item(),
+            "cos_hull": torch.nn.functional.cosine_similarity(hull_kd, hull_kd + relax).mean().item()}
 
 
 @torch.no_grad()
@@ -138,6 +156,7 @@ def child(spec: dict) -> list[dict]:
     store = (ActivationStore(spec["store"]) if spec.get("store")
              else import_matrix(spec["acts"], work / "store", shard_tokens=8192))
     planted = np.load(spec["atoms"]) if spec.get("atoms") else None
+    frequency = np.load(spec["frequency"]) if spec.get("frequency") else None
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     epochs = spec["steps"] / (store.n_split("train") // BATCH)
     candidates = None
@@ -157,8 +176,8 @@ def child(spec: dict) -> list[dict]:
     models = train_many(store, jobs, "cpu")
     seconds = time.perf_counter() - start
     return [{"method": job.cfg.method, **scores(store, in_standardised_space(model.eval(), store),
-                                                model.atoms().detach(), planted),
-             "pass_seconds": seconds} for job, model in zip(jobs, models)]
+                                                model.atoms().detach(), planted, frequency),
+             **hull_use(model), "pass_seconds": seconds} for job, model in zip(jobs, models)]
 
 
 def in_standardised_space(model, store):
@@ -229,23 +248,25 @@ def main() -> None:
                     spec = dict(methods=methods, k=regime["k"], top_k=regime["active"], steps=regime["steps"],
                                 seed=seed, extra=args.extra)
                     if name == "store":
-                        store, planted = ActivationStore(args.store), None
+                        store, planted, frequency = ActivationStore(args.store), None, None
                         spec.update(store=str(args.store.resolve()), n_centroids=args.n_centroids)
                     else:
                         data = planted_dictionary(**{k: v for k, v in regime.items() if k != "steps"}, seed=seed)
                         work.mkdir(parents=True)
                         np.save(work / "acts.npy", data.acts_nd)
                         np.save(work / "atoms.npy", data.atoms_kd)
-                        planted = data.atoms_kd
+                        np.save(work / "frequency.npy", data.frequency_k)
+                        planted, frequency = data.atoms_kd, data.frequency_k
                         store = import_matrix(work / "acts.npy", work / "ref-store", shard_tokens=8192)
                         spec.update(acts=str(work / "acts.npy"), atoms=str(work / "atoms.npy"),
+                                    frequency=str(work / "frequency.npy"),
                                     n_centroids=args.candidates_per_atom * regime["k"])
                     train = store.standardise(torch.cat([store.read_shard(i, "train").acts_md
                                                          for i in range(store.n_shards)]))
                     start = time.perf_counter()
                     encode_decode, atoms = textbook_topk(train, regime["k"], regime["active"], regime["steps"], seed)
                     ref = {"setting": name, "seed": seed, "rev": "reference", "method": "textbook topk",
-                           **scores(store, encode_decode, atoms, planted), "pass_seconds": time.perf_counter() - start}
+                           **scores(store, encode_decode, atoms, planted, frequency), "pass_seconds": time.perf_counter() - start}
                     rows.append(ref)
                     print(json.dumps(ref), flush=True)
                     del train
@@ -263,13 +284,14 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     """Markdown: one line per (setting, rev, method), means over seeds."""
-    keys = ["recovery", "found", "r2", "dead", "dead_train", "dead_train_images", "l0"]
+    keys = ["recovery", "recovery_rare", "found", "r2", "dead", "dead_train", "dead_train_images", "l0",
+            "lambda_at_bound", "cos_hull"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["setting"], r["rev"], r["method"]), []).append(r)
-    print("| setting | code | method | recovery | > 0.9 | held-out R² | dead | dead (all train) "
-          "| dead (as many train images) | L0 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| setting | code | method | recovery | rarest third | > 0.9 | held-out R² | dead | dead (all train) "
+          "| dead (as many train images) | L0 | Λ at bound | cos(D, W C) |")
+    print("|---|---|---|" + "---:|" * len(keys))
     for (setting, rev, method), rs in groups.items():
         cells = [f"{np.mean([r[k] for r in rs]):.3f}" if k in rs[0] else "" for k in keys]
         print(f"| {setting} | {rev} | {method} | " + " | ".join(cells) + " |")
