@@ -72,8 +72,9 @@ def scores(store, encode_decode, atoms_kd, planted_kd=None, frequency_k=None) ->
            **dead_on_train(store, encode_decode)}
     if planted_kd is not None:
         best = metrics.cosines(torch.as_tensor(planted_kd) / store.std_d, atoms_kd).abs().max(1).values
-        out.update(recovery=best.mean().item(), found=(best > 0.9).float().mean().item(),
-                   recovery_rare=best[np.argsort(frequency_k)[:len(best) // 3]].mean().item())
+        out.update(recovery=best.mean().item(), found=(best > 0.9).float().mean().item())
+        if frequency_k is not None:
+            out["recovery_rare"] = best[np.argsort(frequency_k)[:len(best) // 3]].mean().item()
     return out
 
 

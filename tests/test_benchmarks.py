@@ -114,6 +114,8 @@ def test_identifiability_quick_run_on_real_collages(tmp_path):
     # other features: the SAEs trained on the old ones are retrained, not reused
     invoke(*args, "--n-train", 48, "--n-centroids", 16)
     assert json.loads((out / "results.json").read_text())["config"]["n_train"] == 48
+    assert json.loads((out / "gems" / "models" / "topk" / "config.json").read_text())["store"] == \
+        json.loads((out / "gems" / "store" / "store.json").read_text())["checksum"]
 
 
 def test_convex_nmf_can_mix_the_runs_kmeans_candidates(demo_store, tmp_path):

@@ -3,6 +3,7 @@ other distillation methods of its App. C (outlier scores, convex-hull vertices).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from tqdm import tqdm, trange
 
 from .config import DistillConfig, from_dict, to_dict
 from .errors import ArchsaeError
-from .files import differences, read_json, read_safetensors, refuse_if_different, write_json, write_safetensors
+from .files import (differences, first_three, read_json, read_safetensors, refuse_if_different, write_json,
+                    write_safetensors)
 from .progress import quiet
 from .store import ActivationStore, Subset
 
@@ -164,7 +166,12 @@ def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path, own_cac
         stored = read_json(meta_path)
         stored = {"config": to_dict(from_dict(DistillConfig, stored["config"])),  # fields added since: defaults
                   "store": stored.get("store")}
-        if not (own_cache and differences(stored, record)):
+        changed = differences(stored, record)
+        if changed and own_cache:  # a benchmark's own C: made again
+            print(f"distill: {out} was made with other settings ({first_three(changed)}); making it again",
+                  file=sys.stderr)
+            meta_path.unlink()  # first: if killed, no record describes the old or a half-written C
+        else:
             refuse_if_different(stored, record, out, "centroids", "delete it or use another run directory")
             return load_centroids(out)
     subset = Subset.of(cfg.subset, cfg.subset_seed)

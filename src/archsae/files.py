@@ -117,6 +117,9 @@ def refuse_if_different(stored: dict, asked: dict, where: Path, what: str, fix: 
     ArchsaeError names the differences (the first three) and `fix`, and nothing is overwritten."""
     found = differences(stored, asked)
     if found:
-        more = f"; and {len(found) - 3} more" if len(found) > 3 else ""
-        raise ArchsaeError(f"{where} holds {what} made with another configuration ({'; '.join(found[:3])}{more}); "
-                           f"{fix}")
+        raise ArchsaeError(f"{where} holds {what} made with another configuration ({first_three(found)}); {fix}")
+
+
+def first_three(found: list[str]) -> str:
+    """The first three of `differences`, and how many more ("k: 512 there, 1024 now; ...; and 2 more")."""
+    return "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")

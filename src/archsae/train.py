@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .config import HELDOUT_TOKENS, LOG_EVERY, TrainConfig, stored_train_config
 from .errors import ArchsaeError
-from .files import differences, read_json, refuse_if_different, write_json, write_safetensors, write_text
+from .files import differences, first_three, read_json, refuse_if_different, write_json, write_safetensors, write_text
 from .metrics import r2
 from .progress import quiet
 from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
@@ -90,6 +90,14 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def rank0s(self, flag: bool, device: torch.device) -> bool:
+        """Rank 0's `flag` on every process, so that all take the same branch around a collective."""
+        if self.size == 1:
+            return flag
+        box = torch.tensor(float(flag), device=device)
+        dist.broadcast(box, 0)
+        return bool(box.item())
+
 
 def default_device() -> torch.device:
     """CUDA (this rank's local GPU under torchrun) when present, else the CPU."""
@@ -118,14 +126,17 @@ class _Trainer:
         stored = read_json(self.out_dir / "config.json") if (self.out_dir / "config.json").exists() else None
         if stored is not None:
             stored["train"] = asdict(stored_train_config(stored["train"]))
-            changed = differences({**stored, **resolved}, {**self.config, **resolved})
-            if changed and job.own_cache:  # a benchmark's cache made with other settings: retrain, not refuse
-                world.barrier()  # every rank has read the old config.json before rank 0 deletes it
-                if world.rank == 0:
-                    tqdm.write(f"{self.out_dir}: trained with other settings ({'; '.join(changed[:3])}); retraining")
-                    shutil.rmtree(self.out_dir)
-                world.barrier()
-                stored = None
+        changed = differences({**stored, **resolved}, {**self.config, **resolved}) if stored is not None else []
+        if world.rank0s(bool(changed) and job.own_cache, device):  # a benchmark's cache of other settings
+            world.barrier()  # every rank has read the old config.json before rank 0 deletes it
+            if world.rank == 0:
+                tqdm.write(f"train: {self.out_dir} was trained with other settings ({first_three(changed)}); "
+                           "retraining it", file=sys.stderr)
+                for weights in ("model.safetensors", "checkpoint.safetensors"):  # first: never resumed if killed
+                    (self.out_dir / weights).unlink(missing_ok=True)
+                shutil.rmtree(self.out_dir)
+            world.barrier()
+            stored = None
         if stored is not None:
             finished = (self.out_dir / "model.safetensors").exists()
             refuse_if_different({**stored, **resolved}, {**self.config, **resolved}, self.out_dir, "a model",
@@ -414,7 +425,7 @@ def _check_memory(jobs: list[Job], d: int, micro: int, device: torch.device) -> 
     """Refuse a pass whose models cannot fit before allocating them: each float32 parameter is held four
     times (value, gradient, two Adam moments), and dense sparsities keep a few (batch, k) matrices."""
     need = 0
-    for job in (j for j in jobs if not (j.out_dir / "model.safetensors").exists()):  # finished: only loaded
+    for job in (j for j in jobs if j.own_cache or not (j.out_dir / "model.safetensors").exists()):  # finished: loaded
         cfg, n_prime = job.cfg, 0 if job.candidates_nd is None else len(job.candidates_nd)
         atoms = cfg.k * d if not cfg.archetypal or cfg.effective_delta > 0 else 0  # free atoms, or RA-SAE's U
         w = cfg.k * (min(cfg.w_support, n_prime) if cfg.w_support else n_prime)  # archetypal W (0 for free)

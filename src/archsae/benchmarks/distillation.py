@@ -30,8 +30,8 @@ def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Dis
     """Train an A-SAE (`a-{sparsity of train_cfg}`, its other options from `train_cfg`) on the C of each
     method in `cfg.method`, `cfg.runs` times, and score them; results in `run_dir/benchmarks/distillation/
     results.json` ({"methods": {method: {r2, stability, ood, candidates_stability, ...}}}). Finished
-    models and candidate sets are reused, and made again when their settings change. Raises ArchsaeError on an impossible setting (n' > tokens, or
-    n' < k)."""
+    models and candidate sets are reused, and made again when their settings change. Raises ArchsaeError
+    on an impossible setting (n' > tokens, or n' < k)."""
     out = Path(run_dir) / "benchmarks" / "distillation"
     base = replace(train_cfg, method="a-" + train_cfg.sparsity).canonical()
     jobs, candidates = {}, {}

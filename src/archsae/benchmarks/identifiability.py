@@ -9,7 +9,8 @@ object's atom and threshold are chosen on the train codes and its accuracy repor
 reported beside it as the chance level: eq. 18's accuracy counts true negatives.
 
 Layout: `RUN/benchmarks/identifiability/{theme}/` holds the features (features.safetensors), the store,
-the SAEs (models/) and an example collage; `results.json` the accuracies (per theme: Table 4; mean over themes: Table 3).
+the SAEs (models/) and an example collage; `results.json` the accuracies (per theme: Table 4; mean over
+themes: Table 3).
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
     for method in methods:
         tcfg = replace(base, method=method).canonical()
         name = method if not tcfg.archetypal or cfg.w_init == "spread" else f"{method}-w-{cfg.w_init}"
-        jobs.append(Job(tcfg, out / "models" / name, candidates, {"candidates": to_dict(dcfg)}, own_cache=True)
-                    if tcfg.archetypal else Job(tcfg, out / "models" / name, own_cache=True))
+        jobs.append(Job(tcfg, out / "models" / name, candidates if tcfg.archetypal else None,
+                        {"candidates": to_dict(dcfg)} if tcfg.archetypal else {}, own_cache=True))
     train_many(store, jobs, device)
     return {method: tuple(reconstruct(load_sae(job.out_dir), a)[1].toarray() for a in (train_nd, test_nd))
             for method, job in zip(methods, jobs)}
@@ -120,8 +121,9 @@ def identifiability_benchmark(run_dir: str | Path, cfg: IdentifiabilityBenchConf
     docstring) with the timm `model` (default: the one RUN/store was extracted with, else the embedded
     EfficientNet-Lite0). Returns and writes `RUN/benchmarks/identifiability/results.json`: per theme its
     objects and the mean test accuracy of each method (Table 4), and the mean over themes (Table 3).
-    Features and trained SAEs are reused when rerun with the same settings, and made again otherwise. Raises ArchsaeError when the sprites are missing or a method cannot
-    run (e.g. k-means with fewer collages than n_centroids)."""
+    Features and trained SAEs are reused when rerun with the same settings, and made again otherwise.
+    Raises ArchsaeError when the sprites are missing or a method cannot run (e.g. k-means with fewer
+    collages than n_centroids)."""
     run_dir = Path(run_dir)
     out = run_dir / "benchmarks" / "identifiability"
     if not model:

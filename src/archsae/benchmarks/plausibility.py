@@ -52,8 +52,9 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
         tcfg = replace(train_cfg, method=method, k=k, delta=delta or train_cfg.delta,
                        top_k=min(train_cfg.top_k, k), centroids_seed=distill_cfg.seed).canonical()
         name = method + (f"-delta{delta:g}" if delta else "") + f"-k{k}"
-        jobs[delta, k] = Job(tcfg, out / "models" / name, own_cache=True) if delta is None else \
-            Job(tcfg, out / "models" / name, candidates, {"candidates": to_dict(distill_cfg)}, own_cache=True)
+        archetypal = delta is not None
+        jobs[delta, k] = Job(tcfg, out / "models" / name, candidates if archetypal else None,
+                             {"candidates": to_dict(distill_cfg)} if archetypal else {}, own_cache=True)
     train_many(store, list(jobs.values()), device)
 
     def score(delta: float | None, k: int) -> float:
