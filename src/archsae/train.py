@@ -90,7 +90,7 @@ class World:
         if self.size > 1:
             dist.barrier()
 
-    def rank0s(self, flag: bool, device: torch.device) -> bool:
+    def from_rank0(self, flag: bool, device: torch.device) -> bool:
         """Rank 0's `flag` on every process, so that all take the same branch around a collective."""
         if self.size == 1:
             return flag
@@ -127,7 +127,7 @@ class _Trainer:
         if stored is not None:
             stored["train"] = asdict(stored_train_config(stored["train"]))
         changed = differences({**stored, **resolved}, {**self.config, **resolved}) if stored is not None else []
-        if world.rank0s(bool(changed) and job.own_cache, device):  # a benchmark's cache of other settings
+        if world.from_rank0(bool(changed) and job.own_cache, device):  # a benchmark's cache of other settings
             world.barrier()  # every rank has read the old config.json before rank 0 deletes it
             if world.rank == 0:
                 tqdm.write(f"train: {self.out_dir} was trained with other settings ({first_three(changed)}); "
@@ -425,7 +425,9 @@ def _check_memory(jobs: list[Job], d: int, micro: int, device: torch.device) -> 
     """Refuse a pass whose models cannot fit before allocating them: each float32 parameter is held four
     times (value, gradient, two Adam moments), and dense sparsities keep a few (batch, k) matrices."""
     need = 0
-    for job in (j for j in jobs if j.own_cache or not (j.out_dir / "model.safetensors").exists()):  # finished: loaded
+    for job in jobs:
+        if (job.out_dir / "model.safetensors").exists() and not job.own_cache:
+            continue  # finished: only loaded (a benchmark's cache may be retrained)
         cfg, n_prime = job.cfg, 0 if job.candidates_nd is None else len(job.candidates_nd)
         atoms = cfg.k * d if not cfg.archetypal or cfg.effective_delta > 0 else 0  # free atoms, or RA-SAE's U
         w = cfg.k * (min(cfg.w_support, n_prime) if cfg.w_support else n_prime)  # archetypal W (0 for free)
