@@ -127,7 +127,7 @@ class _Trainer:
         if stored is not None:
             stored["train"] = asdict(stored_train_config(stored["train"]))
         changed = differences({**stored, **resolved}, {**self.config, **resolved}) if stored is not None else []
-        if world.from_rank0(bool(changed) and job.own_cache, device):  # a benchmark's cache of other settings
+        if job.own_cache and world.from_rank0(bool(changed), device):  # a benchmark's cache of other settings
             world.barrier()  # every rank has read the old config.json before rank 0 deletes it
             if world.rank == 0:
                 tqdm.write(f"train: {self.out_dir} was trained with other settings ({first_three(changed)}); "
