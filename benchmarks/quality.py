@@ -267,7 +267,8 @@ def main() -> None:
                     start = time.perf_counter()
                     encode_decode, atoms = textbook_topk(train, regime["k"], regime["active"], regime["steps"], seed)
                     ref = {"setting": name, "seed": seed, "rev": "reference", "method": "textbook topk",
-                           **scores(store, encode_decode, atoms, planted, frequency), "pass_seconds": time.perf_counter() - start}
+                           **scores(store, encode_decode, atoms, planted, frequency),
+                           "pass_seconds": time.perf_counter() - start}
                     rows.append(ref)
                     print(json.dumps(ref), flush=True)
                     del train

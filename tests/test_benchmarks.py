@@ -107,7 +107,6 @@ def test_identifiability_quick_run_on_real_collages(tmp_path):
     invoke(*args, "--epochs", epochs)
     assert json.loads((out / "gems" / "models" / "a-topk" / "config.json").read_text())["train"]["epochs"] == epochs
     assert (out / "gems" / "features.safetensors").stat().st_mtime_ns == features
-    # other features: the SAEs trained on the old ones are retrained, not reused
     # other candidates on the same features: the archetypal SAEs are retrained on them
     invoke(*args, "--n-centroids", 12)
     assert load_sae(out / "gems" / "models" / "a-topk").dictionary.candidates.shape[0] == 12
