@@ -213,11 +213,14 @@ class ArchetypalDictionary(nn.Module):
             raise ValueError(f"delta must be >= 0, got {delta}")
         n_prime, d = candidates_nd.shape
         self.register_buffer("candidates", candidates_nd.float().contiguous())
+        empty = w_init == "empty"  # shapes only, for load_state_dict: W's init takes seconds to minutes
         if 0 < support < n_prime:
-            idx, weights = init_support(k, n_prime, support, w_init, self.candidates, generator)
+            idx, weights = ((torch.zeros(k, support, dtype=torch.int64), torch.zeros(k, support)) if empty
+                            else init_support(k, n_prime, support, w_init, self.candidates, generator))
             self.register_buffer("support", idx)
         else:
-            weights, self.support = init_weights(k, self.candidates, w_init, generator), None
+            weights = torch.zeros(k, n_prime) if empty else init_weights(k, self.candidates, w_init, generator)
+            self.support = None
         self.weights = nn.Parameter(weights)
         self.weights.register_hook(_tangent)  # kept by load_state_dict (copies into W), lost with assign=True
         # delta is a buffer, so a model saved with a delta resolved from a relative setting reloads as is.
