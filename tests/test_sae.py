@@ -178,6 +178,22 @@ def test_bad_settings_are_user_errors():
         build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5, candidates_nd=torch.randn(10, 4))
 
 
+@pytest.mark.parametrize("method", ["relu", "jumprelu"])
+def test_top_k_is_where_a_fixed_coefficient_s_gates_start(method):
+    """With a fixed L1 / L0 coefficient top_k still sets the starting L0 (`init_from_data_`), so it is part of
+    the configuration: a sweep over it trains one model per value, not one."""
+    torch.manual_seed(0)
+    x = torch.randn(4000, 16)
+    for top_k in (2, 8):
+        cfg = TrainConfig(method=method, k=32, top_k=top_k, l1=0.5, l0=0.5)
+        assert cfg.canonical().top_k == top_k
+        model = build_sae(cfg, 16)
+        model.init_from_data_(x, cfg.top_k)
+        with torch.no_grad():
+            l0 = (model.activation(model.encoder(x - model.b_pre)) > 0).sum(1).float().mean().item()
+        assert l0 == pytest.approx(top_k, rel=0.1)
+
+
 def _dense_losses(model, x, dead, aux_k, aux_coeff):
     """The training loss written the plain way, from the definitions: dense codes = activation(encoder(x - b)),
     D built explicitly, the penalty of each mechanism, AuxK, plain autograd."""
@@ -629,3 +645,22 @@ def test_a_model_saved_before_resampling_existed_loads_as_trained_without_it(tmp
     assert load_sae(tmp_path / "old").config.resample_every == 0
     save_sae(build_sae(cfg, 4), tmp_path / "new", sae_config(cfg, 4))
     assert load_sae(tmp_path / "new").config.resample_every == cfg.resample_every == 25
+
+
+@pytest.mark.parametrize("support", [0, 4])
+def test_a_loaded_archetypal_sae_is_the_saved_one_without_redoing_w_init(tmp_path, monkeypatch, support):
+    """load_sae leaves W's (slow) initialisation out and fills W, its support and Lambda from the file."""
+    import archsae.sae.dictionary as dictionary
+    from archsae.sae.model import sae_config, save_sae
+
+    cfg = TrainConfig(method="ra-topk", k=8, top_k=2, w_support=support, delta=0.5)
+    model = build_sae(cfg, 6, torch.randn(20, 6) * 3)
+    with torch.no_grad():
+        model.dictionary.weights.copy_(torch.rand_like(model.dictionary.weights))
+        model.dictionary.relax.normal_()
+    save_sae(model, tmp_path / "m", sae_config(cfg, 6))
+    for init in ("init_support", "init_weights", "spread_columns"):
+        monkeypatch.setattr(dictionary, init, lambda *args: pytest.fail(f"{init} ran while loading"))
+    loaded = load_sae(tmp_path / "m")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert torch.equal(loaded.atoms(), model.atoms().detach())

@@ -122,7 +122,8 @@ class TrainConfig:
                               "(RA-SAE: D = W C + Lambda); no prefix = free unit-norm atoms. 'all' = all 12")
     k: int = opt(2560, "dictionary size (number of atoms)")
     top_k: int = opt(32, "active codes per token: topk exactly, batchtopk on average over the batch; jumprelu "
-                         "and relu: the mean L0 their coefficient is adapted to (when l0 / l1 = 0)")
+                         "and relu: the mean L0 their coefficient is adapted to (when l0 / l1 = 0), else the L0 their "
+                         "gates start at (a fixed coefficient then sets it)")
     l1: float = opt(0.0, "relu: L1 coefficient (fixed); 0 = adapted during training so that the mean L0 is top_k")
     l0: float = opt(0.0, "jumprelu: L0 coefficient (fixed); 0 = adapted during training so that the mean L0 is "
                          "top_k")
@@ -171,7 +172,7 @@ class TrainConfig:
         _check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         _check(self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
         _check(self.k >= 2, f"k must be >= 2, got {self.k}: coherence, stability and ranks compare atoms")
-        _check(self.k >= self.top_k or "top_k" in self.unused_fields(),
+        _check(self.k >= self.top_k,
                f"k ({self.k}) must be >= top_k ({self.top_k}): at most k codes are active")
         _check(self.l1 >= 0 and self.l0 >= 0, f"l1 and l0 must be >= 0, got {self.l1}, {self.l0}")
         _check(self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth}")
@@ -226,8 +227,6 @@ class TrainConfig:
             unused.add("l1")
         if self.sparsity != "jumprelu":
             unused |= {"l0", "bandwidth"}
-        if (self.sparsity == "relu" and self.l1) or (self.sparsity == "jumprelu" and self.l0):
-            unused.add("top_k")  # a fixed coefficient sets the sparsity
         if not self.archetypal:
             unused |= {"w_init", "w_support", "centroids_seed"}
         if not self.method.startswith("ra-"):
