@@ -155,6 +155,8 @@ def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         train(store, cfg, tmp_path / "resumed")
     assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
+    with (tmp_path / "resumed" / "log.jsonl").open("a") as log:  # a line the kill cut short
+        log.write('{"step": 29, "tokens"')
     monkeypatch.setattr(type(store), "batches", real_batches)
     capsys.readouterr()
     resumed = train(store, cfg, tmp_path / "resumed")

@@ -106,6 +106,14 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _logged_step(line: str) -> float:
+    """The step of a line of log.jsonl; inf for a line a kill cut short (no step to keep it at)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class _Trainer:
     """One model's optimiser, counters, log and checkpoint within a pass."""
 
@@ -170,9 +178,10 @@ class _Trainer:
             write_json(self.out_dir / "config.json", self.config)
             if self.start == 0:
                 self._snapshot(0)
-            # Keep the log equal to an uninterrupted run's: drop lines written after the checkpoint.
+            # Keep the log equal to an uninterrupted run's: drop lines written after the checkpoint, and a last
+            # line cut short by the kill (the log is appended to, not written atomically).
             lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
-            write_text(self.log_path, "".join(l + "\n" for l in lines if json.loads(l)["step"] < self.start))
+            write_text(self.log_path, "".join(l + "\n" for l in lines if _logged_step(l) < self.start))
         self._reset_window()
 
     def _param_groups(self, d: int) -> list[dict]:
@@ -294,10 +303,10 @@ class _Trainer:
                     log.write(json.dumps(row) + "\n")
                 self.last = row
             self._reset_window()
-        if self.world.rank == 0 and self.cfg.snapshot_every and (done % self.cfg.snapshot_every == 0
-                                                                   or done == self.total):
-            self._check_finite(done)
-            self._snapshot(done)
+        if self.cfg.snapshot_every and (done % self.cfg.snapshot_every == 0 or done == self.total):
+            self._check_finite(done)  # on every rank (their parameters are equal): all stop, none waits forever
+            if self.world.rank == 0:
+                self._snapshot(done)
         if done % self.cfg.checkpoint_every == 0 and done < self.total:
             self._check_finite(done)
             if self.world.rank == 0:
