@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from archsae import metrics
 from archsae.config import HELDOUT_TOKENS, METHODS, TrainConfig
 from archsae.distill import kmeans
+from archsae.errors import ArchsaeError
 from archsae.sae import load_sae
 from archsae.store import ActivationStore
 from archsae.train import Job, train, train_many
@@ -259,3 +260,19 @@ def test_cuda_training_with_autocast_matches_cpu_quality(planted, tmp_path):
         gpu = train(store, cfg, tmp_path / f"gpu-{method}", candidates, device="cuda")
         assert next(gpu.parameters()).is_cuda
         assert abs(recovery(gpu.atoms().detach().cpu(), atoms) - recovery(cpu.atoms().detach(), atoms)) < 0.05
+
+
+def test_a_finished_archetypal_model_is_not_reused_on_other_candidates(planted, tmp_path):
+    """config.json records C by content: the same configuration on other candidates (C distilled again, say with
+    another n') is refused, not silently answered with the model of the old C; a model saved before C was
+    recorded is still reused."""
+    store, _, candidates = planted
+    cfg = replace(BASE, method="ra-topk", epochs=1)
+    model = train(store, cfg, tmp_path / "m", candidates)
+    assert torch.equal(train(store, cfg, tmp_path / "m", candidates).atoms(), model.atoms())  # reused
+    with pytest.raises(ArchsaeError, match="another configuration .candidates_sha256: "):
+        train(store, cfg, tmp_path / "m", candidates[:80])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["candidates_sha256"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    assert torch.equal(train(store, cfg, tmp_path / "m", candidates[:80]).atoms(), model.atoms())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import math
 import os
@@ -128,12 +129,17 @@ class _Trainer:
         self.lr = cfg.peak_lr(store.d)
         info = {**job.info, "peak_lr": self.lr, **({"delta_abs": delta} if delta is not None else {}),
                 "streams": n_streams, "processes": world.size}  # resolved: a resume must match them
+        if job.candidates_nd is not None:  # C by content: a model is never reused or resumed on other candidates
+            c_nd = job.candidates_nd.float().contiguous().cpu()
+            info["candidates_sha256"] = hashlib.sha256(c_nd.numpy()).hexdigest()
         self.config = sae_config(cfg, store.d, store=store.fingerprint, **info)
         self.done = False
         resolved = dict.fromkeys(("streams", "processes"))  # how it ran: any will do for a finished model
         stored = read_json(self.out_dir / "config.json") if (self.out_dir / "config.json").exists() else None
         if stored is not None:
             stored["train"] = asdict(stored_train_config(stored["train"]))
+            if "candidates_sha256" in self.config:  # a model saved before C was recorded is taken as it is
+                stored.setdefault("candidates_sha256", self.config["candidates_sha256"])
         changed = differences({**stored, **resolved}, {**self.config, **resolved}) if stored is not None else []
         if job.own_cache and world.from_rank0(bool(changed), device):  # a benchmark's cache of other settings
             world.barrier()  # every rank has read the old config.json before rank 0 deletes it
@@ -355,7 +361,11 @@ class _Trainer:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # a truncated or corrupt file: safetensors' own error type
             raise ArchsaeError(f"{self.ckpt} is damaged ({e}); delete it to restart this model from step 0") from None
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        except RuntimeError as e:  # shapes of another configuration (e.g. a checkpoint older than config.json)
+            raise ArchsaeError(f"{self.ckpt} does not fit this model ({str(e).splitlines()[0]}...); delete it to "
+                               "restart this model from step 0") from None
         self.since_fired.copy_(tensors["train.since_fired"])
         state: dict[int, dict] = {}
         for key, value in tensors.items():

@@ -40,8 +40,7 @@ def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Dis
         dcfg = DistillConfig(n_centroids=cfg.n_centroids, seed=seed, method=method, max_points=cfg.max_points)
         candidates[method, run] = distill(store, dcfg, centroids_path(out, seed, method=method), own_cache=True)
         tcfg = replace(base, seed=seed, centroids_seed=seed)
-        jobs[method, run] = Job(tcfg, out / "models" / f"{method}-r{run}", candidates[method, run],
-                                info={"candidates": to_dict(dcfg)}, own_cache=True)
+        jobs[method, run] = Job(tcfg, out / "models" / f"{method}-r{run}", candidates[method, run], own_cache=True)
     train_many(store, list(jobs.values()), device)
 
     raw = store.sample(cfg.max_tokens, 0, "heldout")

@@ -108,8 +108,7 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
     for method in methods:
         tcfg = replace(base, method=method).canonical()
         name = method if not tcfg.archetypal or cfg.w_init == "spread" else f"{method}-w-{cfg.w_init}"
-        jobs.append(Job(tcfg, out / "models" / name, candidates if tcfg.archetypal else None,
-                        {"candidates": to_dict(dcfg)} if tcfg.archetypal else {}, own_cache=True))
+        jobs.append(Job(tcfg, out / "models" / name, candidates if tcfg.archetypal else None, own_cache=True))
     train_many(store, jobs, device)
     return {method: tuple(reconstruct(load_sae(job.out_dir), a)[1].toarray() for a in (train_nd, test_nd))
             for method, job in zip(methods, jobs)}

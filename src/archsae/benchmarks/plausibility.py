@@ -52,9 +52,7 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
         tcfg = replace(train_cfg, method=method, k=k, delta=delta or train_cfg.delta,
                        top_k=min(train_cfg.top_k, k), centroids_seed=distill_cfg.seed).canonical()
         name = method + (f"-delta{delta:g}" if delta else "") + f"-k{k}"
-        archetypal = delta is not None
-        jobs[delta, k] = Job(tcfg, out / "models" / name, candidates if archetypal else None,
-                             {"candidates": to_dict(distill_cfg)} if archetypal else {}, own_cache=True)
+        jobs[delta, k] = Job(tcfg, out / "models" / name, candidates if delta is not None else None, own_cache=True)
     train_many(store, list(jobs.values()), device)
 
     def score(delta: float | None, k: int) -> float:
