@@ -228,6 +228,26 @@ def test_train_sweep_trains_each_distinct_model_once_with_a_readable_name(tmp_pa
     _error(invoke("train", "--run-dir", tmp_path / "r", "--seed", "0", "--seed", "1", "--name", "x"), "drop --name")
 
 
+def test_c_of_a_token_subset_is_kept_apart_and_used_by_models_of_that_subset(tmp_path):
+    """`distill --subset` writes its own file (as `stability`'s perturbed runs name it), and an archetypal model
+    uses the C distilled from the token subset it trains on, never the C of all tokens or of another subset."""
+    from conftest import planted_data
+
+    np.save(tmp_path / "a.npy", planted_data(n=3000)[0])
+    assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "r").exit_code == 0
+    result = invoke("distill", "--run-dir", tmp_path / "r", "--n-centroids", "32", "--subset", "0.5")
+    assert result.exit_code == 0, result.output
+    written = [p.name for p in (tmp_path / "r" / "centroids").glob("*.safetensors")]
+    assert written == ["seed0-subset0.5-0.safetensors"]
+    options = ["--run-dir", tmp_path / "r", "--method", "a-topk", "--k", "16", "--top-k", "2", "--epochs", "0.5",
+               "--batch-size", "256"]
+    _error(invoke("train", *options), "archsae distill --seed 0`")
+    _error(invoke("train", *options, "--subset", "0.5", "--subset-seed", "1"),
+           "archsae distill --seed 0 --subset 0.5 --subset-seed 1`")
+    result = invoke("train", *options, "--subset", "0.5")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_boolean_option_has_its_off_form(tmp_path):
     import json
 

@@ -172,15 +172,16 @@ def store_verify_cmd(run: Path) -> str:
 @command(app, "distill", {"distill": DistillConfig}, [RUN_OPTION], swept="distill")
 def distill_cmd(run: Path, distill: list[DistillConfig]) -> str:
     """n' candidates C of the standardised activations, k-means centroids by default ->
-    RUN/centroids/seed{S}.safetensors (+ .json; another --method: {method}-seed{S}), which a- and ra- models of
-    seed S use. Repeat --seed (or --method) for several: --seed 0 --seed 1."""
+    RUN/centroids/seed{S}.safetensors (+ .json; another --method: {method}-seed{S}; --subset F:
+    seed{S}-subset{F}-{subset seed}), which a- and ra- models of seed S (and of that token subset) use. Repeat
+    --seed (or --method) for several: --seed 0 --seed 1."""
     from .distill import centroids_path, distill as do_distill
     from .store import ActivationStore
 
-    outs = [centroids_path(run, cfg.seed, method=cfg.method) for cfg in distill]
+    outs = [centroids_path(run, cfg.seed, cfg.subset, cfg.subset_seed, cfg.method) for cfg in distill]
     if len(set(outs)) < len(outs):
-        raise ArchsaeError("only --seed and --method may be repeated: C is kept per seed and method, so two values "
-                           "of another option would write one file")
+        raise ArchsaeError("only --seed, --method, --subset and --subset-seed may be repeated: C is kept per seed, "
+                           "method and token subset, so two values of another option would write one file")
     store = ActivationStore(run / "store")
     return "\n".join(f"C {tuple(do_distill(store, cfg, out).shape)} in {out}" for cfg, out in zip(distill, outs))
 
@@ -204,14 +205,18 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
     if name and len(train) > 1:
         raise ArchsaeError(f"--name names one model, but the options describe {len(train)}; drop --name")
     store = ActivationStore(run / "store")
-    seeds = sorted({cfg.kmeans_seed for cfg in train if cfg.archetypal})
-    missing = [s for s in seeds if not centroids_path(run, s).exists()]
+    # An archetypal model uses the C of its k-means seed, distilled from the same token subset as it trains on.
+    paths = {cfg: centroids_path(run, cfg.kmeans_seed, cfg.subset, cfg.subset_seed) for cfg in train if cfg.archetypal}
+    missing = {path: cfg for cfg, path in paths.items() if not path.exists()}
     if missing:
-        raise ArchsaeError(f"no centroids C for seed(s) {', '.join(map(str, missing))} under {run / 'centroids'}: run "
-                           f"`archsae distill {' '.join(f'--seed {s}' for s in missing)}` first")
-    candidates = {s: load_centroids(centroids_path(run, s)) for s in seeds}  # once per seed, shared by a sweep
-    jobs = [Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"), candidates.get(cfg.kmeans_seed))
-            for cfg, label in zip(train, sweep_labels(train))]
+        first = next(iter(missing.values()))
+        options = f"--seed {first.kmeans_seed}" + (f" --subset {first.subset} --subset-seed {first.subset_seed}"
+                                                   if first.subset < 1 else "")
+        raise ArchsaeError(f"no centroids C at {', '.join(map(str, missing))}: run `archsae distill {options}` first"
+                           + (" (and likewise for the others)" if len(missing) > 1 else ""))
+    candidates = {path: load_centroids(path) for path in set(paths.values())}  # once per C, shared by a sweep
+    jobs = [Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"),
+                candidates[paths[cfg]] if cfg.archetypal else None) for cfg, label in zip(train, sweep_labels(train))]
     train_many(store, jobs, device or None)
     return "\n".join(f"model in {job.out_dir}" for job in jobs)
 
