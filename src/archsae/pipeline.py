@@ -14,7 +14,6 @@ Each step reuses a finished result of the same configuration, so a killed run is
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .extract import extract
 from .files import read_json, refuse_if_different, write_json
 from .report import write_report
 from .stability import run_pairs
-from .train import Job, train_many
+from .train import Job, total_steps, train_many
 
 def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | None = None) -> Path:
     """Run demo/images -> extract -> distill -> train (each of `cfg.methods`, `cfg.n_runs` independently
@@ -44,8 +43,7 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
     store = extract(items, run_dir / "store", cfg.extract)
     jobs = []
     # Four snapshots along training (and t = 0): stability at the start tells a shared start from stabilisation.
-    steps = math.ceil(cfg.train.epochs * (store.n_split("train") // cfg.train.batch_size))
-    train_cfg = replace(cfg.train, snapshot_every=max(1, steps // 4))
+    train_cfg = replace(cfg.train, snapshot_every=max(1, total_steps(store, cfg.train) // 4))
     for r in range(cfg.n_runs):
         # Runs differ in every initialisation seed: encoder, W, and the k-means of C.
         kmeans_seed = cfg.distill.seed + r

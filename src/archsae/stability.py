@@ -24,7 +24,6 @@ and Fig. 4).
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from .evaluate import reconstruct
 from .files import write_json
 from .sae import load_sae
 from .store import ActivationStore
-from .train import Job, train_many
+from .train import Job, total_steps, train_many
 
 
 MARGIN = 0.01  # stability differences smaller than this are read as no difference
@@ -106,7 +105,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     groups = []
     for base, mode, centre in itertools.product(bases, cfg.mode, spaces):
         subset = cfg.perturb_subset if mode == "perturbed" else 1.0
-        steps = math.ceil(base.epochs * (store.n_split("train") * subset // base.batch_size))
+        steps = total_steps(store, replace(base, subset=subset))
         label = labels[base]
         folders = []
         for r in range(cfg.runs):

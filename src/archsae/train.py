@@ -463,6 +463,18 @@ def _check_memory(jobs: list[Job], d: int, micro: int, device: torch.device) -> 
                            "models at once, or use --w-support for archetypal ones")
 
 
+def epoch_steps(store: ActivationStore, cfg: TrainConfig, n_streams: int = 1) -> int:
+    """Optimiser steps in one epoch of `cfg`'s train tokens (its subset), each batch split over `n_streams`
+    data streams: the shortest stream's number of micro-batches (a stream is a fixed set of shards)."""
+    micro, subset = cfg.batch_size // n_streams, Subset.of(cfg.subset, cfg.subset_seed)
+    return min(store.n_split("train", s, n_streams, subset) // micro for s in range(n_streams))
+
+
+def total_steps(store: ActivationStore, cfg: TrainConfig, n_streams: int = 1) -> int:
+    """The steps `train` takes for `cfg` (cfg.epochs epochs of `epoch_steps`)."""
+    return math.ceil(cfg.epochs * epoch_steps(store, cfg, n_streams))
+
+
 def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -> list[SAE]:
     cfg = jobs[0].cfg
     world = World.from_env(device)
@@ -475,7 +487,7 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
                            "lower --streams or re-extract with a smaller --shard-tokens")
     micro = cfg.batch_size // n_streams
     subset = Subset.of(cfg.subset, cfg.subset_seed)
-    steps_per_epoch = min(store.n_split("train", s, n_streams, subset) // micro for s in range(n_streams))
+    steps_per_epoch = epoch_steps(store, cfg, n_streams)
     if steps_per_epoch == 0:
         raise ArchsaeError(f"a data stream of the store has fewer train tokens than one micro-batch ({micro}); "
                            "lower --batch-size or extract more images")

@@ -16,7 +16,6 @@ themes: Table 3).
 from __future__ import annotations
 
 import itertools
-import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from ..files import read_json, save_image, write_json, write_safetensors
 from ..models import load_backbone
 from ..sae import load_sae
 from ..store import ActivationStore, matrix_store
-from ..train import Job, train_many
+from ..train import Job, total_steps, train_many
 
 
 def multi_hot(objects_n4: np.ndarray, n_objects: int) -> np.ndarray:
@@ -96,11 +95,10 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
                n_objects: int, train_nd: torch.Tensor, test_nd: torch.Tensor, device: str | None) -> dict:
     """Train the SAE `methods` (k = n_objects) on `store` (the train features); {method: (train codes, test
     codes)} of the raw features `train_nd`, `test_nd`."""
-    batch = min(64, store.n_split("train"))
-    steps = math.ceil(cfg.epochs * (store.n_split("train") // batch))
-    base = TrainConfig(k=n_objects, top_k=cfg.top_k, epochs=cfg.epochs, batch_size=batch, seed=cfg.seed,
-                       warmup_steps=max(1, steps // 20), w_init=cfg.w_init, w_support=0, aux_k=n_objects // 2,
+    base = TrainConfig(k=n_objects, top_k=cfg.top_k, epochs=cfg.epochs, batch_size=min(64, store.n_split("train")),
+                       seed=cfg.seed, w_init=cfg.w_init, w_support=0, aux_k=n_objects // 2,
                        dead_tokens=10 * store.n_split("train"), checkpoint_every=10**6, shuffle_shards=1)
+    base = replace(base, warmup_steps=max(1, total_steps(store, base) // 20))
     dcfg = DistillConfig(n_centroids=cfg.n_centroids, seed=cfg.seed, max_points=len(train_nd))
     candidates = distill(store, dcfg, out / "centroids.safetensors", own_cache=True) \
         if any(is_archetypal(m) for m in methods) else None
