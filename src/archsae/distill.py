@@ -168,8 +168,8 @@ def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path, own_cac
                   "store": stored.get("store")}
         changed = differences(stored, record)
         if changed and own_cache:  # a benchmark's own C: made again
-            print(f"distill: {out} was made with other settings ({first_three(changed)}); making it again",
-                  file=sys.stderr)
+            tqdm.write(f"distill: {out} was made with other settings ({first_three(changed)}); making it again",
+                       file=sys.stderr)
             meta_path.unlink()  # first: if killed, no record describes the old or a half-written C
         else:
             refuse_if_different(stored, record, out, "centroids", "delete it or use another run directory")

@@ -226,6 +226,11 @@ class JumpReLU(Penalised):
     trained through a straight-through estimator with a Silverman kernel of bandwidth `bandwidth`
     (Fel et al. 2025, App. F); penalty coeff * mean_n ||z_n||_0 through the same estimator.
 
+    The estimator is eq. 12's pseudo-derivative of the step H (`_JumpFn`), taken through Z = pre * H by the
+    product rule, so theta's gradient weighs each token by its own pre_ni where Rajamanoharan et al.'s eq. 11
+    puts theta_i. The two agree within the paper's narrow bandwidth (there pre_ni ~ theta_i); at the default 0.5
+    a token just above (below) the threshold pulls it a little more (less) than eq. 11 would.
+
     The paper's bandwidth, 1e-2, is narrow against pre-activations of order 1 in the standardised space:
     few tokens inform a threshold, and one that drifts above all of its code's pre-activations never comes
     back (5 % dead codes on the default store); TrainConfig's default is 0.5. The trainer also lets the
