@@ -231,3 +231,14 @@ def test_soft_identifiability_is_one_for_codes_equal_to_the_labels_and_checks_sh
     assert metrics.soft_identifiability(y, y, y, y)["test"].tolist() == [1.0] * 5
     with pytest.raises(ValueError, match="expected codes"):
         metrics.soft_identifiability(y, y[:, :3], y[:10], y)
+
+
+def test_candidate_cosine_and_project_out_by_definition_and_on_a_wrong_d():
+    C = np.array([[3.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    D = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, -5.0]])  # cos 1/sqrt2 with C_0; cos -1 with C_1, so its best is 0
+    assert metrics.candidate_cosine(D, C) == pytest.approx((2 ** -0.5 + 0.0) / 2)
+    assert torch.allclose(metrics.project_out(D, np.array([0.0, 2.0, 0.0])), torch.tensor([[1.0, 0, 0], [0, 0, -5]]))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.candidate_cosine(D, np.eye(4))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.project_out(D, np.ones(4))
