@@ -76,9 +76,9 @@ def r2(A, A_hat) -> float:
 
 
 def dead_codes(Z) -> float:
-    """Fraction of codes never active on Z: 1 - (1/k) || sum_i |Z_i| ||_0 (Fel et al. 2025, eq. 6).
+    """Fraction of codes never active on the codes Z (n, k): 1 - (1/k) || sum_i |Z_i| ||_0 (Fel et al. 2025, eq. 6).
 
-    In [0, 1]: 0 = every code fires on some token, 1 = none ever does.
+    In [0, 1]: 0 = every code fires on some token, 1 = none ever does. Raises ValueError if Z is not 2-D.
     """
     _, k = _shape("Z", Z)
     if scipy.sparse.issparse(Z):
@@ -90,7 +90,8 @@ def dead_codes(Z) -> float:
 
 
 def l0(Z) -> float:
-    """Mean number of non-zero codes per token. In [0, k]."""
+    """Mean number of non-zero codes per token of the codes Z (n, k). In [0, k]. Raises ValueError if Z is not
+    2-D."""
     n, _ = _shape("Z", Z)
     if scipy.sparse.issparse(Z):
         return _csr(Z).nnz / n

@@ -402,7 +402,10 @@ def train(store: ActivationStore, cfg: TrainConfig, out_dir: str | Path, candida
 def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | str | None = None) -> list[SAE]:
     """Train every job; jobs that agree on the data fields (DATA_FIELDS) share one pass of the store, so a
     sweep over seeds, deltas, sparsities or dictionaries reads the data once. Returns the models in order.
-    Under torchrun the processes split each batch (see the module docstring)."""
+    Under torchrun the processes split each batch (see the module docstring). Raises ArchsaeError when two jobs
+    share a folder, a folder holds a model of other settings (a benchmark's `own_cache` is retrained instead),
+    the streams do not fit the processes, batch or shards, the models would not fit in memory, or training
+    diverges."""
     if len({job.out_dir.resolve() for job in jobs}) != len(jobs):
         raise ArchsaeError("two configurations would be written to the same model folder; give each its own name")
     device = torch.device(device) if device is not None else default_device()

@@ -221,7 +221,8 @@ class SAE(RawSpace, nn.Module):
         return self.unstandardise(codes_nk @ atoms_kd + self.b_pre)
 
     def forward(self, acts_nd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        atoms_kd = self.atoms()  # built once per step
+        """(raw-space reconstruction (n, d), codes Z (n, k)) of raw activations A (n, d), with D built once."""
+        atoms_kd = self.atoms()
         codes_nk = self.encode(acts_nd)
         return self.decode(codes_nk, atoms_kd), codes_nk
 
