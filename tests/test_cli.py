@@ -110,7 +110,7 @@ def test_bad_matrices_and_settings(tmp_path):
     imported = invoke("store", "import", tmp_path / "complex.npy", "--run-dir", tmp_path / "e")
     assert "archsae store import: error" in imported.output
     _error(invoke("train", "--run-dir", tmp_path / "c", "--method", "ra-topk", "--seed", 0, "--seed", 1, "--seed", 5),
-           "seed(s) 0, 1 under")  # every missing C at once (seed 5's was distilled above)
+           "archsae distill --seed 0 --seed 1`")  # every missing C at once (seed 5's was distilled above)
     _error(invoke("evaluate", "--run-dir", tmp_path / "c"), "no trained models")
     _error(invoke("serve", "--run-dir", tmp_path / "c", "--port", 0), "no trained models")
     _error(invoke("serve", "--run-dir", tmp_path / "nothing", "--port", 0), "no activation store")

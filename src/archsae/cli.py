@@ -207,13 +207,14 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
     store = ActivationStore(run / "store")
     # An archetypal model uses the C of its k-means seed, distilled from the same token subset as it trains on.
     paths = {cfg: centroids_path(run, cfg.kmeans_seed, cfg.subset, cfg.subset_seed) for cfg in train if cfg.archetypal}
-    missing = {path: cfg for cfg, path in paths.items() if not path.exists()}
-    if missing:
-        first = next(iter(missing.values()))
-        options = f"--seed {first.kmeans_seed}" + (f" --subset {first.subset} --subset-seed {first.subset_seed}"
-                                                   if first.subset < 1 else "")
-        raise ArchsaeError(f"no centroids C at {', '.join(map(str, missing))}: run `archsae distill {options}` first"
-                           + (" (and likewise for the others)" if len(missing) > 1 else ""))
+    missing = {path: cfg for cfg, path in paths.items() if not path.exists()}  # a model of each missing C
+    commands: dict[str, list[str]] = {}  # the distill command that makes them, per token subset
+    for cfg in sorted(missing.values(), key=lambda c: c.kmeans_seed):
+        subset = f" --subset {cfg.subset} --subset-seed {cfg.subset_seed}" if cfg.subset < 1 else ""
+        commands.setdefault(subset, []).append(f"--seed {cfg.kmeans_seed}")
+    if commands:
+        todo = " and ".join(f"`archsae distill {' '.join(seeds)}{subset}`" for subset, seeds in commands.items())
+        raise ArchsaeError(f"no centroids C for some archetypal models under {run / 'centroids'}: run {todo} first")
     candidates = {path: load_centroids(path) for path in set(paths.values())}  # once per C, shared by a sweep
     jobs = [Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"),
                 candidates[paths[cfg]] if cfg.archetypal else None) for cfg, label in zip(train, sweep_labels(train))]
