@@ -93,6 +93,9 @@ def test_bad_matrices_and_settings(tmp_path):
     _error(invoke("train", "--run-dir", tmp_path / "c", "--epochs", "inf"), "epochs must be finite")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 1, "--top-k", 1), "k must be >= 2")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 10**9, "--top-k", 2, "--batch-size", 64), "GiB available")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 2, "--device", "gpu"), "unknown device")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 2, "--device", "cuda:99"),
+           "there is no CUDA device cuda:99")
     assert not (tmp_path / "c" / "models").exists()
     (tmp_path / "text.npy").write_text("1 2 3\n")
     np.save(tmp_path / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)

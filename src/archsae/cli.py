@@ -127,6 +127,17 @@ def _param(name: str, annotation, default, help: str, *flags: str) -> inspect.Pa
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=opt)
 
 
+DEVICE = _param("device", str, "", "torch device (cpu, cuda, cuda:1); default: this rank's GPU if any, else cpu",
+                "--device")
+
+
+def _device(name: str):
+    """--device as a torch.device, checked before any work: ArchsaeError for an unknown or absent device."""
+    from .train import resolve_device
+
+    return resolve_device(name or None)
+
+
 IMAGES = _param("images", Optional[Path], None, "image folder (class subfolders or flat); default: the demo set",
                 "--images")
 
@@ -188,9 +199,7 @@ def distill_cmd(run: Path, distill: list[DistillConfig]) -> str:
 
 @command(app, "train", {"train": TrainConfig}, [
     RUN_OPTION, _param("name", str, "", "model folder under RUN/models when training one model; "
-                       "default {method}[-{swept option}{value}...]-s{seed}", "--name"),
-    _param("device", str, "", "torch device (cpu, cuda, cuda:1); default: this rank's GPU if any, else cpu",
-           "--device")], swept="train")
+                       "default {method}[-{swept option}{value}...]-s{seed}", "--name"), DEVICE], swept="train")
 def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> str:
     """Train SAEs on RUN/store -> RUN/models/NAME, resuming from checkpoints.
 
@@ -204,6 +213,7 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
 
     if name and len(train) > 1:
         raise ArchsaeError(f"--name names one model, but the options describe {len(train)}; drop --name")
+    device = _device(device)
     store = ActivationStore(run / "store")
     # An archetypal model uses the C of its k-means seed, distilled from the same token subset as it trains on.
     paths = {cfg: centroids_path(run, cfg.kmeans_seed, cfg.subset, cfg.subset_seed) for cfg in train if cfg.archetypal}
@@ -218,7 +228,7 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
     candidates = {path: load_centroids(path) for path in set(paths.values())}  # once per C, shared by a sweep
     jobs = [Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"),
                 candidates[paths[cfg]] if cfg.archetypal else None) for cfg, label in zip(train, sweep_labels(train))]
-    train_many(store, jobs, device or None)
+    train_many(store, jobs, device)
     return "\n".join(f"model in {job.out_dir}" for job in jobs)
 
 
@@ -268,8 +278,7 @@ def evaluate_cmd(run: Path, evaluate: EvaluateConfig) -> str:
 
 
 @command(app, "stability", {"stability": StabilityConfig, "train": TrainConfig, "distill": DistillConfig},
-         [RUN_OPTION, _param("device", str, "", "torch device; default: a GPU if any, else cpu", "--device")],
-         swept="train", defaults={"method": ["topk", "ra-topk"]},
+         [RUN_OPTION, DEVICE], swept="train", defaults={"method": ["topk", "ra-topk"]},
          hidden={"train": {"centre", "centroids_seed", "snapshot_every"}})  # set per run (--uncentred, --snapshots)
 def stability_cmd(run: Path, device: str, stability: StabilityConfig, train: list[TrainConfig],
                   distill: DistillConfig) -> str:
@@ -284,7 +293,7 @@ def stability_cmd(run: Path, device: str, stability: StabilityConfig, train: lis
     from .stability import run_stability
     from .store import ActivationStore
 
-    results = run_stability(run, ActivationStore(run / "store"), train, stability, distill, device or None)
+    results = run_stability(run, ActivationStore(run / "store"), train, stability, distill, _device(device))
     stability_plots(results, run / "stability")
     lines = [f"{'configuration':<28}{'mode':<13}{'t=0':>7}{'final':>7}{'-kmeans':>8}{'proj.':>7}{'codes':>7}{'R2':>7}"
              f"{'dup.t0':>7}{'cos C':>7}"]
@@ -299,9 +308,6 @@ def stability_cmd(run: Path, device: str, stability: StabilityConfig, train: lis
     return "\n".join(lines + [f"nulls: {nulls}", "dup.t0: share of atoms with a near-duplicate (|cos| > 0.99) at "
                                "t = 0; cos C: archetypal atoms' mean best cos with a candidate",
                                f"written to {run / 'stability'}"])
-
-
-DEVICE = _param("device", str, "", "torch device; default: a GPU if any, else cpu", "--device")
 
 
 def _table(corner: str, rows: dict[str, dict[str, object]]) -> str:
@@ -325,7 +331,7 @@ def distillation_cmd(run: Path, device: str, bench: DistillationBenchConfig, tra
     from .report.plots import distillation_plot
     from .store import ActivationStore
 
-    results = distillation_benchmark(run, ActivationStore(run / "store"), bench, train, device or None)
+    results = distillation_benchmark(run, ActivationStore(run / "store"), bench, train, _device(device))
     distillation_plot(results, run / "benchmarks" / "distillation" / "fig11.png")
     rows = {m: {"R2": r["r2"], "stability": r["stability"], "OOD": r["ood"], "C stab.": r["candidates_stability"],
                 "C OOD": r["candidates_ood"]} for m, r in results["methods"].items()}
@@ -344,7 +350,7 @@ def plausibility_cmd(run: Path, device: str, bench: PlausibilityBenchConfig, tra
     from .report.plots import plausibility_plot
     from .store import ActivationStore
 
-    results = plausibility_benchmark(run, ActivationStore(run / "store"), bench, train, distill, device or None)
+    results = plausibility_benchmark(run, ActivationStore(run / "store"), bench, train, distill, _device(device))
     plausibility_plot(results, run / "benchmarks" / "plausibility" / "table2.png")
     rows = {label: {f"k={k}": v for k, v in r.items()} for label, r in results["rows"].items()}
     rows.update({label: {f"k={k}": v for k, v in r.items()} if isinstance(r, dict) else
@@ -367,7 +373,7 @@ def identifiability_cmd(run: Path, device: str, model: str, quick: bool, bench: 
         default = IdentifiabilityBenchConfig()
         bench = dataclasses.replace(bench, **{k: v for k, v in small.items()
                                               if getattr(bench, k) == getattr(default, k)})
-    results = identifiability_benchmark(run, bench, model, device or None)
+    results = identifiability_benchmark(run, bench, model, _device(device))
     rows = {theme: {"chance": t["chance"], **t["accuracy"]} for theme, t in results["themes"].items()}
     rows["mean (Table 3)"] = {"chance": results["chance"], **results["mean"]}
     columns = list(rows["mean (Table 3)"])

@@ -115,6 +115,21 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """`device` as a torch.device (None: `default_device`). Raises ArchsaeError for a name torch does not know
+    or a CUDA device this machine or this torch build does not have."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ArchsaeError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ArchsaeError(f"there is no CUDA device {device} here ({torch.cuda.device_count()} visible to torch "
+                           f"{torch.__version__}); use --device cpu, or leave --device out to take the default")
+    return device
+
+
 class _Trainer:
     """One model's optimiser, counters, log and checkpoint within a pass."""
 
@@ -408,7 +423,7 @@ def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | s
     diverges."""
     if len({job.out_dir.resolve() for job in jobs}) != len(jobs):
         raise ArchsaeError("two configurations would be written to the same model folder; give each its own name")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     groups: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
         groups.setdefault(tuple(getattr(job.cfg, f) for f in DATA_FIELDS), []).append(i)
