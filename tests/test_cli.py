@@ -52,6 +52,8 @@ def test_bad_image_folders(tmp_path, monkeypatch):
     _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "missing"), "does not exist")
     (tmp_path / "empty").mkdir()
     _error(invoke("extract", "--run-dir", tmp_path / "r", "--images", tmp_path / "empty"), "holds no images")
+    _error(invoke("run", "--quick", "--run-dir", tmp_path / "q", "--images", tmp_path / "empty"), "holds no images")
+    assert not (tmp_path / "q" / "run.json").exists()  # so the corrected command is not refused as another run
     folder = tmp_path / "imgs" / "cats"
     folder.mkdir(parents=True)
     Image.new("RGB", (32, 32)).save(folder / "ok.png")

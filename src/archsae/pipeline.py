@@ -38,8 +38,8 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
     resolved = {"config": to_dict(cfg), "images": str(Path(images).resolve()) if images else None}
     if (run_dir / "run.json").exists():
         refuse_if_different(read_json(run_dir / "run.json"), resolved, run_dir, "a run", "choose another --run-dir")
-    write_json(run_dir / "run.json", resolved)
     items = list_images(images) if images else build_demo(run_dir / "images", cfg.demo)
+    write_json(run_dir / "run.json", resolved)  # once the inputs are good: a refused folder blocks no retry
     store = extract(items, run_dir / "store", cfg.extract)
     jobs = []
     # Four snapshots along training (and t = 0): stability at the start tells a shared start from stabilisation.
