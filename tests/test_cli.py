@@ -99,6 +99,7 @@ def test_bad_matrices_and_settings(tmp_path):
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 2, "--device", "cuda:99"),
            "there is no CUDA device cuda:99")
     assert not (tmp_path / "c" / "models").exists()
+    _error(invoke("report", "--run-dir", tmp_path / "c", "--n-images", -1), "n_concepts and n_images must be >= 1")
     (tmp_path / "text.npy").write_text("1 2 3\n")
     np.save(tmp_path / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
     for bad in ("text.npy", "objects.npy"):

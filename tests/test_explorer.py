@@ -136,6 +136,10 @@ def test_serve_on_a_taken_port_says_so(view, quick_run):
         taken.listen()
         result = CliRunner().invoke(app, ["serve", "--run-dir", str(quick_run), "--port", str(taken.getsockname()[1])])
     assert result.exit_code == 2 and "choose another --port" in result.output, result.output
+    assert "statistics" not in result.output  # said before any statistics are computed
+    for port in ("99999", "-5"):  # not a port (99999 was silently taken as another one)
+        result = CliRunner().invoke(app, ["serve", "--run-dir", str(quick_run), "--port", port])
+        assert result.exit_code == 2 and "--port must be in 0-65535" in result.output, result.output
 
 
 # ---- in a real browser ------------------------------------------------------------------------------------

@@ -406,6 +406,10 @@ class ReportConfig:
     n_concepts: int = opt(16, "most used concepts shown per model")
     n_images: int = opt(8, "top-activating images per concept")
 
+    def __post_init__(self) -> None:
+        _check(self.n_concepts >= 1 and self.n_images >= 1,
+               f"n_concepts and n_images must be >= 1, got {self.n_concepts} and {self.n_images}")
+
 
 @dataclass(frozen=True)
 class RunConfig:

@@ -322,19 +322,21 @@ def _warm(run: RunView) -> None:
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, echo=print) -> None:
-    """Compute every model's concept statistics (cached), then serve the explorer until interrupted, telling
-    `echo` what it does and its URL. Raises ArchsaeError for a run directory without store or models, or a port
-    that is taken."""
+    """Take the port, compute every model's concept statistics (cached), then serve the explorer until
+    interrupted, telling `echo` what it does and its URL. Raises ArchsaeError for a run directory without store
+    or models, or a port out of range or taken."""
     from werkzeug.serving import make_server
 
+    if not 0 <= port <= 65535:
+        raise ArchsaeError(f"--port must be in 0-65535 (0 = any free port), got {port}")
     run = RunView(run_dir)
+    try:  # the port first: a taken one is said before minutes of statistics, not after
+        server = make_server(host, port, create_app(run), threaded=True)
+    except (OSError, OverflowError, SystemExit):  # werkzeug explains a taken port, then exits
+        raise ArchsaeError(f"cannot listen on {host}:{port}; choose another --port") from None
     echo(f"{len(run.paths)} models; their per-concept statistics are cached in {run.root / 'explorer' / 'stats'} "
          "(computed once: a pass over the store per model)")
     run.prepare()
-    try:
-        server = make_server(host, port, create_app(run), threaded=True)
-    except (OSError, SystemExit):  # werkzeug explains a taken port, then exits
-        raise ArchsaeError(f"cannot listen on {host}:{port}; choose another --port") from None
     threading.Thread(target=_warm, args=(run,), daemon=True).start()
     echo(f"archsae explorer on http://{host}:{server.server_port}/ (Ctrl-C to stop)")
     try:
