@@ -232,6 +232,12 @@ def test_train_sweep_trains_each_distinct_model_once_with_a_readable_name(tmp_pa
     assert sorted(p.name for p in (tmp_path / "r" / "models").iterdir()) == [
         "relu-l10.01-s0", "relu-l10.01-s1", "relu-l10.03-s0", "relu-l10.03-s1", "topk-s0", "topk-s1"]
     _error(invoke("train", "--run-dir", tmp_path / "r", "--seed", "0", "--seed", "1", "--name", "x"), "drop --name")
+    _error(invoke("train", "--run-dir", tmp_path / "r", "--name", "bad/name"), "--name must be one folder name")
+    # another PCA beside pca-s0: refused under its default name, kept apart under its own
+    assert invoke("classical", "--run-dir", tmp_path / "r", "--method", "pca", "--k", "4").exit_code == 0
+    _error(invoke("classical", "--run-dir", tmp_path / "r", "--method", "pca", "--k", "3"), "choose another --name")
+    assert invoke("classical", "--run-dir", tmp_path / "r", "--method", "pca", "--k", "3", "--name", "pca3").exit_code == 0
+    assert (tmp_path / "r" / "models" / "pca3" / "model.safetensors").exists()
 
 
 def test_c_of_a_token_subset_is_kept_apart_and_used_by_models_of_that_subset(tmp_path):

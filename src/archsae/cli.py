@@ -131,6 +131,20 @@ DEVICE = _param("device", str, "", "torch device (cpu, cuda, cuda:1); default: t
                 "--device")
 
 
+NAME = _param("name", str, "", "model folder under RUN/models when making one model; default "
+              "{method}[-{swept option}{value}...]-s{seed}", "--name")
+
+
+def _model_dirs(run: Path, name: str, configs: list) -> list[Path]:
+    """The folder of each model under RUN/models: --name, or one from its method, swept options and seed.
+    ArchsaeError for --name with several models or a name that is not one folder name."""
+    if name and len(configs) > 1:
+        raise ArchsaeError(f"--name names one model, but the options describe {len(configs)}; drop --name")
+    if name and (Path(name).name != name or name in (".", "..")):
+        raise ArchsaeError(f"--name must be one folder name under {run / 'models'}, got {name!r}")
+    return [run / "models" / (name or f"{label}-s{cfg.seed}") for cfg, label in zip(configs, sweep_labels(configs))]
+
+
 def _device(name: str):
     """--device as a torch.device, checked before any work: ArchsaeError for an unknown or absent device."""
     from .train import resolve_device
@@ -197,9 +211,7 @@ def distill_cmd(run: Path, distill: list[DistillConfig]) -> str:
     return "\n".join(f"C {tuple(do_distill(store, cfg, out).shape)} in {out}" for cfg, out in zip(distill, outs))
 
 
-@command(app, "train", {"train": TrainConfig}, [
-    RUN_OPTION, _param("name", str, "", "model folder under RUN/models when training one model; "
-                       "default {method}[-{swept option}{value}...]-s{seed}", "--name"), DEVICE], swept="train")
+@command(app, "train", {"train": TrainConfig}, [RUN_OPTION, NAME, DEVICE], swept="train")
 def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> str:
     """Train SAEs on RUN/store -> RUN/models/NAME, resuming from checkpoints.
 
@@ -211,9 +223,7 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
     from .store import ActivationStore
     from .train import Job, train_many
 
-    if name and len(train) > 1:
-        raise ArchsaeError(f"--name names one model, but the options describe {len(train)}; drop --name")
-    device = _device(device)
+    out_dirs, device = _model_dirs(run, name, train), _device(device)
     store = ActivationStore(run / "store")
     # An archetypal model uses the C of its k-means seed, distilled from the same token subset as it trains on.
     paths = {cfg: centroids_path(run, cfg.kmeans_seed, cfg.subset, cfg.subset_seed) for cfg in train if cfg.archetypal}
@@ -226,14 +236,13 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
         todo = " and ".join(f"`archsae distill {' '.join(seeds)}{subset}`" for subset, seeds in commands.items())
         raise ArchsaeError(f"no centroids C for some archetypal models under {run / 'centroids'}: run {todo} first")
     candidates = {path: load_centroids(path) for path in set(paths.values())}  # once per C, shared by a sweep
-    jobs = [Job(cfg, run / "models" / (name or f"{label}-s{cfg.seed}"),
-                candidates[paths[cfg]] if cfg.archetypal else None) for cfg, label in zip(train, sweep_labels(train))]
+    jobs = [Job(cfg, out, candidates[paths[cfg]] if cfg.archetypal else None) for cfg, out in zip(train, out_dirs)]
     train_many(store, jobs, device)
     return "\n".join(f"model in {job.out_dir}" for job in jobs)
 
 
-@command(app, "classical", {"classical": ClassicalConfig}, [RUN_OPTION], swept="classical")
-def classical_cmd(run: Path, classical: list[ClassicalConfig]) -> str:
+@command(app, "classical", {"classical": ClassicalConfig}, [RUN_OPTION, NAME], swept="classical")
+def classical_cmd(run: Path, name: str, classical: list[ClassicalConfig]) -> str:
     """Fit classical dictionaries (PCA, ICA, Sparse PCA, SVD, KMeans, Semi-NMF, Convex-NMF) on a sample of
     RUN/store's standardised train tokens -> RUN/models/{method}-s{seed}/, beside the SAEs, so `archsae
     evaluate` scores them with the same metrics. Repeat an option to sweep it (--method pca --method ica
@@ -242,10 +251,10 @@ def classical_cmd(run: Path, classical: list[ClassicalConfig]) -> str:
     from .distill import centroids_path, load_centroids
     from .store import ActivationStore
 
+    out_dirs = _model_dirs(run, name, classical)
     store = ActivationStore(run / "store")
     lines = []
-    for cfg, label in zip(classical, sweep_labels(classical)):
-        out = run / "models" / f"{label}-s{cfg.seed}"
+    for cfg, out in zip(classical, out_dirs):
         acts = store.standardise(store.sample(cfg.max_tokens, cfg.seed, "train"))
         basis = load_centroids(centroids_path(run, cfg.seed)) if cfg.basis == "centroids" else None
         fit_baseline(acts, cfg, out, basis, store.normalisation(), store=store.fingerprint)
