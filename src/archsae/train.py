@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -152,7 +152,9 @@ class _Trainer:
         resolved = dict.fromkeys(("streams", "processes"))  # how it ran: any will do for a finished model
         stored = read_json(self.out_dir / "config.json") if (self.out_dir / "config.json").exists() else None
         if stored is not None:
-            stored["train"] = asdict(stored_train_config(stored["train"]))
+            # When checkpoints are written changes no result (a resume is exact): not a difference.
+            stored["train"] = asdict(replace(stored_train_config(stored["train"]),
+                                             checkpoint_every=cfg.checkpoint_every))
             if "candidates_sha256" in self.config:  # a model saved before C was recorded is taken as it is
                 stored.setdefault("candidates_sha256", self.config["candidates_sha256"])
         changed = differences({**stored, **resolved}, {**self.config, **resolved}) if stored is not None else []
