@@ -163,7 +163,7 @@ class TrainConfig:
     lr: float = opt(0.0, "peak Adam learning rate; 0 = 0.06 / sqrt(d), the rate at which Adam turns a unit atom "
                          "by about 0.06 rad per step whatever d")
     warmup_steps: int = opt(50, "linear warmup steps, then a constant lr")
-    checkpoint_every: int = opt(100, "steps between checkpoints (any value resumes exactly, so it may change between runs)")
+    checkpoint_every: int = opt(100, "steps between checkpoints (may differ on a rerun: resumes are exact)")
     shuffle_shards: int = opt(4, "tokens read per round of a stream's global shuffle, in shards (memory = this x shard size)")
     streams: int = opt(0, "data streams (disjoint shard sets, one micro-batch each per step); 0 = DDP world size")
     amp: bool = opt(True, "CUDA only: bf16 autocast (ignored on CPU)")
