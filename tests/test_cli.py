@@ -353,11 +353,16 @@ def test_evaluate_groups_runs_by_configuration_and_names_an_unfinished_model(tmp
     unfinished = tmp_path / "r" / "models" / "topk-s3"
     unfinished.mkdir()
     (unfinished / "checkpoint.safetensors").write_bytes(b"")
+    _error(invoke("report", "--run-dir", tmp_path / "r"), "run `archsae evaluate --run-dir")
     assert invoke("evaluate", "--run-dir", tmp_path / "r").exit_code == 0
     evaluated = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert {g: v["runs"] for g, v in evaluated["groups"].items()} == {
         "topk (k=8)": ["topk (k=8)-s0"], "topk": ["topk-s0", "topk-s1"], "topk (k=8) #2": ["topk-s2"]}  # folder order
     assert "did not finish" in evaluated["skipped"]["topk-s3"]
+    assert invoke("train", *common, "--k", 16, "--seed", 4).exit_code == 0  # after evaluate: the report says so
+    result = invoke("report", "--run-dir", tmp_path / "r")
+    assert result.exit_code == 0 and "1 model(s) trained after the last `archsae evaluate` are left out (topk-s4)" \
+        in result.output, result.output
 
 
 def test_results_get_the_users_umask_and_a_read_only_run_dir_fails_before_any_work(tmp_path, monkeypatch):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from tqdm import tqdm
 
 from ..config import ReportConfig, is_archetypal
+from ..errors import ArchsaeError
 from ..files import atomic_write, read_json, save_image, write_text
 from ..evaluate import load_model
 from ..stability import verdict
@@ -124,8 +127,16 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     Raises ArchsaeError if the store, models or metrics.json are missing."""
     run_dir = Path(run_dir)
     out = run_dir / "report"
+    if not (run_dir / "metrics.json").exists():
+        raise ArchsaeError(f"{run_dir / 'metrics.json'} does not exist: run `archsae evaluate --run-dir {run_dir}` "
+                           "first (the report shows what it measured)")
     evaluated = read_json(run_dir / "metrics.json")
     metrics = evaluated["models"]
+    unmeasured = sorted(p.parent.name for p in (run_dir / "models").glob("*/model.safetensors")
+                        if p.parent.name not in metrics)
+    if unmeasured:
+        tqdm.write(f"report: {len(unmeasured)} model(s) trained after the last `archsae evaluate` are left out "
+                   f"({', '.join(unmeasured)}); run it again to add them", file=sys.stderr)
     store = ActivationStore(run_dir / "store")
     config = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
     if config.get("images"):  # the folder's name: the report names no absolute path of the machine it was made on
