@@ -191,7 +191,7 @@ def store_verify_cmd(run: Path) -> str:
 
     store = ActivationStore(run / "store")
     store.verify()
-    return f"{store.n_shards} shards OK"
+    return f"{store.n_shards} shard{'' if store.n_shards == 1 else 's'} OK"
 
 
 @command(app, "distill", {"distill": DistillConfig}, [RUN_OPTION], swept="distill")
@@ -278,12 +278,15 @@ def evaluate_cmd(run: Path, evaluate: EvaluateConfig) -> str:
     for n, m in models.items():
         lines.append(n.ljust(width) + "".join(f"{m[key]:>10.4g}" if m[key] is not None else f"{'-':>10}"
                                               for key in columns))
-    lines.append("\n" + "runs of".ljust(width) + "".join(f"{t:>16}" for t in ("stability", "MMCS", "max cos")))
-    for group, g in results["groups"].items():
-        if "stability" in g:
-            lines.append(group.ljust(width) + "".join(f"{g[k]['mean']:>9.4f} ±{g[k]['std']:.3f}"
-                                                      for k in ("stability", "mmcs", "max_cosine")))
-    return "\n".join(lines + [f"mean ± std over pairs of runs; written to {run / 'metrics.json'}"])
+    paired = {group: g for group, g in results["groups"].items() if "stability" in g}
+    if paired:  # properties of pairs of runs: mean ± std over the pairs (no spread from one pair)
+        lines.append("\n" + "runs of".ljust(width) + "".join(f"{t:>16}" for t in ("stability", "MMCS", "max cos"))
+                     + "   pairs")
+        for group, g in paired.items():
+            cells = [f"{g[k]['mean']:>9.4f} ±{g[k]['std']:.3f}" if g[k]["pairs"] > 1 else f"{g[k]['mean']:>16.4f}"
+                     for k in ("stability", "mmcs", "max_cosine")]
+            lines.append(group.ljust(width) + "".join(cells) + f"{g['stability']['pairs']:>8}")
+    return "\n".join(lines + [f"dead: a fraction of the codes; written to {run / 'metrics.json'}"])
 
 
 @command(app, "stability", {"stability": StabilityConfig, "train": TrainConfig, "distill": DistillConfig},
