@@ -174,6 +174,17 @@ def test_quick_run_writes_a_report_and_finite_metrics(quick_run, tmp_path):
     _saved_models_work_anywhere(quick_run, tmp_path, evaluated)
 
 
+def test_a_report_of_a_store_copied_without_its_images_lists_concepts_without_strips(quick_run, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(quick_run, moved, ignore=shutil.ignore_patterns("images", "report", "explorer"))
+    result = invoke("report", "--run-dir", moved)
+    assert result.exit_code == 0, result.output
+    assert "images are not found" in result.output and (moved / "report" / "index.html").exists()
+    assert not (moved / "report" / "concepts").exists()
+
+
 def _saved_models_work_anywhere(run, tmp_path, evaluated):
     """A model folder moved away from its run, loaded in a fresh process with the README's three lines,
     encodes raw held-out activations and reconstructs them with the R² that metrics.json reports."""

@@ -74,13 +74,13 @@ def _codes(model: SAE, acts_nd: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_images: int = 8,
-                    source_m: np.ndarray | None = None) -> list[Concept]:
+                    source_m: np.ndarray | None = None, strips: bool = True) -> list[Concept]:
     """`n_concepts` live codes spread evenly over the ranks of their density (share of tokens where they fire),
     from the densest to the rarest; for each, the `n_images` images with the largest token activation, at most
     one per source (`source_ids`; by default each image is its own), drawn with that code's activation per token as a heatmap over the image (`heat_overlay`).
 
     Streams the store twice (usage, then per-image maxima of the chosen codes); memory is
-    O(k + images x n_concepts). Imported stores (no images) give concepts without strips.
+    O(k + images x n_concepts). Imported stores (no images), and `strips` False, give concepts without strips.
     """
     k = model.k
     usage = torch.zeros(k)
@@ -88,15 +88,16 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
         usage += (_codes(model, store.read_shard(i).acts_md) > 0).sum(0)
     ranked = usage.argsort(descending=True)[:int((usage > 0).sum())]
     top = ranked[np.unique(np.linspace(0, len(ranked) - 1, min(n_concepts, len(ranked))).round().astype(int))]
+    strips = strips and bool(store.images)
     n_img = max(len(store.images), 1)
     best = torch.full((n_img, len(top)), -1.0)
-    if store.images:
+    if strips:
         for i in range(store.n_shards):
             shard = store.read_shard(i)
             z = _codes(model, shard.acts_md)[:, top]
             best.scatter_reduce_(0, shard.image_m[:, None].expand_as(z), z, reduce="amax")
     concepts = [Concept(int(c), float(usage[c] / store.n)) for c in top]
-    if not store.images:
+    if not strips:
         return concepts
     view = view_transform(store.header["data_config"])
     grid = store.header["grid"]

@@ -147,9 +147,15 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
                        _mean([metrics[n].get(key) for n in names]) for key, *_ in METRICS}
                for group, names in groups.items()}
     galleries, sources = [], source_ids(store, run_dir)
+    missing = [im["path"] for im in store.images if not Path(im["path"]).exists()]
+    if missing:  # e.g. a store copied without the images it was extracted from
+        tqdm.write(f"report: {len(missing)} of the store's {len(store.images)} images are not found (first: "
+                   f"{missing[0]}); the concepts are listed without image strips. Put the images back there for them",
+                   file=sys.stderr)
     for group, names in groups.items():
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
-        concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images, sources)
+        concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images, sources,
+                                   strips=not missing)
         for c in concepts:
             if c.strip is not None:
                 c.file = f"concepts/{name}_{c.index}.png"
