@@ -334,11 +334,11 @@ def _table(corner: str, rows: dict[str, dict[str, object]]) -> str:
 
 
 @command(benchmark_app, "distillation", {"bench": DistillationBenchConfig, "train": TrainConfig},
-         [RUN_OPTION, DEVICE], hidden={"train": {"delta", "delta_relative", "centroids_seed"}})  # A-SAE on each C
+         [RUN_OPTION, DEVICE], hidden={"train": {"method", "delta", "delta_relative", "centroids_seed"}})  # A-SAE on each C
 def distillation_cmd(run: Path, device: str, bench: DistillationBenchConfig, train: TrainConfig) -> str:
     """A-SAE (delta = 0) on the candidates of each distillation method (Fel et al. 2025, App. C, Fig. 11):
     R², stability and OOD score per method -> RUN/benchmarks/distillation/. --train-* options set the A-SAE
-    (its method is a- with --train-method's sparsity)."""
+    (its method is a- with --sparsity)."""
     from .benchmarks import distillation_benchmark
     from .report.plots import distillation_plot
     from .store import ActivationStore

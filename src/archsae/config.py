@@ -331,6 +331,7 @@ class DistillationBenchConfig:
     """`archsae benchmark distillation` (Fel et al. 2025, App. C, Fig. 11): A-SAE on each distillation method's C."""
 
     method: tuple = opt(tuple(DISTILL_METHODS), "distillation methods compared [repeat for several]")
+    sparsity: str = opt("topk", "sparsity of the A-SAE trained on each C (topk, batchtopk, jumprelu, relu)")
     runs: int = opt(2, "runs per method (token sample, method and A-SAE seeds all differ), for stability")
     n_centroids: int = opt(4096, "n', candidates per method (at least the A-SAE's --train-k)")
     max_points: int = opt(20_000, "train tokens each method chooses from (One-Class SVM is O(n^2) in it)")
@@ -339,6 +340,7 @@ class DistillationBenchConfig:
     def __post_init__(self) -> None:
         for m in self.method:
             _check(m in DISTILL_METHODS, f"method must be one of {', '.join(DISTILL_METHODS)}; got {m!r}")
+        _check(self.sparsity in SPARSITIES, f"sparsity must be one of {', '.join(SPARSITIES)}; got {self.sparsity!r}")
         _check(self.runs >= 2, f"stability compares runs: runs must be >= 2, got {self.runs}")
         _check(self.max_points >= self.n_centroids,
                f"max_points ({self.max_points}) must be >= n_centroids ({self.n_centroids})")

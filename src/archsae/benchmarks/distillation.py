@@ -27,13 +27,13 @@ from ..train import Job, train_many
 
 def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: DistillationBenchConfig,
                            train_cfg: TrainConfig, device: str | None = None) -> dict:
-    """Train an A-SAE (`a-{sparsity of train_cfg}`, its other options from `train_cfg`) on the C of each
-    method in `cfg.method`, `cfg.runs` times, and score them; results in `run_dir/benchmarks/distillation/
+    """Train an A-SAE (`a-{cfg.sparsity}`, its other options from `train_cfg`, whose method is ignored) on the C
+    of each method in `cfg.method`, `cfg.runs` times, and score them; results in `run_dir/benchmarks/distillation/
     results.json` ({"methods": {method: {r2, stability, ood, candidates_stability, ...}}}). Finished
     models and candidate sets are reused, and made again when their settings change. Raises ArchsaeError
     on an impossible setting (n' > tokens, or n' < k)."""
     out = Path(run_dir) / "benchmarks" / "distillation"
-    base = replace(train_cfg, method="a-" + train_cfg.sparsity).canonical()
+    base = replace(train_cfg, method="a-" + cfg.sparsity).canonical()
     jobs, candidates = {}, {}
     for method, run in itertools.product(cfg.method, range(cfg.runs)):
         seed = base.seed + run
