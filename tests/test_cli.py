@@ -27,6 +27,13 @@ def test_every_command_has_help(cmd):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output == f"archsae {version('archsae')}\n"
+
+
 def test_store_import_lists_only_its_own_options():
     options = {w for w in invoke("store", "import", "--help").output.split() if w.startswith("--")}
     assert options == {"--run-dir", "--shard-tokens", "--dtype", "--holdout-every", "--help"}

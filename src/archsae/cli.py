@@ -26,6 +26,21 @@ benchmark_app = typer.Typer(name="benchmark", no_args_is_help=True,
                             help="The paper's benchmarks on RUN/store's model -> RUN/benchmarks/NAME/.")
 app.add_typer(benchmark_app, name="benchmark")
 
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"archsae {version('archsae')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options_of_every_command(
+        version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                     help="print archsae's version and exit")) -> None:
+    pass
+
 # Not --run: torchrun's own parser takes any prefix of its --run-path option, even after the script name.
 RUN_OPTION = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
                                default=typer.Option(Path("archsae-run"), "--run-dir", help="run directory"))
