@@ -531,7 +531,8 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
         short = sorted({t.cfg.warmup_steps for t in active if t.cfg.warmup_steps > total})
         if short:
             tqdm.write(f"train: warning: {total} steps, fewer than the {short[-1]} warmup steps: the learning rate "
-                       "never reaches its value; train more --epochs or lower --warmup-steps", file=sys.stderr)
+                       "never reaches its value; train more epochs or lower the warmup steps (--epochs, --warmup-steps; "
+                       "in the benchmarks --train-epochs, --train-warmup-steps)", file=sys.stderr)
     bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", **quiet(world.rank > 0 or not active))
     my_streams = range(world.rank, n_streams, world.size)
     for epoch in range(math.ceil(total / steps_per_epoch)):
