@@ -34,6 +34,16 @@ def test_version():
     assert result.exit_code == 0 and result.output == f"archsae {version('archsae')}\n"
 
 
+def test_a_prefixed_option_s_help_names_its_siblings_with_the_prefix():
+    from archsae.cli import _config_params
+    from archsae.config import DistillConfig
+
+    helps = {p.name: p.default.help for p in _config_params(DistillConfig, "distill_")}
+    assert "(seeded by --distill-subset-seed)" in helps["distill_subset"]
+    assert "O(n^2) in --distill-max-points)" in helps["distill_method"]
+    assert "(seeded by --subset-seed)" in {p.name: p.default.help for p in _config_params(DistillConfig)}["subset"]
+
+
 def test_store_import_lists_only_its_own_options():
     options = {w for w in invoke("store", "import", "--help").output.split() if w.startswith("--")}
     assert options == {"--run-dir", "--shard-tokens", "--dtype", "--holdout-every", "--help"}

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import re
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -67,6 +68,9 @@ def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
         elif repeatable and kind is not bool:
             kind, default, help = List[kind], (defaults or {}).get(f.name, [default]), help + " [repeat to sweep]"
         name = _param_name(f, prefix)
+        if prefix:  # sibling options named as typed here: --max-points -> --distill-max-points
+            help = re.sub(r"--([a-z0-9-]+)", lambda m: "--" + prefix.replace("_", "-") + m[1]
+                          if m[1].replace("-", "_") in {g.name for g in dataclasses.fields(cls)} else m[0], help)
         if default is True:
             default, help = False, f"turn off (on by default): {help}"
         params.append(inspect.Parameter(
@@ -349,7 +353,8 @@ def _table(corner: str, rows: dict[str, dict[str, object]]) -> str:
 
 
 @command(benchmark_app, "distillation", {"bench": DistillationBenchConfig, "train": TrainConfig},
-         [RUN_OPTION, DEVICE], hidden={"train": {"method", "delta", "delta_relative", "centroids_seed"}})  # A-SAE on each C
+         [RUN_OPTION, DEVICE],
+         hidden={"train": {"method", "delta", "delta_relative", "centroids_seed"}})  # A-SAE (--sparsity) on each C
 def distillation_cmd(run: Path, device: str, bench: DistillationBenchConfig, train: TrainConfig) -> str:
     """A-SAE (delta = 0) on the candidates of each distillation method (Fel et al. 2025, App. C, Fig. 11):
     R², stability and OOD score per method -> RUN/benchmarks/distillation/. --train-* options set the A-SAE

@@ -82,7 +82,7 @@ class DistillConfig:
     max_points: int = opt(100_000, "train tokens sampled (bounded memory)")
     n_iter: int = opt(10, "k-means iterations")
     hull_dims: int = opt(6, "hull: PCA dimensions of the projection (qhull's cost explodes beyond ~8)")
-    subset: float = opt(1.0, "fraction of the train tokens k-means samples from (seeded by subset_seed)")
+    subset: float = opt(1.0, "fraction of the train tokens k-means samples from (seeded by --subset-seed)")
     subset_seed: int = opt(0, "seed of the token subset, when subset < 1")
 
     def __post_init__(self) -> None:
@@ -124,9 +124,9 @@ class TrainConfig:
     top_k: int = opt(32, "active codes per token: topk exactly, batchtopk on average over the batch; jumprelu "
                          "and relu: the mean L0 their coefficient is adapted to (when l0 / l1 = 0), else the L0 their "
                          "gates start at (a fixed coefficient then sets it)")
-    l1: float = opt(0.0, "relu: L1 coefficient (fixed); 0 = adapted during training so that the mean L0 is top_k")
+    l1: float = opt(0.0, "relu: L1 coefficient (fixed); 0 = adapted during training so that the mean L0 is --top-k")
     l0: float = opt(0.0, "jumprelu: L0 coefficient (fixed); 0 = adapted during training so that the mean L0 is "
-                         "top_k")
+                         "--top-k")
     bandwidth: float = opt(0.5, "jumprelu: bandwidth of the Silverman kernel of the threshold's gradient, in "
                                 "standardised units (pre-activations are O(1); 1e-2 left 5 % of codes dead)")
     delta: float = opt(4.0, "ra-: bound on ||Lambda_i|| in the units of C, standardised activations, as the paper's "
@@ -148,7 +148,7 @@ class TrainConfig:
                                   "reconstructed tokens (Bricken et al. 2023), until 3/4 of training; 0 = never")
     seed: int = opt(0, "seed of the encoder and W")
     data_seed: int = opt(0, "seed of the data order (models trained in one pass share it)")
-    subset: float = opt(1.0, "fraction of the train tokens this model sees (seeded by subset_seed); 1 = all")
+    subset: float = opt(1.0, "fraction of the train tokens this model sees (seeded by --subset-seed); 1 = all")
     subset_seed: int = opt(0, "seed of the token subset, when subset < 1")
     centre: bool = opt(True, "train on (A - mean) / std (off: on A / std, the uncentred space, where archetypal "
                              "atoms, mixtures of the shifted C, carry the data mean, so each token's codes must sum to "
