@@ -44,6 +44,16 @@ def test_a_prefixed_option_s_help_names_its_siblings_with_the_prefix():
     assert "(seeded by --subset-seed)" in {p.name: p.default.help for p in _config_params(DistillConfig)}["subset"]
 
 
+def test_a_bad_setting_is_named_by_the_option_the_user_typed():
+    from archsae.cli import _as_flags, _options
+    from archsae.config import TrainConfig
+
+    fields = _options(TrainConfig)
+    assert _as_flags("k (8) must be >= top_k (16): at most k codes are active", fields, "train_") == \
+        "--train-k (8) must be >= --train-top-k (16): at most k codes are active"  # prose keeps its words
+    assert _as_flags("l1 and l0 must be >= 0; got 'topk'", fields, "") == "--l1 and --l0 must be >= 0; got 'topk'"
+
+
 def test_store_import_lists_only_its_own_options():
     options = {w for w in invoke("store", "import", "--help").output.split() if w.startswith("--")}
     assert options == {"--run-dir", "--shard-tokens", "--dtype", "--holdout-every", "--help"}
@@ -99,7 +109,7 @@ def test_bad_matrices_and_settings(tmp_path):
     _error(invoke("store", "import", tmp_path / "flat.npy", "--run-dir", tmp_path / "b"), "expected a 2-D")
     np.save(tmp_path / "ok.npy", np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))
     assert invoke("store", "import", tmp_path / "ok.npy", "--run-dir", tmp_path / "c").exit_code == 0
-    _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 0), "n' (n_centroids) must be >= 1")
+    _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 0), "n' (--n-centroids) must be >= 1")
     _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 8, "--n-centroids", 16), "may be repeated")
     assert invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 8, "--seed", 5, "--seed", 6,
                   "--seed", 5).exit_code == 0
@@ -107,7 +117,7 @@ def test_bad_matrices_and_settings(tmp_path):
         "seed5.safetensors", "seed6.safetensors"]
     _error(invoke("distill", "--run-dir", tmp_path / "c", "--n-centroids", 5000, "--max-points", 10_000),
            "at least n' = 5000")
-    _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 16), "must be >= top_k")
+    _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 16), "--k (8) must be >= --top-k (16)")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--delta", -1), "delta must be >= 0")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--epochs", "inf"), "epochs must be finite")
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 1, "--top-k", 1), "k must be >= 2")
@@ -116,7 +126,7 @@ def test_bad_matrices_and_settings(tmp_path):
     _error(invoke("train", "--run-dir", tmp_path / "c", "--k", 8, "--top-k", 2, "--device", "cuda:99"),
            "there is no CUDA device cuda:99")
     assert not (tmp_path / "c" / "models").exists()
-    _error(invoke("report", "--run-dir", tmp_path / "c", "--n-images", -1), "n_concepts and n_images must be >= 1")
+    _error(invoke("report", "--run-dir", tmp_path / "c", "--n-images", -1), "--n-concepts and --n-images must be >= 1")
     (tmp_path / "text.npy").write_text("1 2 3\n")
     np.save(tmp_path / "objects.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
     for bad in ("text.npy", "objects.npy"):

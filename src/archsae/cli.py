@@ -79,6 +79,17 @@ def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
     return params
 
 
+def _as_flags(message: str, fields: list[dataclasses.Field], prefix: str) -> str:
+    """A config's error with its field names written as this command's options: "top_k must be >= 1" ->
+    "--top-k must be >= 1" (--train-top-k in a benchmark). A name without "_" (k, runs, method) is an option
+    only where it leads a condition (followed by " must", " (" or " and "), not in the prose around it."""
+    flags = {f.name: "--" + _param_name(f, prefix).replace("_", "-") for f in fields}
+    names = sorted(flags, key=len, reverse=True)
+    pattern = "|".join(rf"{re.escape(n)}(?![\w-])" if "_" in n else rf"{re.escape(n)}(?= must| \(| and )"
+                       for n in names)
+    return re.sub(rf"(?<![\w'-])(?:{pattern})", lambda m: flags[m[0]], message)
+
+
 def sweep(cls: type, values: dict[str, object]) -> list:
     """Every configuration of the cartesian product of the repeated options (lists) in `values`;
     a method 'all' stands for the 12 methods."""
@@ -124,7 +135,11 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
                         values[f.name] = not value if f.default is True else value  # given --no-x: x is off
                     values = {k: tuple(v) if isinstance(getattr(cls, k, None), tuple) else v
                               for k, v in values.items()}
-                    built[key] = sweep(cls, values) if key == swept else cls(**values)
+                    try:
+                        built[key] = sweep(cls, values) if key == swept else cls(**values)
+                    except ArchsaeError as e:
+                        raise ArchsaeError(_as_flags(str(e), _options(cls, hidden.get(key, ())), prefixes[key])) \
+                            from None
                 result = fn(**kw, **built)
             except ArchsaeError as e:
                 typer.echo(f"archsae {full_name}: error: {e}", err=True)
