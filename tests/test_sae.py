@@ -647,6 +647,12 @@ def test_a_model_saved_before_resampling_existed_loads_as_trained_without_it(tmp
     assert load_sae(tmp_path / "old").config.resample_every == 0
     save_sae(build_sae(cfg, 4), tmp_path / "new", sae_config(cfg, 4))
     assert load_sae(tmp_path / "new").config.resample_every == cfg.resample_every == 25
+    # a fixed-coefficient ReLU saved with k < top_k (top_k was ignored then, stored at its default): loads
+    relu = TrainConfig(method="relu", k=8, top_k=2, l1=0.5)
+    config = sae_config(relu, 4)
+    config["train"]["top_k"] = 32
+    save_sae(build_sae(relu, 4), tmp_path / "relu", config)
+    assert load_sae(tmp_path / "relu").config.top_k == 8
 
 
 @pytest.mark.parametrize("support", [0, 4])

@@ -469,4 +469,7 @@ _ABSENT_FROM_OLD_MODELS = {"resample_every": 0}
 def stored_train_config(data: dict) -> TrainConfig:
     """The TrainConfig of a model folder's config.json ("train"), as it was trained. ArchsaeError for unknown
     fields."""
-    return from_dict(TrainConfig, {**_ABSENT_FROM_OLD_MODELS, **data})
+    data = {**_ABSENT_FROM_OLD_MODELS, **data}
+    if data.get("top_k", 0) > data.get("k", math.inf):  # a fixed-coefficient ReLU / JumpReLU saved when top_k was
+        data["top_k"] = data["k"]  # ignored there (so stored at its default 32): its gates started at min(top_k, k)
+    return from_dict(TrainConfig, data)
