@@ -270,9 +270,35 @@ def test_a_finished_archetypal_model_is_not_reused_on_other_candidates(planted, 
     cfg = replace(BASE, method="ra-topk", epochs=1)
     model = train(store, cfg, tmp_path / "m", candidates)
     assert torch.equal(train(store, cfg, tmp_path / "m", candidates).atoms(), model.atoms())  # reused
-    with pytest.raises(ArchsaeError, match="another configuration .candidates_sha256: "):
-        train(store, cfg, tmp_path / "m", candidates[:80])
+    for other in (candidates[:80], candidates + 1e-3):  # another n', or k-means run again to other centroids
+        with pytest.raises(ArchsaeError, match="another configuration .candidates_sha256: "):
+            train(store, cfg, tmp_path / "m", other)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["candidates_sha256"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     assert torch.equal(train(store, cfg, tmp_path / "m", candidates[:80]).atoms(), model.atoms())
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_clear_error(planted, tmp_path, monkeypatch):
+    """A checkpoint saved before C was recorded, resumed on candidates of another size: the error names the
+    mismatch (not a torch traceback) and how to restart."""
+    store, _, candidates = planted
+    cfg = replace(BASE, method="ra-topk", epochs=2, checkpoint_every=10)
+    real_batches = ActivationStore.batches
+
+    def dying_batches(self, *args, **kwargs):
+        for i, batch in enumerate(real_batches(self, *args, **kwargs)):
+            if i == 12:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(ActivationStore, "batches", dying_batches)
+    with pytest.raises(KeyboardInterrupt):
+        train(store, cfg, tmp_path / "m", candidates)
+    monkeypatch.setattr(ActivationStore, "batches", real_batches)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["candidates_sha256"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArchsaeError, match=r"does not fit this model \(size mismatch for dictionary.candidates.*"
+                                           r"delete it to restart"):
+        train(store, cfg, tmp_path / "m", candidates[:80])

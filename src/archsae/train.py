@@ -41,6 +41,7 @@ from .files import differences, first_three, read_json, refuse_if_different, wri
 from .metrics import r2
 from .progress import quiet
 from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
+from .sae.model import state_mismatch
 from .store import ActivationStore, Subset
 
 CALIBRATION_TOKENS = 16_384  # JumpReLU initial and BatchTopK inference thresholds; relative delta
@@ -116,14 +117,17 @@ def _logged_step(line: str) -> float:
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """`device` as a torch.device (None: `default_device`). Raises ArchsaeError for a name torch does not know
-    or a CUDA device this machine or this torch build does not have."""
+    """`device` as a torch.device (None: `default_device`). Raises ArchsaeError for a name that is not cpu or
+    cuda (the devices archsae is built and tested for) or a CUDA device this machine or torch build lacks."""
     if device is None:
         return default_device()
     try:
-        device = torch.device(device)
+        parsed = torch.device(device)
     except RuntimeError:
-        raise ArchsaeError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ArchsaeError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N")
+    device = parsed
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ArchsaeError(f"there is no CUDA device {device} here ({torch.cuda.device_count()} visible to torch "
                            f"{torch.__version__}); use --device cpu, or leave --device out to take the default")
@@ -381,8 +385,8 @@ class _Trainer:
         try:
             self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         except RuntimeError as e:  # shapes of another configuration (e.g. a checkpoint older than config.json)
-            raise ArchsaeError(f"{self.ckpt} does not fit this model ({str(e).splitlines()[0]}...); delete it to "
-                               "restart this model from step 0") from None
+            raise ArchsaeError(f"{self.ckpt} does not fit this model ({state_mismatch(e)}); delete it to restart "
+                               "this model from step 0") from None
         self.since_fired.copy_(tensors["train.since_fired"])
         state: dict[int, dict] = {}
         for key, value in tensors.items():
@@ -483,14 +487,16 @@ def _check_memory(jobs: list[Job], d: int, micro: int, device: torch.device) -> 
                            "models at once, or use --w-support for archetypal ones")
 
 
-def epoch_steps(store: ActivationStore, cfg: TrainConfig, n_streams: int = 1) -> int:
+def epoch_steps(store: ActivationStore, cfg: TrainConfig, n_streams: int = 0) -> int:
     """Optimiser steps in one epoch of `cfg`'s train tokens (its subset), each batch split over `n_streams`
-    data streams: the shortest stream's number of micro-batches (a stream is a fixed set of shards)."""
+    data streams (default: cfg.streams, else 1, a single process's): the shortest stream's number of
+    micro-batches (a stream is a fixed set of shards)."""
+    n_streams = n_streams or cfg.streams or 1
     micro, subset = cfg.batch_size // n_streams, Subset.of(cfg.subset, cfg.subset_seed)
     return min(store.n_split("train", s, n_streams, subset) // micro for s in range(n_streams))
 
 
-def total_steps(store: ActivationStore, cfg: TrainConfig, n_streams: int = 1) -> int:
+def total_steps(store: ActivationStore, cfg: TrainConfig, n_streams: int = 0) -> int:
     """The steps `train` takes for `cfg` (cfg.epochs epochs of `epoch_steps`)."""
     return math.ceil(cfg.epochs * epoch_steps(store, cfg, n_streams))
 

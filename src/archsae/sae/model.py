@@ -346,6 +346,12 @@ def save_sae(model: SAE, out_dir: str | Path, config: dict) -> None:
     write_safetensors(out_dir / "model.safetensors", model.state_dict())
 
 
+def state_mismatch(error: RuntimeError) -> str:
+    """What `load_state_dict`'s error says is wrong (its first detail line: "size mismatch for ...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else lines[0] if lines else "unknown error"
+
+
 def load_sae(model_dir: str | Path, device: torch.device | str = "cpu") -> SAE:
     """A trained SAE saved by `archsae train`, ready for inference on `device`: eval mode, no gradients,
     `config` its TrainConfig, and its input normalisation loaded, so `encode` takes raw activations (n, d).
@@ -365,6 +371,6 @@ def load_sae(model_dir: str | Path, device: torch.device | str = "cpu") -> SAE:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ArchsaeError(f"{path} does not match its config.json ({str(e).splitlines()[0]}...): it was written "
-                           "by another version of archsae or is damaged; train it again") from None
+        raise ArchsaeError(f"{path} does not match its config.json ({state_mismatch(e)}): it was written by "
+                           "another version of archsae or is damaged; train it again") from None
     return model.eval().requires_grad_(False).to(device)
