@@ -86,7 +86,7 @@ def _mean_pairwise(score, items: list) -> tuple[float, float, float]:
 
 
 def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[TrainConfig], cfg: StabilityConfig,
-                  distill_cfg: DistillConfig = DistillConfig(), device: str | None = None) -> dict:
+                  distill_cfg: DistillConfig = DistillConfig(), device: torch.device | str | None = None) -> dict:
     """Train `cfg.runs` runs of each configuration in `bases` under each of `cfg.mode` (and uncentred
     twins with `cfg.uncentred`), then measure their stability along training; see the module docstring.
 
@@ -117,7 +117,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
                     dcfg = replace(distill_cfg, seed=tcfg.kmeans_seed, subset=tcfg.subset, subset_seed=tcfg.subset_seed)
                     if dcfg not in centroids:  # one C per k-means seed and subset, shared by the runs using it
                         centroids[dcfg] = distill(store, dcfg, centroids_path(run_dir, dcfg.seed, dcfg.subset,
-                                                                               dcfg.subset_seed))
+                                                                               dcfg.subset_seed, dcfg.method))
                     candidates = centroids[dcfg]
                 jobs[tcfg] = Job(tcfg, out / "models" / name, candidates)
             folders.append(jobs[tcfg].out_dir)

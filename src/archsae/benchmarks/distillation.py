@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import metrics
 from ..config import DistillationBenchConfig, DistillConfig, TrainConfig, to_dict
@@ -26,7 +27,7 @@ from ..train import Job, train_many
 
 
 def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: DistillationBenchConfig,
-                           train_cfg: TrainConfig, device: str | None = None) -> dict:
+                           train_cfg: TrainConfig, device: torch.device | str | None = None) -> dict:
     """Train an A-SAE (`a-{cfg.sparsity}`, its other options from `train_cfg`, whose method is ignored) on the C
     of each method in `cfg.method`, `cfg.runs` times, and score them; results in `run_dir/benchmarks/distillation/
     results.json` ({"methods": {method: {r2, stability, ood, candidates_stability, ...}}}). Finished

@@ -92,7 +92,8 @@ def _contact_sheet(images: list[Image.Image]) -> Image.Image:
 
 
 def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfig, methods: list[str],
-               n_objects: int, train_nd: torch.Tensor, test_nd: torch.Tensor, device: str | None) -> dict:
+               n_objects: int, train_nd: torch.Tensor, test_nd: torch.Tensor,
+               device: torch.device | str | None) -> dict:
     """Train the SAE `methods` (k = n_objects) on `store` (the train features); {method: (train codes, test
     codes)} of the raw features `train_nd`, `test_nd`."""
     base = TrainConfig(k=n_objects, top_k=cfg.top_k, epochs=cfg.epochs, batch_size=min(64, store.n_split("train")),
@@ -113,7 +114,7 @@ def _sae_codes(out: Path, store: ActivationStore, cfg: IdentifiabilityBenchConfi
 
 
 def identifiability_benchmark(run_dir: str | Path, cfg: IdentifiabilityBenchConfig, model: str = "",
-                              device: str | None = None) -> dict:
+                              device: torch.device | str | None = None) -> dict:
     """Soft identifiability of every method in `cfg.method` on every theme in `cfg.theme` (see the module
     docstring) with the timm `model` (default: the one RUN/store was extracted with, else the embedded
     EfficientNet-Lite0). Returns and writes `RUN/benchmarks/identifiability/results.json`: per theme its

@@ -33,7 +33,7 @@ def method_label(sparsity: str, delta: float | None) -> str:
 
 def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: PlausibilityBenchConfig,
                            train_cfg: TrainConfig, distill_cfg: DistillConfig = DistillConfig(),
-                           device: str | None = None) -> dict:
+                           device: torch.device | str | None = None) -> dict:
     """Train one SAE per (dictionary, k) (options from `train_cfg`; C from `distill_cfg`, reused from
     `run_dir/centroids/`) and score each against the head; results in `run_dir/benchmarks/plausibility/
     results.json` ({"rows": {label: {k: plausibility}}, "references": ...}). Its models are reused when rerun
@@ -45,7 +45,8 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
                            "features (no --layer) of a pretrained classifier")
     out = Path(run_dir) / "benchmarks" / "plausibility"
     dictionaries = [None, *cfg.delta]
-    candidates = distill(store, distill_cfg, centroids_path(run_dir, distill_cfg.seed))
+    candidates = distill(store, distill_cfg, centroids_path(run_dir, distill_cfg.seed, distill_cfg.subset,
+                                                            distill_cfg.subset_seed, distill_cfg.method))
     jobs = {}
     for delta, k in itertools.product(dictionaries, cfg.k):
         method = cfg.sparsity if delta is None else ("a-" if delta == 0 else "ra-") + cfg.sparsity
