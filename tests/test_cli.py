@@ -201,14 +201,22 @@ def test_quick_run_writes_a_report_and_finite_metrics(quick_run, tmp_path):
     _saved_models_work_anywhere(quick_run, tmp_path, evaluated)
 
 
-def test_a_report_of_a_store_copied_without_its_images_lists_concepts_without_strips(quick_run, tmp_path):
+def test_a_report_leaves_out_the_images_a_copied_store_lacks(quick_run, tmp_path):
     import shutil
 
     moved = tmp_path / "moved"
-    shutil.copytree(quick_run, moved, ignore=shutil.ignore_patterns("images", "report", "explorer"))
+    shutil.copytree(quick_run, moved, ignore=shutil.ignore_patterns("report", "explorer"))
+    photos = sorted(p for p in (moved / "images").rglob("*") if p.suffix in (".jpg", ".png"))
+    for photo in photos[::2]:
+        photo.unlink()
     result = invoke("report", "--run-dir", moved)
     assert result.exit_code == 0, result.output
-    assert "images are not found" in result.output and (moved / "report" / "index.html").exists()
+    assert f"{len(photos[::2])} of the store's {len(photos)} images are not found" in result.output
+    assert len(list((moved / "report" / "concepts").glob("*.png"))) == 2 * 16  # strips of the images found
+    shutil.rmtree(moved / "images")
+    shutil.rmtree(moved / "report")
+    result = invoke("report", "--run-dir", moved)  # none found: concepts without strips
+    assert result.exit_code == 0 and (moved / "report" / "index.html").exists(), result.output
     assert not (moved / "report" / "concepts").exists()
 
 

@@ -58,9 +58,15 @@ def _param_name(f: dataclasses.Field, prefix: str) -> str:
     return prefix + ("no_" if f.default is True else "") + f.name
 
 
+def _flags(fields: list[dataclasses.Field], prefix: str) -> dict[str, str]:
+    """Each field's option as typed on this command: {"max_points": "--distill-max-points", "centre": "--no-centre"}."""
+    return {f.name: "--" + _param_name(f, prefix).replace("_", "-") for f in fields}
+
+
 def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
                    defaults: dict | None = None, hidden=()) -> list[inspect.Parameter]:
     params = []
+    flags = _flags(_options(cls, hidden), prefix)
     for f in _options(cls, hidden):
         kind, default, help = type(f.default), f.default, f.metadata["help"]
         if kind is tuple:  # a field holding several values: a repeatable option
@@ -68,9 +74,8 @@ def _config_params(cls: type, prefix: str = "", repeatable: bool = False,
         elif repeatable and kind is not bool:
             kind, default, help = List[kind], (defaults or {}).get(f.name, [default]), help + " [repeat to sweep]"
         name = _param_name(f, prefix)
-        if prefix:  # sibling options named as typed here: --max-points -> --distill-max-points
-            help = re.sub(r"--([a-z0-9-]+)", lambda m: "--" + prefix.replace("_", "-") + m[1]
-                          if m[1].replace("-", "_") in {g.name for g in dataclasses.fields(cls)} else m[0], help)
+        # Sibling options named as typed here: --max-points -> --distill-max-points.
+        help = re.sub(r"--([a-z0-9-]+)", lambda m: flags.get(m[1].replace("-", "_"), m[0]), help)
         if default is True:
             default, help = False, f"turn off (on by default): {help}"
         params.append(inspect.Parameter(
@@ -83,7 +88,7 @@ def _as_flags(message: str, fields: list[dataclasses.Field], prefix: str) -> str
     """A config's error with its field names written as this command's options: "top_k must be >= 1" ->
     "--top-k must be >= 1" (--train-top-k in a benchmark). A name without "_" (k, runs, method) is an option
     only where it leads a condition (followed by " must", " (" or " and "), not in the prose around it."""
-    flags = {f.name: "--" + _param_name(f, prefix).replace("_", "-") for f in fields}
+    flags = _flags(fields, prefix)
     names = sorted(flags, key=len, reverse=True)
     pattern = "|".join(rf"{re.escape(n)}(?![\w-])" if "_" in n else rf"{re.escape(n)}(?= must| \(| and )"
                        for n in names)

@@ -34,7 +34,7 @@ TOKEN_CONCEPTS = 12  # concepts listed for a clicked token (its largest)
 
 def create_app(run: RunView) -> Flask:
     """The explorer's Flask app over `run` (statistics are computed on first use; `serve` computes them all
-    before it listens)."""
+    before it serves its first page)."""
     app = Flask(__name__)
     # The explorer's templates, then the report's (the verdict table is one template, shown by both).
     app.jinja_loader = ChoiceLoader([app.jinja_loader, PackageLoader("archsae", "report/templates")])
@@ -332,14 +332,17 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, echo=p
     run = RunView(run_dir)
     try:  # the port first: a taken one is said before minutes of statistics, not after
         server = make_server(host, port, create_app(run), threaded=True)
-    except (OSError, OverflowError, SystemExit):  # werkzeug explains a taken port, then exits
+    except (OSError, SystemExit):  # werkzeug explains a taken port, then exits
         raise ArchsaeError(f"cannot listen on {host}:{port}; choose another --port") from None
     echo(f"{len(run.paths)} models; their per-concept statistics are cached in {run.root / 'explorer' / 'stats'} "
          "(computed once: a pass over the store per model)")
-    run.prepare()
-    threading.Thread(target=_warm, args=(run,), daemon=True).start()
-    echo(f"archsae explorer on http://{host}:{server.server_port}/ (Ctrl-C to stop)")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        run.prepare()
+        threading.Thread(target=_warm, args=(run,), daemon=True).start()
+        echo(f"archsae explorer on http://{host}:{server.server_port}/ (Ctrl-C to stop)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:  # the way to stop serving, not an interruption
+            pass
+    finally:  # also when the statistics fail or are interrupted: the port is free again
+        server.server_close()

@@ -73,14 +73,20 @@ def _codes(model: SAE, acts_nd: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def missing_images(store: ActivationStore) -> list[int]:
+    """The store's images whose file is not where store.json says (a store copied without its images)."""
+    return [i for i, im in enumerate(store.images) if not Path(im["path"]).exists()]
+
+
 def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_images: int = 8,
-                    source_m: np.ndarray | None = None, strips: bool = True) -> list[Concept]:
+                    source_m: np.ndarray | None = None) -> list[Concept]:
     """`n_concepts` live codes spread evenly over the ranks of their density (share of tokens where they fire),
     from the densest to the rarest; for each, the `n_images` images with the largest token activation, at most
     one per source (`source_ids`; by default each image is its own), drawn with that code's activation per token as a heatmap over the image (`heat_overlay`).
 
     Streams the store twice (usage, then per-image maxima of the chosen codes); memory is
-    O(k + images x n_concepts). Imported stores (no images), and `strips` False, give concepts without strips.
+    O(k + images x n_concepts). Imported stores (no images) give concepts without strips; images whose file is
+    missing are left out of the strips (`missing_images`).
     """
     k = model.k
     usage = torch.zeros(k)
@@ -88,7 +94,8 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
         usage += (_codes(model, store.read_shard(i).acts_md) > 0).sum(0)
     ranked = usage.argsort(descending=True)[:int((usage > 0).sum())]
     top = ranked[np.unique(np.linspace(0, len(ranked) - 1, min(n_concepts, len(ranked))).round().astype(int))]
-    strips = strips and bool(store.images)
+    missing = missing_images(store)
+    strips = len(missing) < len(store.images)
     n_img = max(len(store.images), 1)
     best = torch.full((n_img, len(top)), -1.0)
     if strips:
@@ -96,6 +103,7 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
             shard = store.read_shard(i)
             z = _codes(model, shard.acts_md)[:, top]
             best.scatter_reduce_(0, shard.image_m[:, None].expand_as(z), z, reduce="amax")
+        best[missing] = -1.0  # never chosen
     concepts = [Concept(int(c), float(usage[c] / store.n)) for c in top]
     if not strips:
         return concepts
@@ -112,7 +120,7 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
             heat[tokens.pos_m[spatial]] = _codes(model, tokens.acts_md[spatial])[:, concept.index]
             heats.append(heat.reshape(grid).numpy())
             concept.images.append({"image": img, "label": store.images[img]["label"], "max": score})
-        concept.peak = max(max(h.max() for h in heats), 1e-12)
+        concept.peak = max(max((h.max() for h in heats), default=0.0), 1e-12)  # none: all its images missing
         strip = Image.new("RGB", (THUMB * n_images, THUMB), "white")  # a rare concept leaves slots blank
         for x, (meta, heat) in enumerate(zip(concept.images, heats)):
             photo = view(load_image(store.images[meta["image"]]["path"]))

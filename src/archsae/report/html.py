@@ -16,7 +16,7 @@ from ..files import atomic_write, read_json, save_image, write_text
 from ..evaluate import load_model
 from ..stability import verdict
 from ..store import ActivationStore
-from .gallery import DENSE, colour_scale, concept_gallery, source_ids
+from .gallery import DENSE, colour_scale, concept_gallery, missing_images, source_ids
 from .plots import save_figure, subplots, tradeoff_plot
 
 # (metrics.json key, column title, unit or "", one-line meaning): the paper's Table 1, in its order, with MMCS
@@ -133,7 +133,7 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     evaluated = read_json(run_dir / "metrics.json")
     metrics = evaluated["models"]
     unmeasured = sorted(p.parent.name for p in (run_dir / "models").glob("*/model.safetensors")
-                        if p.parent.name not in metrics)
+                        if p.parent.name not in metrics and p.parent.name not in evaluated.get("skipped", {}))
     if unmeasured:
         tqdm.write(f"report: {len(unmeasured)} model(s) trained after the last `archsae evaluate` are left out "
                    f"({', '.join(unmeasured)}); run it again to add them", file=sys.stderr)
@@ -147,15 +147,13 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
                        _mean([metrics[n].get(key) for n in names]) for key, *_ in METRICS}
                for group, names in groups.items()}
     galleries, sources = [], source_ids(store, run_dir)
-    missing = [im["path"] for im in store.images if not Path(im["path"]).exists()]
+    missing = missing_images(store)
     if missing:  # e.g. a store copied without the images it was extracted from
         tqdm.write(f"report: {len(missing)} of the store's {len(store.images)} images are not found (first: "
-                   f"{missing[0]}); the concepts are listed without image strips. Put the images back there for them",
-                   file=sys.stderr)
+                   f"{store.images[missing[0]]['path']}); the concept strips leave them out", file=sys.stderr)
     for group, names in groups.items():
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
-        concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images, sources,
-                                   strips=not missing)
+        concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images, sources)
         for c in concepts:
             if c.strip is not None:
                 c.file = f"concepts/{name}_{c.index}.png"
