@@ -42,6 +42,7 @@ def _options_of_every_command(
                                      help="print archsae's version and exit")) -> None:
     pass
 
+
 # Not --run: torchrun's own parser takes any prefix of its --run-path option, even after the script name.
 RUN_OPTION = inspect.Parameter("run", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
                                default=typer.Option(Path("archsae-run"), "--run-dir", help="run directory"))

@@ -307,7 +307,7 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
     Archetypal methods need the candidates C (n', d), n' >= k unless W starts random (so that no two atoms
     start on the same candidate). `delta` is the absolute bound on ||Lambda_i|| when it was resolved from
     `cfg.delta_relative` (default: cfg.effective_delta). Seeds come from `cfg.seed`. `empty`: W is left at zero
-    for `load_state_dict` to fill (its initialisation is the slow part: 3 s at k = 2,560 and n' = 4,096, 90 s at
+    for `load_state_dict` to fill (its initialisation is the slow part: 2 s at k = 2,560 and n' = 4,096, 80 s at
     k = 6,400 and n' = 32,768). Raises ArchsaeError for
     missing, mis-shaped or too few candidates.
     """
