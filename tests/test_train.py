@@ -302,3 +302,14 @@ def test_a_checkpoint_that_does_not_fit_is_a_clear_error(planted, tmp_path, monk
     with pytest.raises(ArchsaeError, match=r"does not fit this model \(size mismatch for dictionary.candidates.*"
                                            r"delete it to restart"):
         train(store, cfg, tmp_path / "m", candidates[:80])
+
+
+def test_a_model_is_the_same_whichever_command_spelt_its_configuration(planted, tmp_path):
+    """`archsae run` names the C of a model's own seed (centroids_seed = seed), `archsae train` leaves it at -1,
+    and a free SAE ignores it: one model either way, reused, not refused as another configuration."""
+    store, _, candidates = planted
+    for method, spelt in (("topk", 0), ("ra-topk", 0)):
+        cfg = replace(BASE, method=method, epochs=1)
+        model = train(store, replace(cfg, centroids_seed=spelt), tmp_path / method, candidates)
+        again = train(store, cfg.canonical(), tmp_path / method, candidates)
+        assert torch.equal(again.atoms(), model.atoms()) and again.config.centroids_seed == -1

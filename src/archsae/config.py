@@ -237,8 +237,10 @@ class TrainConfig:
 
     def canonical(self) -> "TrainConfig":
         """This configuration with the fields its method ignores at their defaults (so a sweep over l1
-        trains one topk model, not one per l1 value)."""
-        return _unused_at_defaults(self)
+        trains one topk model, not one per l1 value), and centroids_seed -1 where it names the model's own seed
+        (the same C: `archsae run` names it, `archsae train` leaves it at -1)."""
+        cfg = _unused_at_defaults(self)
+        return dataclasses.replace(cfg, centroids_seed=-1) if cfg.centroids_seed == cfg.seed else cfg
 
 
 @dataclass(frozen=True)

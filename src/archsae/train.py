@@ -139,7 +139,7 @@ class _Trainer:
 
     def __init__(self, job: Job, store: ActivationStore, total: int, n_streams: int, device: torch.device,
                  world: World, calibration_nd: torch.Tensor, heldout_nd: torch.Tensor | None):
-        cfg = self.cfg = job.cfg
+        cfg = self.cfg = job.cfg.canonical()  # a model is the same whichever command spelt its configuration
         self.out_dir, self.total, self.n_streams, self.world = job.out_dir, total, n_streams, world
         self.calibration_nd = calibration_nd  # standardised train tokens, the same for every rank
         self.heldout_nd = heldout_nd  # standardised held-out tokens (None: the store holds none)
@@ -157,7 +157,7 @@ class _Trainer:
         stored = read_json(self.out_dir / "config.json") if (self.out_dir / "config.json").exists() else None
         if stored is not None:
             # When checkpoints are written changes no result (a resume is exact): not a difference.
-            stored["train"] = asdict(replace(stored_train_config(stored["train"]),
+            stored["train"] = asdict(replace(stored_train_config(stored["train"]).canonical(),
                                              checkpoint_every=cfg.checkpoint_every))
             if "candidates_sha256" in self.config:  # a model saved before C was recorded is taken as it is
                 stored.setdefault("candidates_sha256", self.config["candidates_sha256"])
