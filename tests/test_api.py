@@ -53,6 +53,10 @@ def test_sae_and_classical_models_encode_raw_activations_through_one_interface(s
     assert torch.allclose(pca.encode(raw), pca._encode(acts), atol=1e-4)  # = the model fitted on standardised A
     sae = archsae.load_sae(tmp_path / "sae")
     assert sae.config.k == 12 and not any(p.requires_grad for p in sae.parameters())
+    broken = raw.clone()
+    broken[7, 3] = float("nan")
+    with pytest.raises(ArchsaeError, match=f"1 of the {len(raw)} activation rows hold NaN or Inf .first: row 7"):
+        sae.encode(broken)
     with pytest.raises(ArchsaeError, match="load_model"):
         archsae.load_sae(tmp_path / "pca")
 

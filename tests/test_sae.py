@@ -178,6 +178,8 @@ def test_bad_settings_are_user_errors():
         build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5)
     with pytest.raises(ArchsaeError, match=r"\(n', 5\)"):
         build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5, candidates_nd=torch.randn(10, 4))
+    with pytest.raises(ArchsaeError, match="NaN or Inf"):
+        build_sae(TrainConfig(method="ra-topk", k=8, top_k=2), d=5, candidates_nd=torch.full((10, 5), float("nan")))
 
 
 @pytest.mark.parametrize("method", ["relu", "jumprelu"])

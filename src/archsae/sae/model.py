@@ -205,10 +205,15 @@ class SAE(RawSpace, nn.Module):
         return self.b_pre.shape[0]
 
     def encode(self, acts_nd: torch.Tensor) -> torch.Tensor:
-        """Codes Z (n, k) of raw activations A (n, d) (numpy or torch, moved to the model's device)."""
+        """Codes Z (n, k) of raw activations A (n, d) (numpy or torch, moved to the model's device). ArchsaeError
+        for a wrong shape or rows holding NaN or Inf."""
         acts_nd = torch.as_tensor(acts_nd, dtype=torch.float32, device=self.b_pre.device)
         if acts_nd.ndim != 2 or acts_nd.shape[1] != self.d:
             raise ArchsaeError(f"activations have shape {tuple(acts_nd.shape)}; this SAE expects (n, {self.d})")
+        bad = (~torch.isfinite(acts_nd).all(1)).nonzero().flatten()
+        if len(bad):  # their codes would be NaN, and every metric over them too
+            raise ArchsaeError(f"{len(bad)} of the {len(acts_nd)} activation rows hold NaN or Inf (first: row "
+                               f"{bad[0].item()}); drop or fix them before encoding")
         return self.activation(self.encoder(self.standardise(acts_nd) - self.b_pre))
 
     def decode(self, codes_nk: torch.Tensor, atoms_kd: torch.Tensor | None = None) -> torch.Tensor:
@@ -319,6 +324,8 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
             raise ArchsaeError(f"{cfg.method} needs k-means candidates C: run `archsae distill` first")
         if candidates_nd.ndim != 2 or candidates_nd.shape[1] != d:
             raise ArchsaeError(f"candidates C have shape {tuple(candidates_nd.shape)}; expected (n', {d})")
+        if not torch.isfinite(candidates_nd).all():
+            raise ArchsaeError("candidates C hold NaN or Inf: distil them again from finite activations")
         if len(candidates_nd) < cfg.k and cfg.w_init != "random":
             raise ArchsaeError(f"{cfg.method} with k = {cfg.k} atoms needs at least as many candidates, got "
                                f"n' = {len(candidates_nd)}: atoms would start as copies of one another (the paper "
