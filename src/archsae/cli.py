@@ -357,9 +357,13 @@ def stability_cmd(run: Path, device: str, stability: StabilityConfig, train: lis
                      f"{opt(g['candidate_cosine'])}")
     nulls = ", ".join(f"k-space {key}: random {v['random']:.3f}, k-means {v['kmeans']:.3f}"
                       for key, v in results["nulls"].items())
-    return "\n".join(lines + [f"nulls: {nulls}", "dup.t0: share of atoms with a near-duplicate (|cos| > 0.99) at "
-                               "t = 0; cos C: archetypal atoms' mean best cos with a candidate",
-                               f"written to {run / 'stability'}"])
+    legend = ("t=0, final: stability (Hungarian-matched mean |cos|, eq. 2) of the runs' dictionaries at the start "
+              "and the end, mean over pairs of runs; -kmeans: final minus the k-means null; proj.: final with the "
+              "data mean projected out of the atoms (uncentred runs only); codes: mean correlation of matched codes "
+              "on held-out tokens; R2: held-out R², mean over runs; dup.t0: share of atoms with a near-duplicate "
+              "(|cos| > 0.99) at t = 0; cos C: archetypal atoms' mean best cos with a candidate")
+    return "\n".join(lines + [f"nulls (stability of two random, and of two k-means, dictionaries of k atoms, per k "
+                               f"and space): {nulls}", legend, f"written to {run / 'stability'}"])
 
 
 def _table(corner: str, rows: dict[str, dict[str, object]]) -> str:

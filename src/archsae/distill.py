@@ -172,9 +172,11 @@ def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path, own_cac
                        file=sys.stderr)
             meta_path.unlink()  # first: if killed, no record describes the old or a half-written C
         else:
-            refuse_if_different(stored, record, out, "centroids", "to use it, give the options it was made with "
-                                "(as --distill-* in stability and the benchmarks); else delete it or use another "
-                                "run directory")
+            made = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in stored["config"].items()
+                            if record["config"][key] != value)
+            refuse_if_different(stored, record, out, "centroids", f"to use it, pass {made} (with the --distill- prefix "
+                                "in stability and the benchmarks); else use another run directory" if made else
+                                "it was made from another store: use another run directory")
             return load_centroids(out)
     subset = Subset.of(cfg.subset, cfg.subset_seed)
     sample = store.standardise(store.sample(cfg.max_points, seed=cfg.seed, split="train", subset=subset), inplace=True)

@@ -175,7 +175,8 @@ class _Trainer:
         if stored is not None:
             finished = (self.out_dir / "model.safetensors").exists()
             refuse_if_different({**stored, **resolved}, {**self.config, **resolved}, self.out_dir, "a model",
-                                "use another name or delete it")
+                                "delete that folder to train it again, or use another --run-dir (or "
+                                "--name, in archsae train)")
             if not finished and any(stored.get(key) != self.config[key] for key in resolved):
                 raise ArchsaeError(
                     f"{self.out_dir} holds a checkpoint of a run on {stored.get('processes')} process(es) with "
