@@ -278,6 +278,10 @@ def test_train_sweep_trains_each_distinct_model_once_with_a_readable_name(tmp_pa
         "relu-l10.01-s0", "relu-l10.01-s1", "relu-l10.03-s0", "relu-l10.03-s1", "topk-s0", "topk-s1"]
     _error(invoke("train", "--run-dir", tmp_path / "r", "--seed", "0", "--seed", "1", "--name", "x"), "drop --name")
     _error(invoke("train", "--run-dir", tmp_path / "r", "--name", "bad/name"), "--name must be one folder name")
+    refused = invoke("train", "--run-dir", tmp_path / "r", "--k", "16", "--top-k", "3", "--epochs", "0.6",
+                     "--batch-size", "128", "--lr", "0.01")  # every difference named: each is an option to change
+    assert refused.exit_code == 2 and all(f"train.{field}:" in refused.output for field in
+                                          ("top_k", "epochs", "batch_size", "lr")), refused.output
     # another PCA beside pca-s0: refused under its default name, kept apart under its own
     assert invoke("classical", "--run-dir", tmp_path / "r", "--method", "pca", "--k", "4").exit_code == 0
     _error(invoke("classical", "--run-dir", tmp_path / "r", "--method", "pca", "--k", "3"), "choose another --name")

@@ -114,10 +114,11 @@ def differences(stored: Any, asked: Any, key: str = "") -> list[str]:
 def refuse_if_different(stored: dict, asked: dict, where: Path, what: str, fix: str) -> None:
     """The one rule for results kept in a run directory: a result is reused only when the record it was
     made with (configuration, store fingerprint, inputs' checksums) equals the one asked for now; else
-    ArchsaeError names the differences (the first three) and `fix`, and nothing is overwritten."""
+    ArchsaeError names every difference (each may be an option to change) and `fix`, and nothing is
+    overwritten."""
     found = differences(stored, asked)
     if found:
-        raise ArchsaeError(f"{where} holds {what} made with another configuration ({first_three(found)}); {fix}")
+        raise ArchsaeError(f"{where} holds {what} made with another configuration ({'; '.join(found)}); {fix}")
 
 
 def first_three(found: list[str]) -> str:
