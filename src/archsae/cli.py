@@ -240,10 +240,10 @@ def distill_cmd(run: Path, distill: list[DistillConfig]) -> str:
     RUN/centroids/seed{S}.safetensors (+ .json; another --method: {method}-seed{S}; --subset F:
     seed{S}-subset{F}-{subset seed}), which a- and ra- models of seed S (and of that token subset) use. Repeat
     --seed (or --method) for several: --seed 0 --seed 1."""
-    from .distill import centroids_path, distill as do_distill
+    from .distill import centroids_path_of, distill as do_distill
     from .store import ActivationStore
 
-    outs = [centroids_path(run, cfg.seed, cfg.subset, cfg.subset_seed, cfg.method) for cfg in distill]
+    outs = [centroids_path_of(run, cfg) for cfg in distill]
     if len(set(outs)) < len(outs):
         raise ArchsaeError("only --seed, --method, --subset and --subset-seed may be repeated: C is kept per seed, "
                            "method and token subset, so two values of another option would write one file")

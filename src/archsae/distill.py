@@ -154,6 +154,11 @@ def centroids_path(run_dir: str | Path, seed: int, subset: float = 1.0, subset_s
     return Path(run_dir) / "centroids" / f"{name}.safetensors"
 
 
+def centroids_path_of(run_dir: str | Path, cfg: DistillConfig) -> Path:
+    """Where the run keeps the C that `cfg` distils (its seed, token subset and method: `centroids_path`)."""
+    return centroids_path(run_dir, cfg.seed, cfg.subset, cfg.subset_seed, cfg.method)
+
+
 def distill(store: ActivationStore, cfg: DistillConfig, out: str | Path, own_cache: bool = False) -> torch.Tensor:
     """C (n', d) chosen by `cfg.method` (k-means by default) from up to `cfg.max_points` standardised
     (centred) train tokens; saved to `out` (+ a JSON of its configuration beside it). Reuses an existing

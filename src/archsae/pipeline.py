@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .config import RunConfig, StabilityConfig, to_dict
 from .data import build_demo, list_images
-from .distill import centroids_path, distill
+from .distill import centroids_path_of, distill
 from .evaluate import evaluate
 from .extract import extract
 from .files import read_json, refuse_if_different, write_json
@@ -51,7 +51,8 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
         for method in cfg.methods:
             tcfg = replace(train_cfg, method=method, seed=cfg.train.seed + r, centroids_seed=kmeans_seed)
             if tcfg.archetypal and candidates is None:
-                candidates = distill(store, replace(cfg.distill, seed=kmeans_seed), centroids_path(run_dir, kmeans_seed))
+                dcfg = replace(cfg.distill, seed=kmeans_seed)
+                candidates = distill(store, dcfg, centroids_path_of(run_dir, dcfg))
             jobs.append(Job(tcfg, run_dir / "models" / f"{method}-s{tcfg.seed}", candidates if tcfg.archetypal else None))
     train_many(store, jobs)
     evaluated = evaluate(store, run_dir / "models", cfg.evaluate, run_dir / "metrics.json")

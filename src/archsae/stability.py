@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .config import DistillConfig, StabilityConfig, TrainConfig, sweep_labels, to_dict
-from .distill import centroids_path, distill, kmeans
+from .distill import centroids_path_of, distill, kmeans
 from .evaluate import reconstruct
 from .files import write_json
 from .sae import load_sae
@@ -116,8 +116,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
                 if tcfg.archetypal:
                     dcfg = replace(distill_cfg, seed=tcfg.kmeans_seed, subset=tcfg.subset, subset_seed=tcfg.subset_seed)
                     if dcfg not in centroids:  # one C per k-means seed and subset, shared by the runs using it
-                        centroids[dcfg] = distill(store, dcfg, centroids_path(run_dir, dcfg.seed, dcfg.subset,
-                                                                               dcfg.subset_seed, dcfg.method))
+                        centroids[dcfg] = distill(store, dcfg, centroids_path_of(run_dir, dcfg))
                     candidates = centroids[dcfg]
                 jobs[tcfg] = Job(tcfg, out / "models" / name, candidates)
             folders.append(jobs[tcfg].out_dir)

@@ -162,7 +162,8 @@ class StoreWriter:
             with safe_open(self.root / s["file"], framework="np") as f:
                 parts.append((s["n"], f.get_tensor("stat_mean"), f.get_tensor("stat_m2")))
         n, mean, m2 = merge_stats(parts)
-        if not (np.sqrt(m2 / n) > 1e-6).any():  # no variance to explain: every R² would divide by 0
+        std = np.sqrt(m2 / n)
+        if not (std > 1e-6).any():  # no variance to explain: every R² would divide by 0
             for written in [s["file"] for s in self.meta["shards"]] + ["store.json"]:
                 (self.root / written).unlink()
             if not any(self.root.iterdir()):
@@ -170,7 +171,7 @@ class StoreWriter:
             raise ArchsaeError(f"every feature of these {int(n)} activations is constant (std 0): there is nothing to "
                                "learn, so nothing was stored; check the input (a matrix of one repeated row, an "
                                "extracted layer that is all zeros)")
-        self.meta.update(extra, n=int(n), mean=mean.tolist(), std=np.sqrt(m2 / n).tolist(), complete=True)
+        self.meta.update(extra, n=int(n), mean=mean.tolist(), std=std.tolist(), complete=True)
         write_meta(self.root, self.meta)
         return ActivationStore(self.root)
 

@@ -17,7 +17,7 @@ import torch
 
 from .. import metrics
 from ..config import DistillConfig, PlausibilityBenchConfig, TrainConfig, to_dict
-from ..distill import centroids_path, distill
+from ..distill import centroids_path_of, distill
 from ..errors import ArchsaeError
 from ..evaluate import atoms_of, class_directions
 from ..files import write_json
@@ -45,8 +45,7 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
                            "features (no --layer) of a pretrained classifier")
     out = Path(run_dir) / "benchmarks" / "plausibility"
     dictionaries = [None, *cfg.delta]
-    candidates = distill(store, distill_cfg, centroids_path(run_dir, distill_cfg.seed, distill_cfg.subset,
-                                                            distill_cfg.subset_seed, distill_cfg.method))
+    candidates = distill(store, distill_cfg, centroids_path_of(run_dir, distill_cfg))
     jobs = {}
     for delta, k in itertools.product(dictionaries, cfg.k):
         method = cfg.sparsity if delta is None else ("a-" if delta == 0 else "ra-") + cfg.sparsity
