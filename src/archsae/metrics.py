@@ -196,11 +196,14 @@ def assign(A, B, candidates: int = 32, tol: float = 1e-7) -> torch.Tensor:
         p = _potentials(match[r], c, m[r] - w, k)
         bound = m + p[match]  # a left-out pair (i, j) is harmless iff |<a_i, b_j>| <= bound_i - p_j
         suspects = torch.nonzero(tau > bound - p.max() + tol).flatten()
-        extra = []
+        extra, kept = [], r * k + c
         for rows in suspects.split(CHUNK // 2):
             dots = (A[rows] @ B.T).abs_().double()
             i, j = torch.nonzero(dots > bound[rows, None] - p[None, :] + tol, as_tuple=True)
-            extra.append((rows[i], j, dots[i, j]))
+            # A kept pair recomputed over another number of rows may differ in its last float32 bit and look
+            # violated; added twice, the sparse matrix would sum its two weights.
+            new = ~torch.isin(rows[i] * k + j, kept)
+            extra.append((rows[i][new], j[new], dots[i, j][new]))
         added = sum(len(e[0]) for e in extra)
         if added == 0:
             return match
