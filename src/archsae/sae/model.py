@@ -18,28 +18,28 @@ from .dictionary import ArchetypalDictionary, FreeDictionary
 
 
 class _ChosenPre(torch.autograd.Function):
-    """pre_e = <xc_n, W_enc[cols_e]> + b_enc[cols_e] for chosen entries only, given their values (gathered from a
-    no-grad dense pass). The entries form a sparse matrix G (rows, k), row r's entries at crow[r]:crow[r + 1], row r
-    being token rows_e = r mod n (so several sets of entries, e.g. the codes and AuxK's, share one call). The
-    backward touches only the chosen entries, e d work instead of the dense encoder's n k d: dL/dx = G W_enc and
-    dL/dW_enc = G^T x, each a gather-and-sum (embedding_bag; torch's CPU sparse matmul densifies G), in float32."""
+    """pre_e = <x_n - b_pre, W_enc[i]> + b_enc[i] for chosen entries e = (token rows_e, code cols_e) only, given
+    their values (gathered from a no-grad dense pass) and xc = x - b_pre; an entry may repeat (the codes and
+    AuxK's share one call). With G the sparse (n, k) matrix of the entries' gradients, the backward costs e d
+    for e entries instead of the dense encoder's n k d: dL/dW_enc = G^T xc, a gather-and-sum (embedding_bag;
+    torch's CPU sparse matmul densifies G), and dL/db_pre = -sum_n G_n W_enc = -(dL/db_enc) W_enc; in float32."""
 
     @staticmethod
-    def forward(ctx, xc_nd, weight_kd, bias_k, crow, cols_e, rows_e, pre_e):
-        ctx.save_for_backward(xc_nd, weight_kd, crow, cols_e, rows_e)
+    def forward(ctx, xc_nd, b_pre_d, weight_kd, bias_k, cols_e, rows_e, pre_e):
+        ctx.save_for_backward(xc_nd, weight_kd, cols_e, rows_e)
         return pre_e.clone()
 
     @staticmethod
     def backward(ctx, grad_e):
-        xc_nd, weight_kd, crow, cols_e, rows_e = ctx.saved_tensors
-        (n, d), k = xc_nd.shape, weight_kd.shape[0]
+        xc_nd, weight_kd, cols_e, rows_e = ctx.saved_tensors
+        k = weight_kd.shape[0]
         grad_e = grad_e.float()
-        grad_x = _gather_sum(weight_kd.float(), cols_e, crow, grad_e).view(-1, n, d).sum(0)
         by_code = cols_e.argsort(stable=True)
         code_crow = _crow(torch.bincount(cols_e, minlength=k))
         grad_w = _gather_sum(xc_nd.float(), rows_e[by_code], code_crow, grad_e[by_code])
         grad_b = torch.zeros(k, dtype=grad_e.dtype, device=grad_e.device).index_add_(0, cols_e, grad_e)
-        return grad_x.to(xc_nd.dtype), grad_w.to(weight_kd.dtype), grad_b.to(weight_kd.dtype), None, None, None, None
+        grad_b_pre = -(grad_b @ weight_kd.float())
+        return None, grad_b_pre.to(xc_nd.dtype), grad_w.to(weight_kd.dtype), grad_b.to(weight_kd.dtype), None, None, None
 
 
 def _gather_sum(table: torch.Tensor, idx_e: torch.Tensor, crow: torch.Tensor, weights_e: torch.Tensor) -> torch.Tensor:
@@ -256,20 +256,23 @@ class SAE(RawSpace, nn.Module):
         those of the dense definition (codes = activation(encoder(x - b)), x_hat = codes D + b).
         """
         atoms_kd = self.atoms()  # D built once per step
-        n, xc_nd = len(x_nd), x_nd - self.b_pre
+        n = len(x_nd)
         sst = (x_nd - x_nd.mean(0)).pow(2).sum().clamp_min(1e-12)  # holds no parameter: a constant
         x_rms = (sst / n).sqrt()
         n_dead = int(dead_k.sum()) if aux_k > 0 and dead_k is not None else 0
         with torch.no_grad():
+            xc_nd = x_nd - self.b_pre
             pre_nk = F.linear(xc_nd, self.encoder.weight, self.encoder.bias)
             cols_e, counts_n = self.activation.select(pre_nk)
             crow = _crow(counts_n)
             if n_dead:  # AuxK's entries: rows n..2n-1 of the same CSR matrix
-                aux_nm = pre_nk.masked_fill(~dead_k, -torch.inf).topk(min(aux_k, n_dead), dim=1).indices
+                dead_m = dead_k.nonzero().squeeze(1)
+                pre_dead_nm = pre_nk[:, dead_m]
+                aux_nm = dead_m[pre_dead_nm.topk(min(aux_k, n_dead), dim=1).indices]
                 crow = torch.cat([crow, crow[-1] + _crow(counts_n.new_full((n,), aux_nm.shape[1]))[1:]])
                 cols_e = torch.cat([cols_e, aux_nm.flatten()])
             rows_e = torch.arange(len(crow) - 1, device=x_nd.device).repeat_interleave(crow.diff()) % n
-        vals_e = torch.relu(_ChosenPre.apply(xc_nd, self.encoder.weight, self.encoder.bias, crow, cols_e, rows_e,
+        vals_e = torch.relu(_ChosenPre.apply(xc_nd, self.b_pre, self.encoder.weight, self.encoder.bias, cols_e, rows_e,
                                              pre_nk[rows_e, cols_e]))
         main = int(crow[n])
         x_hat = _gather_sum(atoms_kd, cols_e[:main], crow[:n + 1], vals_e[:main]) + self.b_pre
@@ -280,8 +283,7 @@ class SAE(RawSpace, nn.Module):
             e_hat = _gather_sum(atoms_kd, cols_e[main:], crow[n:] - main, vals_e[main:])
             residual = (x_nd - x_hat).detach()
             aux_sst = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
-            dead_m = dead_k.nonzero().squeeze(1)
-            gate = self.activation.dead_gate_loss(pre_nk[:, dead_m], dead_m, self.encoder.bias)
+            gate = self.activation.dead_gate_loss(pre_dead_nm, dead_m, self.encoder.bias)
             loss = loss + aux_coeff * ((e_hat - residual).pow(2).sum() / aux_sst + gate / x_rms)
         with torch.no_grad():
             active_e = vals_e[:main] > 0
