@@ -4,7 +4,7 @@ import pytest
 
 from archsae.config import DistillConfig, StabilityConfig, TrainConfig
 from archsae.report.plots import stability_plots
-from archsae.stability import run_stability, verdict
+from archsae.stability import _nulls, run_stability, verdict
 from archsae.store import Subset
 from conftest import planted_data, write_store
 
@@ -30,13 +30,13 @@ def group(results, method, mode, space="centred"):
 
 def test_shared_runs_agree_exactly_at_t0_and_independent_ones_do_not(experiment):
     _, _, results = experiment
-    for space in ("centred", "uncentred"):
-        shared = group(results, "ra-topk", "shared", space)
+    for method, space in [("ra-topk", "centred"), ("ra-topk", "uncentred"), ("topk", "centred")]:
+        shared = group(results, method, "shared", space)
         assert shared["trajectory"][0]["step"] == 0
         assert shared["t0"] == pytest.approx(1.0, abs=1e-6)
         assert shared["trajectory"][0]["min"] == pytest.approx(1.0, abs=1e-6)
     centred = group(results, "ra-topk", "independent")["t0"]
-    assert centred < 0.95
+    assert centred < 0.95 and group(results, "topk", "independent")["t0"] < 0.5
     # uncentred, independent k-means candidates all lean towards the data mean: cosine calls them more
     # alike (the galaxy-far-away effect) until the mean direction is projected out
     uncentred = group(results, "ra-topk", "independent", "uncentred")["trajectory"][0]
@@ -64,10 +64,11 @@ def test_trajectories_run_from_the_start_to_the_end_of_training(experiment):
     assert steps[0] == 0 and steps[-1] == total and len(steps) >= 4 and steps == sorted(steps)
     assert [r["tokens"] for r in g["trajectory"]] == [s * 256 for s in steps]
     assert all(r["min"] <= r["stability"] <= r["max"] for r in g["trajectory"])
-    # a free dictionary has no shared start: its shared and independent runs are the same models, trained once
-    assert g["runs"] == group(results, "topk", "shared")["runs"]
-    # per space: topk 2 runs shared with independent + 2 perturbed; ra-topk 2 runs in each of 3 modes
-    assert len(list((run / "stability" / "models").iterdir())) == 2 * (2 + 2 + 3 * 2)
+    # a free dictionary's shared runs share its seed: run 0 is the independent run 0, trained once
+    shared = group(results, "topk", "shared")["runs"]
+    assert shared[0] == g["runs"][0] and shared[1] != g["runs"][1]
+    # per space: topk 2 independent + 1 more shared + 2 perturbed; ra-topk 2 runs in each of 3 modes
+    assert len(list((run / "stability" / "models").iterdir())) == 2 * (2 + 1 + 2 + 3 * 2)
 
 
 def test_perturbed_runs_see_different_token_subsets(experiment):
@@ -95,6 +96,14 @@ def test_uncentred_runs_report_the_mean_projected_stability_and_nulls(experiment
         assert g["final_minus_null"]["kmeans"] == pytest.approx(g["final"] - results["nulls"][f"24-{g['space']}"]["kmeans"])
     paths = stability_plots(results, run / "stability")
     assert [p.name for p in paths] == ["trajectories.png", "stability_r2.png"] and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_the_kmeans_null_sees_as_many_tokens_as_c_unless_told(experiment):
+    """Two k-means agree more the more tokens they see: a null on fewer tokens than C would flatter RA-SAE."""
+    _, store, results = experiment
+    assert results["null_tokens"] == 3000  # --null-points
+    nulls, tokens = _nulls(store, [24], [True], StabilityConfig(null_points=0), DISTILL)
+    assert tokens == DISTILL.max_points and set(nulls) == {"24-centred"}
 
 
 def test_the_delta_figure_is_drawn_when_several_deltas_were_trained(experiment, tmp_path):

@@ -299,7 +299,7 @@ class EvaluateConfig:
 STABILITY_MODES = {
     "independent": "each run its own k-means seed, W initialisation, dictionary seed and data order",
     "shared": "the paper's: one C and W = identity, so every run starts from the same dictionary (and, tied, the "
-              "same encoder); runs differ only in their data order",
+              "same encoder); runs differ only in their data order. A free dictionary: every run the same seed",
     "perturbed": "independent seeds, and each run (k-means included) on its own subset of the train tokens",
 }
 
@@ -311,12 +311,14 @@ class StabilityConfig:
     mode: tuple = opt(("independent", "shared"), "initialisation modes: " + "; ".join(
         f"{m} = {h}" for m, h in STABILITY_MODES.items()) + " [repeat for several]")
     runs: int = opt(4, "runs per configuration and mode (the paper: 4)")
-    snapshots: int = opt(8, "dictionaries kept along training, besides the initial one")
+    snapshots: int = opt(8, "dictionaries kept along training, besides the initial one: every steps // N steps, "
+                            "and the last")
     perturb_subset: float = opt(0.9, "perturbed mode: fraction of the train tokens each run sees")
     uncentred: bool = opt(False, "also train every run on uncentred data (A / std) to measure how cosine "
                                  "stability depends on the data mean (Brzozowski & Chung 2026)")
     max_tokens: int = opt(10_000, "held-out tokens for R² and the code-correlation matching")
-    null_points: int = opt(30_000, "train tokens of the k-means null (two k-means dictionaries of k atoms)")
+    null_points: int = opt(0, "train tokens of the k-means null (two k-means dictionaries of k atoms); 0: as many "
+                              "as C's k-means (--distill-max-points), whose agreement grows with its sample")
 
     def __post_init__(self) -> None:
         for mode in self.mode:

@@ -15,8 +15,8 @@ keeps each run's dictionary along training (TrainConfig.snapshot_every), and rep
 - matching by the correlation of the runs' codes on the same held-out tokens (metrics.code_correlation),
   which does not look at the atoms at all.
 
-Layout under the run directory: `stability/models/{name}/` (one folder per distinct configuration; a free
-dictionary's `shared` and `independent` runs are the same configurations and are trained once),
+Layout under the run directory: `stability/models/{name}/` (one folder per distinct configuration: run 0 of a
+free dictionary's `shared` mode is run 0 of its `independent` mode, trained once),
 and `stability/results.json`, which `report.plots.stability_plots` draws (trajectories, Fel et al. Fig. 3
 and Fig. 4).
 """
@@ -65,8 +65,10 @@ def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: Stabil
     seed = base.seed + run
     # Every mode varies the data order: with a tied encoder, shared runs would otherwise be one run repeated.
     common = dict(seed=seed, data_seed=base.data_seed + run, centre=centre, snapshot_every=snapshot_every)
-    if mode == "shared":  # one C, W = identity: every run's dictionary starts at the same atoms
+    if mode == "shared" and base.archetypal:  # one C, W = identity: every run's dictionary starts at the same atoms
         return replace(base, **common, centroids_seed=base.seed, w_init="identity").canonical()
+    if mode == "shared":  # a free dictionary: the same seed, so the same initial atoms (run 0 is independent's)
+        return replace(base, **{**common, "seed": base.seed}).canonical()
     if mode == "perturbed":
         return replace(base, **common, centroids_seed=seed, subset=cfg.perturb_subset, subset_seed=run).canonical()
     return replace(base, **common, centroids_seed=seed).canonical()
@@ -128,8 +130,8 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     train_many(store, list(jobs.values()), device)
 
     acts = store.sample(cfg.max_tokens, 0, "heldout")
-    nulls = _nulls(store, sorted({g["k"] for g in groups}), spaces, cfg, distill_cfg)
-    cache: dict[tuple, dict] = {}  # a free dictionary's shared and independent groups are the same runs
+    nulls, null_tokens = _nulls(store, sorted({g["k"] for g in groups}), spaces, cfg, distill_cfg)
+    cache: dict[tuple, dict] = {}  # groups of the same runs are scored once
     for group in tqdm(groups, desc="stability", unit="group"):
         key = tuple(group["runs"])
         if key not in cache:
@@ -141,7 +143,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
             group["projected_minus_null"] = {"random": group["final_projected"] - null["random"],
                                              "kmeans": group["final_projected"] - null["kmeans_projected"]}
     results = {"config": to_dict(cfg), "train": [to_dict(b) for b in bases], "held_out_tokens": len(acts),
-               "nulls": nulls, "groups": groups}
+               "nulls": nulls, "null_tokens": null_tokens, "groups": groups}
     write_json(out / "results.json", results)
     return results
 
@@ -162,10 +164,10 @@ def run_pairs(run_dir: str | Path, store: ActivationStore, groups: dict[str, lis
         tcfg = load_sae(models / runs[0]).config
         out.append({"label": label, "method": tcfg.method, "mode": "independent", "space": "centred", "k": tcfg.k,
                     "runs": runs, **_group_scores(models, runs, store, acts)})
-    nulls = _nulls(store, sorted({g["k"] for g in out}), [True], cfg, distill_cfg) if out else {}
+    nulls, null_tokens = _nulls(store, sorted({g["k"] for g in out}), [True], cfg, distill_cfg) if out else ({}, 0)
     for g in out:
         g["final_minus_null"] = {n: g["final"] - nulls[f"{g['k']}-centred"][n] for n in ("random", "kmeans")}
-    results = {"held_out_tokens": len(acts), "nulls": nulls, "groups": out}
+    results = {"held_out_tokens": len(acts), "nulls": nulls, "null_tokens": null_tokens, "groups": out}
     write_json(Path(run_dir) / "run_stability.json", results)
     return results
 
@@ -204,10 +206,14 @@ def _group_scores(out: Path, runs: list[str], store: ActivationStore, acts_nd: t
 
 
 def _nulls(store: ActivationStore, ks: list[int], spaces: list[bool], cfg: StabilityConfig,
-           distill_cfg: DistillConfig) -> dict[str, dict[str, float]]:
+           distill_cfg: DistillConfig) -> tuple[dict[str, dict[str, float]], int]:
     """Per 'k-space': stability of two random Gaussian dictionaries, and of two k-means dictionaries of k
-    atoms with different seeds (in the uncentred space: the same centroids shifted by the data mean)."""
-    sample = store.standardise(store.sample(cfg.null_points, 1, "train")).numpy()
+    atoms with different seeds (in the uncentred space: the same centroids shifted by the data mean), on
+    `cfg.null_points` train tokens or, at 0, as many as C's k-means: two k-means agree more the more tokens
+    they see (k = 256 on the default store: 0.70 on 5,000 tokens, 0.77 on 30,000), so by default the null sees
+    as many as C. Returns (nulls, the number of tokens they saw)."""
+    n_points = cfg.null_points or distill_cfg.max_points
+    sample = store.standardise(store.sample(n_points, 1, "train")).numpy()
     nulls = {}
     for k in tqdm(ks, desc="null levels", unit="k"):
         c0, c1 = (torch.from_numpy(kmeans(sample, k, seed, distill_cfg.n_iter)) for seed in (0, 1))
@@ -219,4 +225,4 @@ def _nulls(store: ActivationStore, ks: list[int], spaces: list[bool], cfg: Stabi
                 null["kmeans_projected"] = metrics.stability(metrics.project_out(c0 + shift, shift),
                                                              metrics.project_out(c1 + shift, shift))
             nulls[f"{k}-{'centred' if centre else 'uncentred'}"] = null
-    return nulls
+    return nulls, len(sample)

@@ -70,13 +70,10 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
     paths.append(out_dir / "trajectories.png")
 
     fig, ax = subplots(figsize=(10, 5))
-    points: dict[tuple, dict] = {}  # one point per set of runs (a free dictionary's modes share theirs)
-    for g in groups:
-        points.setdefault(tuple(g["runs"]), {**g, "modes": []})["modes"].append(g["mode"])
-    for i, g in enumerate(points.values()):
+    for i, g in enumerate(groups):
         params = ", ".join(f"{k}={v}" for k, v in g["params"].items())
-        ax.scatter(g["r2"], g["final"], marker="os^"[modes.index(g["modes"][0])], s=45, color=colormaps["tab20"](i % 20),
-                   label=f"{_name(g)}, {params} [{' = '.join(g['modes'])}]")
+        ax.scatter(g["r2"], g["final"], marker="os^"[modes.index(g["mode"])], s=45, color=colormaps["tab20"](i % 20),
+                   label=f"{_name(g)}, {params} [{g['mode']}]")
     ax.set_xlabel("R² (held-out)")
     ax.set_ylabel("stability at the end of training")
     ax.set_title("stability against reconstruction (Fel et al. 2025, Fig. 3)")
@@ -131,9 +128,11 @@ def plausibility_plot(results: dict, path: str | Path) -> Path:
     for label, row in results["rows"].items():
         ax.plot([int(k) for k in row], list(row.values()), "o-", label=label)
     ks = [int(k) for k in next(iter(results["rows"].values()))]
-    for label, ref in results["references"].items():
-        values = list(ref.values()) if isinstance(ref, dict) else [ref] * len(ks)
-        ax.plot(ks, values, "--", color="grey" if isinstance(ref, dict) else "black", label=label)
+    for label, ref in results["references"].items():  # per k, or one level (drawn across, seen at a single k too)
+        if isinstance(ref, dict):
+            ax.plot(ks, list(ref.values()), "s--", ms=4, color="grey", label=label)
+        else:
+            ax.axhline(ref, ls="--", color="black", label=label)
     ax.set(xscale="log", xlabel="dictionary size k", ylabel="plausibility (mean best cosine to a class)")
     ax.legend(fontsize=8)
     save_figure(fig, Path(path))
