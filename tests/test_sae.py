@@ -147,13 +147,18 @@ def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, mon
     def dying_batches(self, *args, **kwargs):
         for batch in real_batches(self, *args, **kwargs):
             seen["n"] += 1
-            if seen["n"] == 25:  # after the checkpoint at step 15
+            if seen["n"] in (5, 30):  # before the first checkpoint, then after the one at step 15
                 raise KeyboardInterrupt
             yield batch
 
     monkeypatch.setattr(type(store), "batches", dying_batches)
     with pytest.raises(KeyboardInterrupt):
         train(store, cfg, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "checkpoint.safetensors").exists()
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):  # from step 0 again, and says so
+        train(store, cfg, tmp_path / "resumed")
+    assert "resumed stopped before its first checkpoint (every 15 steps)" in capsys.readouterr().err
     assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
     with (tmp_path / "resumed" / "log.jsonl").open("a") as log:  # a line the kill cut short
         log.write('{"step": 29, "tokens"')

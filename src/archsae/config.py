@@ -327,7 +327,7 @@ class StabilityConfig:
         _check(self.runs >= 2, f"stability compares runs: runs must be >= 2, got {self.runs}")
         _check(self.snapshots >= 1, f"snapshots must be >= 1, got {self.snapshots}")
         _check(0 < self.perturb_subset < 1, f"perturb_subset must be in (0, 1), got {self.perturb_subset}")
-        _check(self.max_tokens >= 2 and self.null_points >= 1, "max_tokens must be >= 2 and null_points >= 1")
+        _check(self.max_tokens >= 2 and self.null_points >= 0, "max_tokens must be >= 2 and null_points >= 0")
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,11 @@ class ActivationStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         if not (self.root / "store.json").exists():
-            raise ArchsaeError(f"no activation store at {self.root}: run `archsae extract` or `archsae store import`")
+            hint = ""
+            if (self.root.parent / "store.json").exists():  # a store's own folder passed as --run-dir
+                hint = f"; {self.root.parent} is itself a store: pass the folder that holds it as --run-dir"
+            raise ArchsaeError(f"no activation store at {self.root}: run `archsae extract` or `archsae store import`"
+                               f"{hint}")
         self.meta = read_meta(self.root)
         if not self.meta["complete"]:
             raise ArchsaeError(f"the store at {self.root} is incomplete (interrupted extraction); "

@@ -172,6 +172,7 @@ class _Trainer:
                 shutil.rmtree(self.out_dir)
             world.barrier()
             stored = None
+        self.restarted = stored is not None  # (until a checkpoint is found below)
         if stored is not None:
             finished = (self.out_dir / "model.safetensors").exists()
             refuse_if_different({**stored, **resolved}, {**self.config, **resolved}, self.out_dir, "a model",
@@ -197,6 +198,7 @@ class _Trainer:
         self.since_fired = torch.zeros(cfg.k, dtype=torch.int64, device=device)  # tokens since each code fired
         self.ckpt, self.log_path = self.out_dir / "checkpoint.safetensors", self.out_dir / "log.jsonl"
         self.start = self._load_checkpoint() if self.ckpt.exists() else 0
+        self.restarted = self.restarted and self.start == 0
         if self.start == 0:  # data-dependent initialisation, from the calibration tokens
             with torch.no_grad():
                 if not cfg.archetypal:  # b at the data mean (~0 when centred); archetypal atoms already span it
@@ -535,6 +537,9 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
     if world.rank == 0:
         for t in (t for t in active if t.start > 0):
             tqdm.write(f"train: resuming {t.out_dir.name} from step {t.start} of {total}", file=sys.stderr)
+        for t in (t for t in active if t.restarted):
+            tqdm.write(f"train: {t.out_dir.name} stopped before its first checkpoint (every "
+                       f"{t.cfg.checkpoint_every} steps); training it from step 0", file=sys.stderr)
         short = sorted({t.cfg.warmup_steps for t in active if t.cfg.warmup_steps > total})
         if short:
             tqdm.write(f"train: warning: {total} steps, fewer than the {short[-1]} warmup steps: the learning rate "

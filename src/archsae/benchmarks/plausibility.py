@@ -63,7 +63,9 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
     references = {"random atoms": {str(k): metrics.plausibility(torch.randn(k, store.d, generator=g), heads)
                                    for k in cfg.k},
                   f"candidates C (n' = {len(candidates)})": metrics.plausibility(candidates, heads)}
-    summary = {"config": to_dict(cfg), "train": to_dict(train_cfg), "distill": to_dict(distill_cfg),
+    per_job = ("method", "k", "delta", "centroids_seed")  # set per model above, from cfg: not train_cfg's
+    summary = {"config": to_dict(cfg), "train": {f: v for f, v in to_dict(train_cfg).items() if f not in per_job},
+               "distill": to_dict(distill_cfg),
                "directions": heads_from, "rows": rows, "references": references}
     write_json(out / "results.json", summary)
     return summary
