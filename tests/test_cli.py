@@ -169,13 +169,17 @@ def test_stability_command_sweeps_methods_and_modes(tmp_path):
     assert {p.name for p in (run / "stability").glob("*.png")} == {"trajectories.png", "stability_r2.png"}
     _error(invoke("train", "--run-dir", tmp_path / "missing"), "no activation store")
     _error(invoke("train", "--run-dir", run / "store"), "is itself a store: pass the folder that holds it")
-    # n' < k is refused before any k-means, and with the options of the command
-    _error(invoke("stability", "--run-dir", tmp_path / "nothing", "--method", "ra-topk", "--k", 64,
-                  "--distill-n-centroids", 16), "ra-topk with --k 64 needs at least as many candidates, but "
-           "--distill-n-centroids is 16")
-    _error(invoke("benchmark", "plausibility", "--run-dir", tmp_path / "nothing",
-                  "--k", 64, "--distill-n-centroids", 16), "--distill-n-centroids is 16")
-    assert not (tmp_path / "nothing" / "benchmarks").exists()
+    # n' < k is refused before any k-means, naming the command's own option
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for args, option in [(("stability", "--method", "ra-topk", "--k", 64, "--distill-n-centroids", 16),
+                          "--distill-n-centroids"),
+                         (("benchmark", "plausibility", "--k", 64, "--distill-n-centroids", 16), "--distill-n-centroids"),
+                         (("benchmark", "distillation", "--train-k", 64, "--n-centroids", 16, "--max-points", 100),
+                          "--n-centroids")]:
+        result = invoke(*args, "--run-dir", run)
+        _error(result, "with k = 64 atoms needs at least as many candidates, got n' = 16")
+        assert f"pass {option} k or more" in result.output
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing made, nothing distilled
     assert not list((tmp_path / "c").glob("models/*/model.safetensors"))
 
 

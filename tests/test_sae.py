@@ -158,7 +158,8 @@ def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, mon
     capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):  # from step 0 again, and says so
         train(store, cfg, tmp_path / "resumed")
-    assert "resumed stopped before its first checkpoint (every 15 steps)" in capsys.readouterr().err
+    assert "resumed has no checkpoint (stopped before its first, or deleted); training it from step 0" in \
+        capsys.readouterr().err
     assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
     with (tmp_path / "resumed" / "log.jsonl").open("a") as log:  # a line the kill cut short
         log.write('{"step": 29, "tokens"')

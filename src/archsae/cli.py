@@ -146,8 +146,6 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
                     except ArchsaeError as e:
                         raise ArchsaeError(_as_flags(str(e), _options(cls, hidden.get(key, ())), prefixes[key])) \
                             from None
-                _check_candidate_count(built, {key: _flags(_options(cls, hidden.get(key, ())), prefixes[key])
-                                               for key, cls in configs.items()})
                 result = fn(**kw, **built)
             except ArchsaeError as e:
                 typer.echo(f"archsae {full_name}: error: {e}", err=True)
@@ -162,19 +160,6 @@ def command(app_: typer.Typer, name: str, configs: dict[str, type], params: list
         app_.command(name)(wrapper)
         return fn
     return deco
-
-
-def _check_candidate_count(built: dict, flags: dict[str, dict[str, str]]) -> None:
-    """Before any k-means: a command that distils C and trains on it needs n' >= k for every archetypal
-    dictionary (`build_sae`'s rule, which would otherwise refuse only once C is made)."""
-    if "train" not in built or "distill" not in built:
-        return
-    n_prime = built["distill"].n_centroids
-    for cfg in built["train"] if isinstance(built["train"], list) else [built["train"]]:
-        if cfg.archetypal and cfg.w_init != "random" and n_prime < cfg.k:
-            raise ArchsaeError(f"{cfg.method} with {flags['train']['k']} {cfg.k} needs at least as many candidates, "
-                               f"but {flags['distill']['n_centroids']} is {n_prime}: raise it to k or more, or "
-                               "lower k")
 
 
 def _param(name: str, annotation, default, help: str, *flags: str) -> inspect.Parameter:
@@ -423,9 +408,6 @@ def plausibility_cmd(run: Path, device: str, bench: PlausibilityBenchConfig, tra
     from .report.plots import plausibility_plot
     from .store import ActivationStore
 
-    if max(bench.k) > distill.n_centroids:  # before any k-means (build_sae would refuse only once C is made)
-        raise ArchsaeError(f"A-SAE and RA-SAE with --k {max(bench.k)} need at least as many candidates, but "
-                           f"--distill-n-centroids is {distill.n_centroids}: raise it to k or more, or lower k")
     results = plausibility_benchmark(run, ActivationStore(run / "store"), bench, train, distill, _device(device))
     plausibility_plot(results, run / "benchmarks" / "plausibility" / "table2.png")
     rows = {label: {f"k={k}": v for k, v in r.items()} for label, r in results["rows"].items()}

@@ -11,7 +11,8 @@ keeps each run's dictionary along training (TrainConfig.snapshot_every), and rep
 - for runs trained on uncentred data (A / std), the same with the data-mean direction projected out of
   the atoms; runs on centred data (the default) are the other side of that comparison;
 - null levels: two random Gaussian dictionaries, and two differently seeded k-means dictionaries of k
-  atoms (agreement any method confined to the data's hull gets for free), and each score minus them;
+  atoms on as many tokens as C's k-means (agreement any method confined to the data's hull gets for free),
+  and each score minus them;
 - matching by the correlation of the runs' codes on the same held-out tokens (metrics.code_correlation),
   which does not look at the atoms at all.
 
@@ -37,7 +38,7 @@ from .config import DistillConfig, StabilityConfig, TrainConfig, sweep_labels, t
 from .distill import centroids_path_of, distill, kmeans
 from .evaluate import reconstruct
 from .files import write_json
-from .sae import load_sae
+from .sae import check_candidate_count, load_sae
 from .store import ActivationStore
 from .train import Job, total_steps, train_many
 
@@ -102,6 +103,9 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     out = Path(run_dir) / "stability"
     labels = dict(zip(bases, sweep_labels(bases)))
     spaces = [True, False] if cfg.uncentred else [True]
+    for base, mode in itertools.product(bases, cfg.mode):  # before any k-means
+        check_candidate_count(run_config(base, mode, 0, True, cfg, 1), distill_cfg.n_centroids,
+                              "pass --distill-n-centroids k or more")
     jobs: dict[TrainConfig, Job] = {}
     centroids: dict[DistillConfig, torch.Tensor] = {}
     groups = []
@@ -215,7 +219,7 @@ def _nulls(store: ActivationStore, ks: list[int], spaces: list[bool], cfg: Stabi
     n_points = cfg.null_points or distill_cfg.max_points
     sample = store.standardise(store.sample(n_points, 1, "train")).numpy()
     nulls = {}
-    for k in tqdm(ks, desc="null levels", unit="k"):
+    for k in tqdm(ks, desc="null levels", unit="size"):  # one per dictionary size k
         c0, c1 = (torch.from_numpy(kmeans(sample, k, seed, distill_cfg.n_iter)) for seed in (0, 1))
         random = metrics.stability_null(k, store.d)  # the same in every space
         for centre in spaces:

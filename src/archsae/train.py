@@ -538,8 +538,8 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
         for t in (t for t in active if t.start > 0):
             tqdm.write(f"train: resuming {t.out_dir.name} from step {t.start} of {total}", file=sys.stderr)
         for t in (t for t in active if t.restarted):
-            tqdm.write(f"train: {t.out_dir.name} stopped before its first checkpoint (every "
-                       f"{t.cfg.checkpoint_every} steps); training it from step 0", file=sys.stderr)
+            tqdm.write(f"train: {t.out_dir.name} has no checkpoint (stopped before its first, or deleted); "
+                       "training it from step 0", file=sys.stderr)
         short = sorted({t.cfg.warmup_steps for t in active if t.cfg.warmup_steps > total})
         if short:
             tqdm.write(f"train: warning: {total} steps, fewer than the {short[-1]} warmup steps: the learning rate "

@@ -21,7 +21,7 @@ from ..config import DistillationBenchConfig, DistillConfig, TrainConfig, to_dic
 from ..distill import centroids_path, distill
 from ..evaluate import atoms_of, reconstruct
 from ..files import write_json
-from ..sae import load_sae
+from ..sae import check_candidate_count, load_sae
 from ..store import ActivationStore
 from ..train import Job, train_many
 
@@ -35,6 +35,7 @@ def distillation_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Dis
     on an impossible setting (n' > tokens, or n' < k)."""
     out = Path(run_dir) / "benchmarks" / "distillation"
     base = replace(train_cfg, method="a-" + cfg.sparsity).canonical()
+    check_candidate_count(base, cfg.n_centroids, "pass --n-centroids k or more")  # before any distillation
     jobs, candidates = {}, {}
     for method, run in itertools.product(cfg.method, range(cfg.runs)):
         seed = base.seed + run

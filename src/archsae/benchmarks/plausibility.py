@@ -21,7 +21,7 @@ from ..distill import centroids_path_of, distill
 from ..errors import ArchsaeError
 from ..evaluate import atoms_of, class_directions
 from ..files import write_json
-from ..sae import load_sae
+from ..sae import check_candidate_count, load_sae
 from ..store import ActivationStore
 from ..train import Job, train_many
 
@@ -39,19 +39,22 @@ def plausibility_benchmark(run_dir: str | Path, store: ActivationStore, cfg: Pla
     results.json` ({"rows": {label: {k: plausibility}}, "references": ...}). Its models are reused when rerun
     with the same settings and retrained otherwise. Raises ArchsaeError when the store's model has no
     classifier head over its features (e.g. an inner layer)."""
+    dictionaries = [None, *cfg.delta]
+    configs = {}
+    for delta, k in itertools.product(dictionaries, cfg.k):
+        method = cfg.sparsity if delta is None else ("a-" if delta == 0 else "ra-") + cfg.sparsity
+        configs[delta, k] = replace(train_cfg, method=method, k=k, delta=delta or train_cfg.delta,
+                                    top_k=min(train_cfg.top_k, k), centroids_seed=distill_cfg.seed).canonical()
+        check_candidate_count(configs[delta, k], distill_cfg.n_centroids, "pass --distill-n-centroids k or more")
     heads, heads_from = class_directions(store)
     if heads is None:
         raise ArchsaeError(f"plausibility needs class directions: {heads_from}; extract the final "
                            "features (no --layer) of a pretrained classifier")
     out = Path(run_dir) / "benchmarks" / "plausibility"
-    dictionaries = [None, *cfg.delta]
     candidates = distill(store, distill_cfg, centroids_path_of(run_dir, distill_cfg))
     jobs = {}
-    for delta, k in itertools.product(dictionaries, cfg.k):
-        method = cfg.sparsity if delta is None else ("a-" if delta == 0 else "ra-") + cfg.sparsity
-        tcfg = replace(train_cfg, method=method, k=k, delta=delta or train_cfg.delta,
-                       top_k=min(train_cfg.top_k, k), centroids_seed=distill_cfg.seed).canonical()
-        name = method + (f"-delta{delta:g}" if delta else "") + f"-k{k}"
+    for (delta, k), tcfg in configs.items():
+        name = tcfg.method + (f"-delta{delta:g}" if delta else "") + f"-k{k}"
         jobs[delta, k] = Job(tcfg, out / "models" / name, candidates if delta is not None else None, own_cache=True)
     train_many(store, list(jobs.values()), device)
 

@@ -2,7 +2,7 @@
 
 from .activations import BatchTopK, JumpReLU, Penalised, ReLU, TopK
 from .dictionary import ArchetypalDictionary, FreeDictionary
-from .model import SAE, StepOutput, build_sae, load_sae, sae_config, save_sae
+from .model import SAE, StepOutput, build_sae, check_candidate_count, load_sae, sae_config, save_sae
 
 __all__ = ["SAE", "ArchetypalDictionary", "BatchTopK", "FreeDictionary", "JumpReLU", "Penalised", "ReLU", "StepOutput",
-           "TopK", "build_sae", "load_sae", "sae_config", "save_sae"]
+           "TopK", "build_sae", "check_candidate_count", "load_sae", "sae_config", "save_sae"]

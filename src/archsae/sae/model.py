@@ -307,6 +307,17 @@ def build_activation(cfg: TrainConfig, k: int) -> nn.Module:
     return ReLU(cfg.l1 or RELU_L1_START, 0 if cfg.l1 else cfg.top_k)
 
 
+def check_candidate_count(cfg: TrainConfig, n_prime: int, fix: str = "distill with --n-centroids k or more") -> None:
+    """Raise ArchsaeError unless n' candidates can start the archetypal dictionary of `cfg`: unless W starts
+    random, k atoms on fewer than k candidates would start as copies of one another. `build_sae` checks it;
+    the commands that distil C before training call it first, so that no k-means runs in vain, with the fix
+    in their own options (`fix`). Free dictionaries pass."""
+    if cfg.archetypal and cfg.w_init != "random" and n_prime < cfg.k:
+        raise ArchsaeError(f"{cfg.method} with k = {cfg.k} atoms needs at least as many candidates, got "
+                           f"n' = {n_prime}: atoms would start as copies of one another (the paper uses "
+                           f"n' = 32,000 for k = 5 d); {fix}, or lower k")
+
+
 def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = None,
               delta: float | None = None, empty: bool = False) -> SAE:
     """An SAE as `cfg` describes: any sparsity with a free or an (relaxed) archetypal dictionary.
@@ -328,10 +339,7 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
             raise ArchsaeError(f"candidates C have shape {tuple(candidates_nd.shape)}; expected (n', {d})")
         if not torch.isfinite(candidates_nd).all():
             raise ArchsaeError("candidates C hold NaN or Inf: distil them again from finite activations")
-        if len(candidates_nd) < cfg.k and cfg.w_init != "random":
-            raise ArchsaeError(f"{cfg.method} with k = {cfg.k} atoms needs at least as many candidates, got "
-                               f"n' = {len(candidates_nd)}: atoms would start as copies of one another (the paper "
-                               "uses n' = 32,000 for k = 5 d); distill with --n-centroids above k, or lower --k")
+        check_candidate_count(cfg, len(candidates_nd))
         delta = cfg.effective_delta if delta is None else delta
         dictionary = ArchetypalDictionary(candidates_nd, cfg.k, delta, "empty" if empty else cfg.w_init, dict_gen,
                                           cfg.w_support)
