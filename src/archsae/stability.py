@@ -135,12 +135,8 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
 
     acts = store.sample(cfg.max_tokens, 0, "heldout")
     nulls, null_tokens = _nulls(store, sorted({g["k"] for g in groups}), spaces, cfg, distill_cfg)
-    cache: dict[tuple, dict] = {}  # groups of the same runs are scored once
     for group in tqdm(groups, desc="stability", unit="group"):
-        key = tuple(group["runs"])
-        if key not in cache:
-            cache[key] = _group_scores(out, group["runs"], store, acts)
-        group.update(cache[key])
+        group.update(_group_scores(out, group["runs"], store, acts))
         null = nulls[f"{group['k']}-{group['space']}"]
         group["final_minus_null"] = {n: group["final"] - null[n] for n in ("random", "kmeans")}
         if group["final_projected"] is not None:
