@@ -106,6 +106,20 @@ def test_the_kmeans_null_sees_as_many_tokens_as_c_unless_told(experiment):
     assert tokens == DISTILL.max_points and set(nulls) == {"24-centred"}
 
 
+def test_a_run_directory_with_only_a_stability_experiment_gets_a_report(experiment):
+    """No models, no metrics.json: the report shows the experiment, and every image it names exists."""
+    import re
+
+    from archsae.report import write_report
+
+    run, _, results = experiment
+    stability_plots(results, run / "stability")
+    html = write_report(run).read_text()
+    assert "<h2>Stability across runs" in html and "<h2>Metrics" not in html and "3,000" in html  # null tokens
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert images and all((run / "report" / src).is_file() for src in images)
+
+
 def test_the_delta_figure_is_drawn_when_several_deltas_were_trained(experiment, tmp_path):
     _, _, results = experiment
     groups = [dict(g, params={**g["params"], "delta": delta}) for g in results["groups"]

@@ -124,13 +124,21 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     R² (Fig. 3), training curves, the stability experiment (stability/, when `archsae stability` ran), the
     benchmarks that ran (benchmarks/*/results.json), and for the first run of each
     group (see `evaluate`) its most used concepts with top images and heatmaps.
-    Raises ArchsaeError if the store, models or metrics.json are missing."""
+    A run directory without models (`archsae stability` or a benchmark alone) gets a report of those.
+    Raises ArchsaeError if the store is missing, if models were trained but not evaluated (no metrics.json),
+    or if there is nothing to report."""
     run_dir = Path(run_dir)
     out = run_dir / "report"
-    if not (run_dir / "metrics.json").exists():
+    stability = run_dir / "stability" / "results.json"
+    bench = {name: read_json(path) for name in ("distillation", "plausibility", "identifiability")
+             if (path := run_dir / "benchmarks" / name / "results.json").exists()}
+    if (run_dir / "metrics.json").exists():
+        evaluated = read_json(run_dir / "metrics.json")
+    elif any((run_dir / "models").glob("*/model.safetensors")) or not (stability.exists() or bench):
         raise ArchsaeError(f"{run_dir / 'metrics.json'} does not exist: run `archsae evaluate --run-dir {run_dir}` "
                            "first (the report shows what it measured)")
-    evaluated = read_json(run_dir / "metrics.json")
+    else:  # only a stability experiment or benchmarks: their sections alone
+        evaluated = {"models": {}, "groups": {}}
     metrics = evaluated["models"]
     unmeasured = sorted(p.parent.name for p in (run_dir / "models").glob("*/model.safetensors")
                         if p.parent.name not in metrics and p.parent.name not in evaluated.get("skipped", {}))
@@ -159,11 +167,9 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
                 c.file = f"concepts/{name}_{c.index}.png"
                 save_image(out / c.file, c.strip)
         galleries.append({"name": name, "group": group, "concepts": concepts})
-    _training_curves(run_dir / "models", evaluated, out / "training.png")
+    if groups:
+        _training_curves(run_dir / "models", evaluated, out / "training.png")
     tradeoff = tradeoff_plot(evaluated, out / "tradeoff.png")
-    bench = {name: read_json(path) for name in ("distillation", "plausibility", "identifiability")
-             if (path := run_dir / "benchmarks" / name / "results.json").exists()}
-    stability = run_dir / "stability" / "results.json"
     figures = _copy_figures(run_dir, out, ["stability/*.png", "benchmarks/*/*.png", "benchmarks/identifiability/*/*.png"])
     env = Environment(loader=PackageLoader("archsae", "report/templates"), autoescape=select_autoescape())
     env.filters["metric"] = lambda value, key: format_metric(key, value)
