@@ -54,6 +54,7 @@ def test_the_verdict_reads_a_shared_start_as_inherited(experiment):
     assert verdict(shared["t0"], shared["final"], null).startswith("inherited from the start")
     assert verdict(0.2, 0.5, 0.3).startswith("stabilised by training")
     assert verdict(0.45, 0.5, 0.495).startswith("no better than the k-means null")
+    assert verdict(1.0, 0.62, 0.1).endswith("end at 0.620 (training lost 0.380 of it)")
 
 
 def test_trajectories_run_from_the_start_to_the_end_of_training(experiment):

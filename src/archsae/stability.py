@@ -51,11 +51,13 @@ def verdict(t0: float, final: float, null: float, null_name: str = "k-means") ->
     at the end of training, and its null: for an archetypal dictionary the k-means null (two k-means
     dictionaries of k atoms, different seeds: what confinement to the data's hull gives for free), for a free
     one the random null. "no better than the null" when final <= null + MARGIN; else "inherited from the
-    start" when training added less than MARGIN to t = 0; else "stabilised by training"."""
+    start" when training added less than MARGIN to t = 0 (saying how much it lost, if more than MARGIN); else
+    "stabilised by training"."""
     if final <= null + MARGIN:
         return f"no better than the {null_name} null: final {final:.3f} against {null:.3f} for two {null_name} dictionaries"
     if final <= t0 + MARGIN:
-        return f"inherited from the start: the runs agreed at {t0:.3f} before training and end at {final:.3f}"
+        lost = f" (training lost {t0 - final:.3f} of it)" if final < t0 - MARGIN else ""
+        return f"inherited from the start: the runs agreed at {t0:.3f} before training and end at {final:.3f}{lost}"
     return (f"stabilised by training: {t0:.3f} at t = 0 to {final:.3f}, "
             f"{final - max(t0, null):+.3f} over the larger of t = 0 and the {null_name} null")
 
