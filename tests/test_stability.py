@@ -1,5 +1,7 @@
 """The stability protocol: initialisation modes, trajectories from t = 0, nulls, plots."""
 
+from dataclasses import replace
+
 import pytest
 
 from archsae.config import DistillConfig, StabilityConfig, TrainConfig
@@ -127,3 +129,19 @@ def test_the_delta_figure_is_drawn_when_several_deltas_were_trained(experiment, 
               if g["method"] == "ra-topk" for delta in (0.01, 0.1)]
     paths = stability_plots({**results, "groups": groups}, tmp_path)
     assert [p.name for p in paths] == ["trajectories.png", "stability_r2.png", "delta.png"]
+
+
+def test_a_later_call_adding_a_configuration_reuses_the_earlier_runs(experiment):
+    """Run folders are named by the configuration, not by what else a call sweeps (README: "to add one, repeat
+    the earlier options with it"): a call with another k beside the earlier one trains only the new runs."""
+    run, store, _ = experiment
+    models = run / "stability" / "models"
+    folders = lambda: {p.parent.name: p.stat().st_mtime_ns for p in models.glob("*/model.safetensors")}  # noqa: E731
+    before = folders()
+    cfg = StabilityConfig(mode=("independent",), runs=2, snapshots=3, max_tokens=600, null_points=3000)
+    results = run_stability(run, store, [BASE, replace(BASE, k=32)], cfg, DISTILL, "cpu")
+    after = folders()
+    new = sorted(set(after) - set(before))
+    assert len(new) == 2 and all("-k32-" in name for name in new)  # only k = 32 was trained
+    assert all(after[name] == mtime for name, mtime in before.items())
+    assert [g["label"] for g in results["groups"]] == ["topk-k24", "topk-k32"]

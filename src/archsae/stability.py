@@ -16,14 +16,15 @@ keeps each run's dictionary along training (TrainConfig.snapshot_every), and rep
 - matching by the correlation of the runs' codes on the same held-out tokens (metrics.code_correlation),
   which does not look at the atoms at all.
 
-Layout under the run directory: `stability/models/{name}/` (one folder per distinct configuration: run 0 of a
-free dictionary's `shared` mode is run 0 of its `independent` mode, trained once),
+Layout under the run directory: `stability/models/{configuration}-{mode}-r{run}/` (`folder_label`; one folder per
+distinct configuration: run 0 of a free dictionary's `shared` mode is run 0 of its `independent` mode, trained once),
 and `stability/results.json`, which `report.plots.stability_plots` draws (trajectories, Fel et al. Fig. 3
 and Fig. 4).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -60,6 +61,17 @@ def verdict(t0: float, final: float, null: float, null_name: str = "k-means") ->
         return f"inherited from the start: the runs agreed at {t0:.3f} before training and end at {final:.3f}{lost}"
     return (f"stabilised by training: {t0:.3f} at t = 0 to {final:.3f}, "
             f"{final - max(t0, null):+.3f} over the larger of t = 0 and the {null_name} null")
+
+
+def folder_label(base: TrainConfig) -> str:
+    """The name of a configuration's run folders under stability/models: its method and every option it uses
+    that is off its default (e.g. 'ra-topk-delta16.0'), whatever else the call sweeps, so that a later call
+    adding a configuration finds the earlier runs under their names (the table's labels name only what a
+    call sweeps)."""
+    default = TrainConfig(method=base.method)
+    fields = [f.name for f in dataclasses.fields(base) if f.name not in ("method", "snapshot_every", "checkpoint_every")
+              and f.name not in base.unused_fields() and getattr(base, f.name) != getattr(default, f.name)]
+    return "-".join([base.method] + [f"{f.replace('_', '')}{getattr(base, f)}" for f in fields])
 
 
 def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: StabilityConfig,
@@ -119,7 +131,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
         for r in range(cfg.runs):
             tcfg = run_config(base, mode, r, centre, cfg, max(1, steps // cfg.snapshots))
             if tcfg not in jobs:
-                name = f"{label}-{mode}{'' if centre else '-uncentred'}-r{r}"
+                name = f"{folder_label(base)}-{mode}{'' if centre else '-uncentred'}-r{r}"
                 candidates = None
                 if tcfg.archetypal:
                     dcfg = replace(distill_cfg, seed=tcfg.kmeans_seed, subset=tcfg.subset, subset_seed=tcfg.subset_seed)
