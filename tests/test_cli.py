@@ -375,6 +375,21 @@ def test_a_moved_run_folder_is_the_same_run(tmp_path):
     assert model.stat().st_mtime_ns == before  # reused, not retrained
 
 
+def test_runs_differing_only_in_seeds_or_cadences_share_a_group():
+    """Stability is over a group's pairs: a run saved at another cadence or with snapshots is the same
+    configuration (found by a new user: --checkpoint-every 20 put a third seed in a group of its own)."""
+    from dataclasses import replace
+
+    from archsae.config import TrainConfig
+    from archsae.evaluate import group_label
+
+    labels, base = {}, TrainConfig(k=256)
+    runs = [base, replace(base, seed=1, data_seed=3),
+            replace(base, seed=2, checkpoint_every=20, heldout_every=50, snapshot_every=7, streams=2)]
+    assert {group_label(c, f"topk-s{c.seed}", labels) for c in runs} == {"topk"}
+    assert group_label(replace(base, k=512, seed=3), "topk-s3", labels) == "topk (k=512)"
+
+
 def test_evaluate_reports_a_model_it_cannot_score_and_scores_the_others(tmp_path):
     import json
 

@@ -86,13 +86,19 @@ def class_directions(store: ActivationStore, backbone=None) -> tuple[torch.Tenso
     return heads.float() * store.std_d, f"head of {config['model']} ({heads.shape[0]} classes), v * std"
 
 
+# Fields runs of one configuration may differ in: their seeds, and when they log, save and snapshot, or how many
+# streams read the data (a resume is exact at any cadence, and streams see the same batches).
+SAME_MODEL = ("seed", "data_seed", "centroids_seed", "subset_seed", "snapshot_every", "heldout_every",
+              "checkpoint_every", "streams")
+
+
 def group_label(cfg: TrainConfig | ClassicalConfig, name: str, labels: dict[str, tuple[str, dict]]) -> str:
-    """The label of the group of runs `cfg` belongs to: configurations equal but for their seeds share one
-    (the first model's folder name without its -s{seed}); a configuration whose folder names a label already
-    taken gets the fields in which it differs from that one ("topk (k=256)"), then a number if need be.
-    `labels` maps each configuration seen to its (label, fields)."""
-    seeds = dict(seed=0, centroids_seed=-1, subset_seed=0) if isinstance(cfg, TrainConfig) else dict(seed=0)
-    fields = {"kind": type(cfg).__name__, **asdict(replace(cfg.canonical(), **seeds))}
+    """The label of the group of runs `cfg` belongs to: configurations equal but for their seeds (and for
+    `SAME_MODEL`'s fields) share one (the first model's folder name without its -s{seed}); a configuration whose
+    folder names a label already taken gets the fields in which it differs from that one ("topk (k=256)"), then
+    a number if need be. `labels` maps each configuration seen to its (label, fields)."""
+    same = {f: getattr(TrainConfig(), f) for f in SAME_MODEL} if isinstance(cfg, TrainConfig) else dict(seed=0)
+    fields = {"kind": type(cfg).__name__, **asdict(replace(cfg.canonical(), **same))}
     key = json.dumps(fields, sort_keys=True)
     if key not in labels:
         taken = {label: theirs for label, theirs in labels.values()}
