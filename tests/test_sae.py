@@ -137,6 +137,13 @@ def test_w_init_modes_make_no_zero_atoms_for_k_below_and_above_n_prime(k):
     assert torch.allclose(ident.weights @ candidates, candidates[torch.arange(k) % 10])
 
 
+def test_loading_a_missing_model_names_the_models_beside_it(planted, tmp_path):
+    store, _ = planted
+    train(store, TrainConfig(k=8, top_k=2, epochs=0.2, batch_size=512), tmp_path / "models" / "topk-s0")
+    with pytest.raises(ArchsaeError, match="topk-s9 .model.safetensors missing.; models beside it: topk-s0$"):
+        load_sae(tmp_path / "models" / "topk-s9")  # a typo
+
+
 def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, monkeypatch, capsys):
     store, _ = planted
     cfg = TrainConfig(method="topk", k=24, top_k=2, epochs=2, batch_size=512, checkpoint_every=15)
