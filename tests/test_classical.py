@@ -104,3 +104,6 @@ def test_a_saved_model_encodes_and_decodes_as_the_fitted_one(planted, name, tmp_
     assert fit_baseline(train, cfg, tmp_path / name).dictionary.equal(fitted.dictionary)  # reused, not refitted
     with pytest.raises(ArchsaeError, match=r"another configuration \(config.k: 8 there, 4 now; "):
         fit_baseline(train, ClassicalConfig(method=name, k=4, max_tokens=3000), tmp_path / name)
+    if name in ("pca", "ica", "sparse_pca", "svd"):  # an impossible k is said before the folder's other k
+        with pytest.raises(ArchsaeError, match="finds at most min.n, d. = 32 components; got k = 40"):
+            fit_baseline(train, ClassicalConfig(method=name, k=40, max_tokens=3000), tmp_path / name)

@@ -47,6 +47,10 @@ class Baseline(RawSpace):
                                f"d = {self.dictionary.shape[1]}")
         return acts_nd
 
+    def check_size(self, n: int, d: int) -> None:
+        """Raise ArchsaeError if k atoms cannot be fitted on n tokens of d dimensions (`fit_baseline` asks
+        before anything else, so an impossible k is said first)."""
+
     def fit(self, acts_nd) -> "Baseline":
         raise NotImplementedError
 
@@ -95,11 +99,13 @@ class SklearnBaseline(Baseline):
             "svd": lambda: TruncatedSVD(n_components=k, random_state=seed),
         }[name]()
 
+    def check_size(self, n: int, d: int) -> None:
+        if self.k > min(n, d):
+            raise ArchsaeError(f"{self.name} finds at most min(n, d) = {min(n, d)} components; got k = {self.k}")
+
     def fit(self, acts_nd) -> "SklearnBaseline":
         acts_nd = self._check(acts_nd)
-        if self.k > min(acts_nd.shape):
-            raise ArchsaeError(f"{self.name} finds at most min(n, d) = {min(acts_nd.shape)} components; "
-                               f"got k = {self.k}")
+        self.check_size(*acts_nd.shape)
         from sklearn.exceptions import ConvergenceWarning
 
         with warnings.catch_warnings(record=True) as caught:  # sparse PCA's inner lasso warns once per batch
@@ -274,6 +280,8 @@ def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Pat
     (`ActivationStore.normalisation`), so the model encodes raw ones. Raises ArchsaeError when `out_dir`
     holds a model of another configuration, or for the errors of `build_baseline` and `fit` (unknown
     method, k > min(n, d), wrong shape)."""
+    model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, basis_nd, cfg.n_iter)
+    model.check_size(*acts_nd.shape)
     if out_dir is not None and (Path(out_dir) / "model.safetensors").exists():
         model = load_baseline(out_dir)
         stored = read_json(Path(out_dir) / "config.json")
@@ -281,7 +289,7 @@ def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Pat
                             {"config": asdict(cfg), "store": info.get("store")}, out_dir,
                             f"a {model.config.method}", "choose another --name")
         return model
-    model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, basis_nd, cfg.n_iter).fit(acts_nd)
+    model.fit(acts_nd)
     model.config = cfg
     if normalisation is not None:
         model.set_normalisation_(*normalisation)
