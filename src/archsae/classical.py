@@ -281,7 +281,7 @@ def fit_baseline(acts_nd: torch.Tensor, cfg: ClassicalConfig, out_dir: str | Pat
     holds a model of another configuration, or for the errors of `build_baseline` and `fit` (unknown
     method, k > min(n, d), wrong shape)."""
     model = build_baseline(cfg.method, cfg.k, cfg.seed, cfg.l1, basis_nd, cfg.n_iter)
-    model.check_size(*acts_nd.shape)
+    model.check_size(*model._check(acts_nd).shape)
     if out_dir is not None and (Path(out_dir) / "model.safetensors").exists():
         model = load_baseline(out_dir)
         stored = read_json(Path(out_dir) / "config.json")
