@@ -172,7 +172,7 @@ class _Trainer:
                 shutil.rmtree(self.out_dir)
             world.barrier()
             stored = None
-        self.restarted = stored is not None  # (until a checkpoint is found below)
+        started_before = stored is not None
         if stored is not None:
             finished = (self.out_dir / "model.safetensors").exists()
             refuse_if_different({**stored, **resolved}, {**self.config, **resolved}, self.out_dir, "a model",
@@ -198,7 +198,7 @@ class _Trainer:
         self.since_fired = torch.zeros(cfg.k, dtype=torch.int64, device=device)  # tokens since each code fired
         self.ckpt, self.log_path = self.out_dir / "checkpoint.safetensors", self.out_dir / "log.jsonl"
         self.start = self._load_checkpoint() if self.ckpt.exists() else 0
-        self.restarted = self.restarted and self.start == 0
+        self.restarted = started_before and self.start == 0  # a folder of this model, but no checkpoint
         if self.start == 0:  # data-dependent initialisation, from the calibration tokens
             with torch.no_grad():
                 if not cfg.archetypal:  # b at the data mean (~0 when centred); archetypal atoms already span it

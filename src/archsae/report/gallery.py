@@ -72,12 +72,12 @@ def _codes(model: SAE, acts_nd: torch.Tensor) -> torch.Tensor:
     return torch.cat([model.encode(a) for a in acts_nd.split(4096)])
 
 
-@torch.no_grad()
 def missing_images(store: ActivationStore) -> list[int]:
     """The store's images whose file is not where store.json says (a store copied without its images)."""
     return [i for i, im in enumerate(store.images) if not Path(im["path"]).exists()]
 
 
+@torch.no_grad()
 def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_images: int = 8,
                     source_m: np.ndarray | None = None) -> list[Concept]:
     """`n_concepts` live codes spread evenly over the ranks of their density (share of tokens where they fire),
