@@ -279,6 +279,18 @@ def test_a_finished_archetypal_model_is_not_reused_on_other_candidates(planted, 
     assert torch.equal(train(store, cfg, tmp_path / "m", candidates[:80]).atoms(), model.atoms())
 
 
+def test_a_job_refused_in_a_group_leaves_no_other_folder_behind(planted, tmp_path):
+    """A group whose second job finds another configuration in its folder is refused before the first job
+    writes anything: no config.json, snapshot or log of a model that was never trained."""
+    store, _, candidates = planted
+    train(store, replace(BASE, method="ra-topk", epochs=1, delta=0.1), tmp_path / "taken", candidates)
+    jobs = [Job(replace(BASE, method="topk", epochs=1, snapshot_every=5), tmp_path / "new", None, {}),
+            Job(replace(BASE, method="ra-topk", epochs=1), tmp_path / "taken", candidates, {})]
+    with pytest.raises(ArchsaeError, match="another configuration"):
+        train_many(store, jobs)
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_checkpoint_that_does_not_fit_is_a_clear_error(planted, tmp_path, monkeypatch):
     """A checkpoint saved before C was recorded, resumed on candidates of another size: the error names the
     mismatch (not a torch traceback) and how to restart."""

@@ -204,7 +204,13 @@ class _Trainer:
                 if not cfg.archetypal:  # b at the data mean (~0 when centred); archetypal atoms already span it
                     self.model.b_pre.copy_(calibration_nd.mean(0))
                 self.model.init_from_data_(calibration_nd, cfg.top_k)
-        if world.rank == 0:
+        self._reset_window()
+
+    def begin(self) -> None:
+        """Write config.json, step 0's snapshot and the log cut back to the checkpoint. Called once every job of
+        the pass is accepted, so a job refused later (another configuration in its folder) leaves no other
+        job's folder half-made."""
+        if self.world.rank == 0:
             write_json(self.out_dir / "config.json", self.config)
             if self.start == 0:
                 self._snapshot(0)
@@ -212,7 +218,6 @@ class _Trainer:
             # line cut short by the kill (the log is appended to, not written atomically).
             lines = self.log_path.read_text().splitlines() if self.log_path.exists() else []
             write_text(self.log_path, "".join(l + "\n" for l in lines if _logged_step(l) < self.start))
-        self._reset_window()
 
     def _param_groups(self, d: int) -> list[dict]:
         """Adam's parameter groups: JumpReLU's log-thresholds at sqrt(d) times the rate of the rest. Adam moves
@@ -532,6 +537,8 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
                else None)  # R² needs two tokens at least (the identifiability benchmark holds out one)
     trainers = [_Trainer(job, store, total, n_streams, device, world, calibration, heldout) for job in jobs]
     active = [t for t in trainers if not t.done]
+    for t in active:
+        t.begin()
     start = min((t.start for t in active), default=total)
     names = active[0].out_dir.name if len(active) == 1 else f"{len(active)} models"
     if world.rank == 0:
