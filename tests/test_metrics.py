@@ -160,6 +160,9 @@ def test_code_correlation_is_one_for_permuted_rescaled_codes_and_low_for_unrelat
     Z[:, 3] = 0  # a dead code: correlation 0 with everything, in both
     perm = rng.permutation(20)
     assert metrics.code_correlation(Z, Z[:, perm] * rng.uniform(1, 5, 20)) == pytest.approx(19 / 20)
+    assert metrics.code_correlation(Z * 1e-9, Z[:, perm] * 1e-9) == pytest.approx(19 / 20)  # any units
+    Z[:, 5] = 7.0  # a constant code is dead too, though its float64 variance need not be exactly 0
+    assert metrics.code_correlation(Z, Z) == pytest.approx(18 / 20)
     assert metrics.code_correlation(Z, rng.permutation(Z)) < 0.2
 
 

@@ -471,7 +471,10 @@ def code_correlation(Z1, Z2) -> float:
         cross += a.T @ b
     cov = cross / n - torch.outer(s1 / n, s2 / n)
     sd1, sd2 = (q1 / n - (s1 / n) ** 2).clamp_min(0).sqrt(), (q2 / n - (s2 / n) ** 2).clamp_min(0).sqrt()
-    corr = torch.where(torch.outer(sd1, sd2) > 1e-12, cov / torch.outer(sd1, sd2).clamp_min(1e-12), 0.0).numpy()
+    # Constant up to rounding: a standard deviation below 1e-6 of the code's own RMS (a scale-free test, so codes
+    # of any units are treated alike; an all-zero code has RMS 0 and is dead too).
+    live1, live2 = sd1 > 1e-6 * (q1 / n).sqrt(), sd2 > 1e-6 * (q2 / n).sqrt()
+    corr = torch.where(torch.outer(live1, live2), cov / torch.outer(sd1, sd2).clamp_min(1e-300), 0.0).numpy()
     rows, cols = linear_sum_assignment(corr, maximize=True)
     return float(corr[rows, cols].sum() / max(k1, k2))
 
