@@ -50,6 +50,8 @@ def test_semi_nmf_recovers_the_planted_atoms_with_sparse_nonnegative_codes(plant
     model = build_baseline("semi_nmf", k=16, l1=0.3).fit(train)
     codes = model.encode(test)
     assert (codes >= 0).all() and metrics.l0(codes) < 3  # tokens hold 1 or 2 planted atoms
+    # unit atoms: l1 keeps its units (an unconstrained D grows as the L1 shrinks Z, and the penalty fades)
+    assert torch.allclose(model.dictionary.norm(dim=1), torch.ones(16), atol=1e-5)
     # alternating minimisation has local minima: half or more of the planted atoms are found exactly (a
     # random dictionary finds none), the others blended (seeds 0, 1, 2 find 9, 14 and 16 of 16)
     _, _, cos = metrics.match_atoms(atoms, model.dictionary)
@@ -62,6 +64,7 @@ def test_convex_nmf_atoms_are_nonnegative_mixtures_of_its_basis(planted):
     model = ConvexNMF(k=16, l1=0.01, basis_nd=basis).fit(train)
     assert (model.weights_km >= 0).all()
     assert torch.allclose(model.dictionary, model.weights_km @ basis, atol=1e-5)
+    assert torch.allclose(model.dictionary.norm(dim=1), torch.ones(16), atol=1e-5)
     assert (model.encode(test) >= 0).all()
 
 

@@ -6,11 +6,13 @@ PCA, ICA, Sparse PCA and SVD are scikit-learn's; KMeans is faiss's k-means with 
 the assigned centroid). Semi-NMF (Ding et al. 2010: Z >= 0, D free) and Convex-NMF (D = W X with W >= 0
 over a basis X, a subsample of A or the candidates C) are fitted by alternating minimisation of
 ||A - Z D||^2 / 2 + l1 ||Z||_1: Z by projected proximal gradient (FISTA) at fixed D, then D (Semi-NMF: in
-closed form) or W (Convex-NMF: projected gradient); `l1` sets the sparsity, as in the paper.
+closed form) or W (Convex-NMF: projected gradient); `l1` sets the sparsity, as in the paper. Atoms are kept
+unit-norm (each Z_i rescaled to keep Z D), so `l1` is in units of the standardised activations.
 """
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -117,7 +119,7 @@ class SklearnBaseline(Baseline):
                 warnings.warn(w.message, w.category, stacklevel=2)
         if convergence:  # one line, not one per inner solve
             warnings.warn(f"{self.name}: scikit-learn reported {len(convergence)} convergence warnings, e.g. "
-                          f"{str(convergence[0].message)[:120]}", ConvergenceWarning, stacklevel=2)
+                          f"{textwrap.shorten(str(convergence[0].message), 160)}", ConvergenceWarning, stacklevel=2)
         self.dictionary = _tensor(est.mixing_.T if self.name == "ica" else est.components_)
         self.mean_d = _tensor(getattr(est, "mean_", np.zeros(acts_nd.shape[1])))
         components = _tensor(est.components_).double()
@@ -172,6 +174,15 @@ def nonneg_lasso(acts_nd: torch.Tensor, atoms_kd: torch.Tensor, l1: float, iters
     return z
 
 
+def _unit_atoms(atoms_kd: torch.Tensor, codes_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same product Z D with unit-norm atoms: D_i / ||D_i||, Z_i ||D_i||. Without it, alternating an L1
+    code step and a least-squares atom step lets the atoms grow and the codes shrink (norms 80-180 on the
+    default store), so the L1 penalty weakens as fitting goes on and `l1` has no fixed meaning (l1 = 1 left
+    L0 at 207 of k = 256). With unit atoms, `l1` is in units of the standardised activations."""
+    norms_k = atoms_kd.norm(dim=1).clamp_min(1e-12)
+    return atoms_kd / norms_k[:, None], codes_nk * norms_k
+
+
 class SemiNMF(Baseline):
     """Semi-NMF (Ding et al. 2010) with an L1 penalty: Z >= 0 sparse, D free. Alternates a FISTA Z-step
     and the closed-form least-squares D = (Z^T Z + eps I)^{-1} Z^T A; atoms start on k-means centroids,
@@ -184,12 +195,12 @@ class SemiNMF(Baseline):
         from .distill import kmeans
 
         acts_nd = self._check(acts_nd)
-        self.dictionary = torch.from_numpy(kmeans(acts_nd.numpy(), self.k, self.seed))
+        self.dictionary = torch.nn.functional.normalize(torch.from_numpy(kmeans(acts_nd.numpy(), self.k, self.seed)))
         codes = None
         for _ in range(self.n_iter):
             codes = nonneg_lasso(acts_nd, self.dictionary, self.l1, 50, codes)
             gram = codes.T @ codes + 1e-6 * torch.eye(self.k)
-            self.dictionary = torch.linalg.solve(gram, codes.T @ acts_nd)
+            self.dictionary, codes = _unit_atoms(torch.linalg.solve(gram, codes.T @ acts_nd), codes)
         return self
 
     def _encode(self, x_nd: torch.Tensor) -> torch.Tensor:
@@ -213,6 +224,7 @@ class ConvexNMF(Baseline):
         m = len(basis)
         weights = torch.zeros(self.k, m)
         weights[torch.arange(self.k), torch.randperm(m, generator=g)[torch.arange(self.k) % m]] = 1.0
+        weights /= (weights @ basis).norm(dim=1, keepdim=True).clamp_min(1e-12)  # unit atoms (`_unit_atoms`)
         codes = None
         for _ in range(self.n_iter):
             self.dictionary = weights @ basis
@@ -222,6 +234,8 @@ class ConvexNMF(Baseline):
             step = 1.0 / (torch.linalg.matrix_norm(zz, ord=2) * torch.linalg.matrix_norm(xx, ord=2)).clamp_min(1e-12)
             for _ in range(20):
                 weights = torch.relu(weights - step * (zz @ weights @ xx - zax))
+            norms_k = (weights @ basis).norm(dim=1).clamp_min(1e-12)  # unit atoms (`_unit_atoms`)
+            weights, codes = weights / norms_k[:, None], codes * norms_k
         self.dictionary = weights @ basis
         self.weights_km = weights
         return self
