@@ -437,8 +437,11 @@ def identifiability_cmd(run: Path, device: str, model: str, quick: bool, bench: 
     columns = list(rows["mean (Table 3)"])
     table = "\n".join(_table("theme", {t: {c: r[c] for c in columns[i:i + 8]} for t, r in rows.items()})
                       for i in range(0, len(columns), 8))
+    below = [m for m, acc in results["mean"].items() if acc < results["chance"]]
     return (f"{table}\n{bench.n_train} train / {bench.n_test} test collages per theme (the paper: 2,000 / 2,000)"
-            f"\nwritten to {run / 'benchmarks' / 'identifiability'}")
+            + (f"\nbelow chance on test ({', '.join(below)}): the atoms and thresholds chosen on train do not carry "
+               "over to new collages" if below else "")
+            + f"\nwritten to {run / 'benchmarks' / 'identifiability'}")
 
 
 @command(app, "report", {"report": ReportConfig}, [RUN_OPTION])
