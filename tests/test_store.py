@@ -77,6 +77,9 @@ def test_import_rejects_nan_and_wrong_shape_and_writes_nothing_complete(tmp_path
     bad[7, 1] = np.nan
     with pytest.raises(ArchsaeError, match="NaN/Inf"):
         import_matrix(_save(tmp_path, bad), tmp_path / "s")
+    bad[7, 1], bad[8, 0] = 0.0, np.inf  # past the first shard: still refused before any shard is written,
+    with pytest.raises(ArchsaeError, match="first row 8"):  # naming the matrix's own row number
+        import_matrix(_save(tmp_path, bad), tmp_path / "s", shard_tokens=4)
     with pytest.raises(ArchsaeError, match="no activation store"):  # nothing was written
         ActivationStore(tmp_path / "s")
     assert not (tmp_path / "s").exists()  # not even an empty folder

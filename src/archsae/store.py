@@ -81,11 +81,11 @@ def merge_stats(parts: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, n
     return n, np.asarray(mean), np.asarray(m2)
 
 
-def check_finite(acts: np.ndarray, where: str) -> None:
-    """Raise ArchsaeError if `acts` holds NaN or Inf, naming the first bad row."""
+def check_finite(acts: np.ndarray, where: str, first_row: int = 0) -> None:
+    """Raise ArchsaeError if `acts` holds NaN or Inf, naming the first bad row (counted from `first_row`)."""
     bad = ~np.isfinite(acts).all(axis=1)
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+        row = first_row + int(np.flatnonzero(bad)[0])
         raise ArchsaeError(f"{where}: activations contain NaN/Inf ({int(bad.sum())} rows, first row {row}); "
                            "fix the source (an imported matrix; or the model in fp32, no corrupt images) before "
                            "storing")
@@ -214,8 +214,10 @@ class ActivationStore:
                                f"{hint}")
         self.meta = read_meta(self.root)
         if not self.meta["complete"]:
-            raise ArchsaeError(f"the store at {self.root} is incomplete (interrupted extraction); "
-                               "re-run the same `archsae extract` to resume it")
+            again = ("`archsae store import` of the same file" if self.meta.get("token_kind") == "imported"
+                     else "`archsae extract`")
+            raise ArchsaeError(f"the store at {self.root} is incomplete (interrupted while it was written); "
+                               f"re-run the same {again} to resume it")
         for s in self.meta["shards"]:
             if not (self.root / s["file"]).exists():
                 raise ArchsaeError(f"shard {s['file']} of {self.root} is missing; re-extract the store")
@@ -440,12 +442,15 @@ def matrix_store(matrix_nd, root: str | Path, source: str, shard_tokens: int = 1
     header = {"source": source, "model": "", "layer": "", "token_kind": "imported", "d": int(d),
               "dtype": dtype, "grid": None, "tokens_per_image": 1, "holdout_every": holdout_every, "images": [],
               **header}
+    # Every row is checked before the first shard is written: a bad row deep in the matrix would otherwise leave
+    # an incomplete store, which only the same (still bad) matrix may resume.
+    for start in range(0, n, shard_tokens):
+        check_finite(np.asarray(matrix_nd[start:start + shard_tokens], dtype=np.float32), source, first_row=start)
     writer = StoreWriter(root, header, images_per_shard=shard_tokens)
     if writer.complete:
         return ActivationStore(root)
     for start in range(writer.next_image, n, shard_tokens):
         rows = np.asarray(matrix_nd[start:start + shard_tokens], dtype=np.float32)
-        check_finite(rows, f"{source} rows {start}..{start + len(rows) - 1}")
         idx = np.arange(start, start + len(rows))
         writer.add(rows, idx, np.zeros_like(idx), n_images=len(rows))
     return writer.finish()
