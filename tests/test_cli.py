@@ -429,11 +429,17 @@ def test_evaluate_groups_runs_by_configuration_and_names_an_unfinished_model(tmp
     unfinished = tmp_path / "r" / "models" / "topk-s3"
     unfinished.mkdir()
     (unfinished / "checkpoint.safetensors").write_bytes(b"")
+    import shutil  # one training under two names: a repeat of seed 0, not a second independent run
+    shutil.copytree(tmp_path / "r" / "models" / "topk-s0", tmp_path / "r" / "models" / "topk-s0-again")
     _error(invoke("report", "--run-dir", tmp_path / "r"), "run `archsae evaluate --run-dir")
-    assert invoke("evaluate", "--run-dir", tmp_path / "r").exit_code == 0
+    result = invoke("evaluate", "--run-dir", tmp_path / "r")
+    assert result.exit_code == 0 and "topk-s0-again starts as topk-s0 does" in result.output, result.output
     evaluated = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert {g: v["runs"] for g, v in evaluated["groups"].items()} == {
-        "topk (k=8)": ["topk (k=8)-s0"], "topk": ["topk-s0", "topk-s1"], "topk (k=8) #2": ["topk-s2"]}  # folder order
+        "topk (k=8)": ["topk (k=8)-s0"], "topk": ["topk-s0", "topk-s0-again", "topk-s1"],
+        "topk (k=8) #2": ["topk-s2"]}  # folder order
+    topk = evaluated["groups"]["topk"]
+    assert topk["repeats"] == ["topk-s0-again"] and topk["stability"]["pairs"] == 1 and topk["stability"]["max"] < 1
     assert "did not finish" in evaluated["skipped"]["topk-s3"]
     assert invoke("train", *common, "--k", 16, "--seed", 4).exit_code == 0  # after evaluate: the report says so
     result = invoke("report", "--run-dir", tmp_path / "r")

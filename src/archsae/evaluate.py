@@ -155,8 +155,9 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     effective rank (eq. 11), coherence (eq. 12), connectivity (eq. 13, on CONNECTIVITY_TOKENS tokens),
     negative interference (eq. 14) and plausibility (Sec. 5.2, when the store's model has a classifier head
     over these features); `groups`: per group of runs (models whose configurations differ only in their
-    seeds, see `group_label`), its runs and, with two or more, stability, MMCS and max cosine over pairs of
-    runs (`pair_metrics`): properties of pairs, not of one run; `skipped`, if any, the models that could
+    seeds, see `group_label`), its runs, the `repeats` left out of its pairs (runs started as an earlier run of
+    the group was: the same seed on the same C) and, with two or more runs started apart, stability, MMCS and
+    max cosine over pairs of runs (`pair_metrics`): properties of pairs, not of one run; `skipped`, if any, the models that could
     not be scored (a damaged file, ...) with the reason, the others being scored. Raises ArchsaeError when
     no model can be scored.
     """
@@ -164,17 +165,18 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     acts = store.standardise(raw)
     heads, heads_from = class_directions(store)
     found = find_models(models_dir)
-    results, atoms, labels = {}, {}, {}
+    results, atoms, labels, starts = {}, {}, {}, {}
     skipped = {p.parent.name: "its training did not finish (a checkpoint, no model): run its train command again"
                for p in sorted(Path(models_dir).glob("*/checkpoint.safetensors")) if p.parent.name not in found}
     for name, reason in skipped.items():
         tqdm.write(f"evaluate: skipped {name}: {reason}")
     for name, path in tqdm(found.items(), desc="evaluate", unit="model", **quiet(len(found) < 2)):
         try:
-            trained_on = read_json(path / "config.json").get("store")
-            if trained_on not in (None, store.fingerprint):
+            info = read_json(path / "config.json")
+            if info.get("store") not in (None, store.fingerprint):
                 raise ArchsaeError("it was trained on another store (its config.json's fingerprint differs)")
             results[name] = _model_metrics(store, load_model(path), name, raw, acts, heads, labels)
+            starts[name] = (results[name]["seed"], info.get("candidates_sha256"))  # its initialisation: seed and C
         except (ArchsaeError, ValueError) as e:  # one model that cannot be scored does not sink the others
             skipped[name] = str(e)
             tqdm.write(f"evaluate: skipped {name}: {e}")
@@ -186,8 +188,20 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     groups = {}
     for group in dict.fromkeys(r["group"] for r in results.values()):
         names = [n for n, r in results.items() if r["group"] == group]
-        same_size = [n for n in names if atoms[n].shape == atoms[names[0]].shape]
-        groups[group] = {"runs": names, **(pair_metrics([atoms[n] for n in same_size]) or {})}
+        # Stability is between independently initialised runs: a run started like an earlier one (the same seed on
+        # the same C, e.g. one training under two names) would pair with it at 1.0, so it is left out of the pairs.
+        paired, repeats = {}, []
+        for n in names:
+            if atoms[n].shape != atoms[names[0]].shape:
+                continue
+            if starts[n] in paired:
+                repeats.append(n)
+                tqdm.write(f"evaluate: {n} starts as {paired[starts[n]]} does (seed {starts[n][0]}, same C): left "
+                           f"out of {group}'s stability pairs")
+            else:
+                paired[starts[n]] = n
+        groups[group] = {"runs": names, **({"repeats": repeats} if repeats else {}),
+                         **(pair_metrics([atoms[n] for n in paired.values()]) or {})}
     summary = {"models": results, "groups": groups, **({"skipped": skipped} if skipped else {})}
     write_json(out, summary)
     write_json(Path(out).with_name("evaluate.json"),
