@@ -64,6 +64,10 @@ def test_sae_and_classical_models_encode_raw_activations_through_one_interface(s
 def test_a_damaged_model_file_is_a_clear_error(shifted_store, tmp_path):
     archsae.train(shifted_store, TrainConfig(method="topk", k=12, top_k=2, epochs=1, batch_size=256), tmp_path / "m")
     path = tmp_path / "m" / "model.safetensors"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ArchsaeError, match="damaged"):
+        archsae.load_sae(tmp_path / "m")
+    path.write_bytes(whole[:-100] + b"\xff" * 8 + whole[-92:])  # header intact, a weight now NaN: caught by its checksum
+    with pytest.raises(ArchsaeError, match="no longer match the checksum"):
         archsae.load_sae(tmp_path / "m")

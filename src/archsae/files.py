@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .errors import ArchsaeError
 
@@ -58,17 +61,42 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def tensors_sha256(tensors: dict) -> str:
+    """sha256 of a dict of CPU tensors: names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def read_safetensors(path: Path, fix: str = "delete its folder and train the model again") -> dict:
-    """The tensors of a safetensors file we wrote; ArchsaeError naming it, and `fix`, if it is damaged."""
+    """The tensors of a safetensors file we wrote (on the CPU); see `read_safetensors_with_metadata`."""
+    return read_safetensors_with_metadata(path, fix)[0]
+
+
+def read_safetensors_with_metadata(path: Path, fix: str, device: str = "cpu") -> tuple[dict, dict]:
+    """(tensors on `device`, metadata) of a safetensors file we wrote; ArchsaeError naming it, and `fix`, if it is
+    damaged: a truncated or corrupt header, or bytes that no longer match the checksum `write_safetensors`
+    stored (files written before it had one are read unchecked). The checksum is not in the returned metadata."""
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as e:  # safetensors raises its own error type for truncated or corrupt headers
         raise ArchsaeError(f"{path} is damaged ({e}); {fix}") from None
+    expected = metadata.pop("sha256", None)
+    if expected is not None and tensors_sha256(tensors) != expected:
+        raise ArchsaeError(f"{path} is damaged (its tensors no longer match the checksum written with them); {fix}")
+    return tensors, metadata
 
 
 def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """Save a dict of torch tensors as safetensors atomically (tensors made contiguous)."""
+    """Save a dict of torch tensors as safetensors atomically (tensors made contiguous), with their
+    `tensors_sha256` in the metadata ("sha256"), which `read_safetensors` checks."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**(metadata or {}), "sha256": tensors_sha256(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from tqdm import tqdm
 
 from .config import HELDOUT_TOKENS, LOG_EVERY, TrainConfig, stored_train_config
 from .errors import ArchsaeError
-from .files import differences, first_three, read_json, refuse_if_different, write_json, write_safetensors, write_text
+from .files import (differences, first_three, read_json, read_safetensors_with_metadata, refuse_if_different,
+                    write_json, write_safetensors, write_text)
 from .metrics import r2
 from .progress import quiet
 from .sae import SAE, BatchTopK, Penalised, build_sae, load_sae, sae_config, save_sae
@@ -384,12 +384,7 @@ class _Trainer:
 
     def _load_checkpoint(self) -> int:
         device = self.since_fired.device
-        try:
-            with safe_open(self.ckpt, framework="pt", device=str(device)) as f:
-                meta = f.metadata()
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # a truncated or corrupt file: safetensors' own error type
-            raise ArchsaeError(f"{self.ckpt} is damaged ({e}); delete it to restart this model from step 0") from None
+        tensors, meta = read_safetensors_with_metadata(self.ckpt, "delete it to restart this model from step 0", device)
         try:
             self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         except RuntimeError as e:  # shapes of another configuration (e.g. a checkpoint older than config.json)

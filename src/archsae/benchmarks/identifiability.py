@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .. import metrics
@@ -34,7 +32,7 @@ from ..config import (CLASSICAL, METHODS, DistillConfig, ExtractConfig, Identifi
 from ..data.collages import OBJECTS_PER_IMAGE, THEMES, collage_labels, render, sprites_root, theme_sprites
 from ..distill import distill
 from ..evaluate import reconstruct
-from ..files import read_json, save_image, write_json, write_safetensors
+from ..files import read_json, read_safetensors_with_metadata, save_image, write_json, write_safetensors
 from ..models import load_backbone
 from ..sae import load_sae
 from ..store import ActivationStore, matrix_store
@@ -66,9 +64,9 @@ def _theme_features(out: Path, theme: str, cfg: IdentifiabilityBenchConfig, back
     key = {"theme": theme, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,
            "model": backbone.name, "objects": THEMES[theme]}
     if path.exists():
-        with safe_open(str(path), framework="pt") as f:
-            if f.metadata() == {k: str(v) for k, v in key.items()}:
-                return load_file(str(path))
+        split, stored = read_safetensors_with_metadata(path, "delete it to extract the features again")
+        if stored == {k: str(v) for k, v in key.items()}:
+            return split
     shutil.rmtree(out / "store", ignore_errors=True)  # new features: a new store (its models are remade: own_cache)
     sprites = theme_sprites(root, theme)
     split = {}
