@@ -415,6 +415,19 @@ def test_evaluate_reports_a_model_it_cannot_score_and_scores_the_others(tmp_path
     assert "another store" in evaluated["skipped"]["stranger"]
 
 
+def test_train_says_how_each_model_ended_and_warns_when_it_diverged(tmp_path):
+    from conftest import planted_data
+
+    np.save(tmp_path / "a.npy", planted_data(n=3000, d=16)[0])
+    assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "r").exit_code == 0
+    common = ["--run-dir", tmp_path / "r", "--k", 16, "--top-k", 2, "--epochs", 2, "--batch-size", 256]
+    result = invoke("train", *common)
+    assert result.exit_code == 0 and ", held-out R² 0." in result.output and "below 0" not in result.output
+    assert "(already trained: reused)" in invoke("train", *common).output
+    result = invoke("train", *common, "--lr", 1000, "--name", "wild")  # finite, but far worse than the mean
+    assert result.exit_code == 0 and "warning: held-out R² below 0" in result.output, result.output
+
+
 def test_evaluate_groups_runs_by_configuration_and_names_an_unfinished_model(tmp_path):
     import json
 

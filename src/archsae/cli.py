@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import json
 import re
 import sys
 from pathlib import Path
@@ -277,8 +278,24 @@ def train_cmd(run: Path, name: str, device: str, train: list[TrainConfig]) -> st
         raise ArchsaeError(f"no centroids C for some archetypal models under {run / 'centroids'}: run {todo} first")
     candidates = {path: load_centroids(path) for path in set(paths.values())}  # once per C, shared by a sweep
     jobs = [Job(cfg, out, candidates[paths[cfg]] if cfg.archetypal else None) for cfg, out in zip(train, out_dirs)]
+    finished = {job.out_dir for job in jobs if (job.out_dir / "model.safetensors").exists()}
     train_many(store, jobs, device)
-    return "\n".join(f"model in {job.out_dir}" for job in jobs)
+    return "\n".join(_trained_line(job.out_dir, job.out_dir in finished) for job in jobs)
+
+
+def _trained_line(out_dir: Path, reused: bool) -> str:
+    """One model's line in `archsae train`'s summary: where it is, how it ended (the last line of its log), and a
+    warning when it reconstructs held-out tokens worse than their mean does."""
+    log = out_dir / "log.jsonl"
+    last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.stat().st_size else {}
+    r2 = last.get("heldout_r2")
+    ended = (f": step {last['step'] + 1}, held-out R² {r2:.3g}, L0 {last['l0']:.1f}, dead {last['dead_fraction']:.1%}"
+             if r2 is not None else "")
+    line = f"model in {out_dir}{ended}" + (" (already trained: reused)" if reused else "")
+    if r2 is not None and r2 < 0:
+        line += ("\n  warning: held-out R² below 0: it reconstructs worse than the tokens' mean; training diverged "
+                 "or stopped far too early (lower --lr, or train more --epochs)")
+    return line
 
 
 @command(app, "classical", {"classical": ClassicalConfig}, [RUN_OPTION, NAME], swept="classical")
