@@ -142,6 +142,8 @@ def test_loading_a_missing_model_names_the_models_beside_it(planted, tmp_path):
     train(store, TrainConfig(k=8, top_k=2, epochs=0.2, batch_size=512), tmp_path / "models" / "topk-s0")
     with pytest.raises(ArchsaeError, match="topk-s9 .model.safetensors missing.; models beside it: topk-s0$"):
         load_sae(tmp_path / "models" / "topk-s9")  # a typo
+    with pytest.raises(ArchsaeError, match="it is a run directory, its models are .*models/topk-s0$"):
+        load_sae(tmp_path)  # the run directory instead of a model folder
 
 
 def test_killed_and_resumed_training_equals_uninterrupted(planted, tmp_path, monkeypatch, capsys):

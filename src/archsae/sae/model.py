@@ -378,8 +378,10 @@ def load_sae(model_dir: str | Path, device: torch.device | str = "cpu") -> SAE:
     model_dir = Path(model_dir)
     path = model_dir / "model.safetensors"
     if not path.exists():
+        inside = sorted(p.parent for p in model_dir.glob("models/*/model.safetensors"))  # a run directory
         others = sorted(p.parent.name for p in model_dir.parent.glob("*/model.safetensors"))
-        hint = f"; models beside it: {', '.join(others)}" if others else ": run `archsae train`"
+        hint = (f"; it is a run directory, its models are {', '.join(map(str, inside))}" if inside else
+                f"; models beside it: {', '.join(others)}" if others else ": run `archsae train`")
         raise ArchsaeError(f"no trained model in {model_dir} (model.safetensors missing){hint}")
     info = read_json(model_dir / "config.json")
     if "train" not in info or "d" not in info:
