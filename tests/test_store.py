@@ -87,6 +87,19 @@ def test_import_rejects_nan_and_wrong_shape_and_writes_nothing_complete(tmp_path
         import_matrix(_save(tmp_path, np.ones(5), "flat.npy"), tmp_path / "t")
 
 
+def test_import_holds_out_whole_images_of_consecutive_rows(tmp_path):
+    """With tokens_per_image = 3, rows 3i..3i+2 are image i: images 0 and 10 (of 20) are held out, all of their
+    tokens and no other, across shard boundaries; a row count that is not whole images is refused."""
+    acts = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32)
+    store = import_matrix(_save(tmp_path, acts), tmp_path / "s", shard_tokens=8, tokens_per_image=3)
+    heldout = store.sample(100, seed=0, split="heldout").numpy()
+    assert sorted(map(tuple, heldout)) == sorted(map(tuple, acts[[0, 1, 2, 30, 31, 32]]))
+    assert store.n_split("train") == 54
+    with pytest.raises(ArchsaeError, match="60 rows are not whole images of 7 tokens"):
+        import_matrix(_save(tmp_path, acts), tmp_path / "t", tokens_per_image=7)
+    assert not (tmp_path / "t").exists()
+
+
 def test_corrupt_shard_is_reported(tmp_path):
     varied = np.random.default_rng(1).normal(size=(20, 3)).astype(np.float32)
     store = import_matrix(_save(tmp_path, varied), tmp_path / "s", shard_tokens=10)

@@ -215,13 +215,20 @@ def _field(cls: type, name: str) -> inspect.Parameter:
 
 
 @command(store_app, "import", {}, [_param("file", Path, ..., "an (n, d) matrix: .npy or .safetensors"), RUN_OPTION,
-                                   *(_field(ExtractConfig, f) for f in ("shard_tokens", "dtype", "holdout_every"))])
-def store_import_cmd(file: Path, run: Path, shard_tokens: int, dtype: str, holdout_every: int) -> str:
-    """Make RUN/store from an existing (n, d) activation matrix (each row a token, its own "image")."""
+                                   *(_field(ExtractConfig, f) for f in ("shard_tokens", "dtype", "holdout_every")),
+                                   _param("tokens_per_image", int, 1, "consecutive rows from one image (e.g. 50 for a "
+                                          "ViT's CLS + 49 patches), held out together; n must be a multiple",
+                                          "--tokens-per-image")])
+def store_import_cmd(file: Path, run: Path, shard_tokens: int, dtype: str, holdout_every: int,
+                     tokens_per_image: int) -> str:
+    """Make RUN/store from an existing (n, d) activation matrix, each row a token. Every --holdout-every-th
+    image is held out: with --tokens-per-image 1 (the default) each row is its own image; give the rows per
+    image when the matrix holds several tokens of each image, one image after another, so that no held-out
+    token shares an image with a training token."""
     from .store import import_matrix
 
     ExtractConfig(shard_tokens=shard_tokens, dtype=dtype, holdout_every=holdout_every)  # the same checks
-    store = import_matrix(file, run / "store", shard_tokens, dtype, holdout_every)
+    store = import_matrix(file, run / "store", shard_tokens, dtype, holdout_every, tokens_per_image)
     return f"{store.n} tokens of d = {store.d} in {store.root}"
 
 

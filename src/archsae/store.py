@@ -396,11 +396,13 @@ class ActivationStore:
 
 
 def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384, dtype: str = "float32",
-                  holdout_every: int = 10) -> ActivationStore:
+                  holdout_every: int = 10, tokens_per_image: int = 1) -> ActivationStore:
     """Make a store from an existing (n, d) matrix in a `.npy` or `.safetensors` file.
 
-    Each row is its own "image" (provenance = row index, position 0), so every `holdout_every`-th row
-    is held out. Raises ArchsaeError for a missing file, a non-2-D or non-numeric matrix, NaN/Inf.
+    Each `tokens_per_image` consecutive rows are one "image" (provenance = row // tokens_per_image, position
+    row % tokens_per_image; default 1: each row its own), and every `holdout_every`-th image is held out, all
+    its tokens together. Raises ArchsaeError for a missing file, a non-2-D or non-numeric matrix, NaN/Inf, or n
+    not a multiple of tokens_per_image.
     """
     path = Path(path)
     if not path.is_file():
@@ -430,27 +432,34 @@ def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384,
     if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
         raise ArchsaeError(f"{path} holds dtype {matrix.dtype}; expected real numbers (take .real or abs() "
                            "of complex activations yourself)")
-    return matrix_store(matrix, root, str(path.resolve()), shard_tokens, dtype, holdout_every,
+    return matrix_store(matrix, root, str(path.resolve()), shard_tokens, dtype, holdout_every, tokens_per_image,
                         source_sha256=sha256(path))
 
 
 def matrix_store(matrix_nd, root: str | Path, source: str, shard_tokens: int = 16384, dtype: str = "float32",
-                 holdout_every: int = 10, **header) -> ActivationStore:
-    """Make a store from an (n, d) array (numpy, memory-mapped or not), each row its own "image"; `source`
-    and `header` are recorded in store.json. Raises ArchsaeError for NaN/Inf rows."""
+                 holdout_every: int = 10, tokens_per_image: int = 1, **header) -> ActivationStore:
+    """Make a store from an (n, d) array (numpy, memory-mapped or not), each `tokens_per_image` consecutive rows
+    one "image" (`import_matrix`); `source` and `header` are recorded in store.json. Raises ArchsaeError for
+    NaN/Inf rows, or n not a multiple of tokens_per_image."""
     n, d = matrix_nd.shape
+    per_image = tokens_per_image
+    if per_image < 1 or n % per_image:
+        raise ArchsaeError(f"{source}: {n:,} rows are not whole images of {per_image} tokens each; pass the number "
+                           "of consecutive rows that come from one image (--tokens-per-image), or 1")
     header = {"source": source, "model": "", "layer": "", "token_kind": "imported", "d": int(d),
-              "dtype": dtype, "grid": None, "tokens_per_image": 1, "holdout_every": holdout_every, "images": [],
-              **header}
+              "dtype": dtype, "grid": None, "tokens_per_image": per_image, "holdout_every": holdout_every,
+              "images": [], **header}
     # Every row is checked before the first shard is written: a bad row deep in the matrix would otherwise leave
     # an incomplete store, which only the same (still bad) matrix may resume.
     for start in range(0, n, shard_tokens):
         check_finite(np.asarray(matrix_nd[start:start + shard_tokens], dtype=np.float32), source, first_row=start)
-    writer = StoreWriter(root, header, images_per_shard=shard_tokens)
+    images_per_shard = max(1, shard_tokens // per_image)
+    writer = StoreWriter(root, header, images_per_shard=images_per_shard)
     if writer.complete:
         return ActivationStore(root)
-    for start in range(writer.next_image, n, shard_tokens):
-        rows = np.asarray(matrix_nd[start:start + shard_tokens], dtype=np.float32)
+    step = images_per_shard * per_image
+    for start in range(writer.next_image * per_image, n, step):
+        rows = np.asarray(matrix_nd[start:start + step], dtype=np.float32)
         idx = np.arange(start, start + len(rows))
-        writer.add(rows, idx, np.zeros_like(idx), n_images=len(rows))
+        writer.add(rows, idx // per_image, idx % per_image, n_images=len(rows) // per_image)
     return writer.finish()
