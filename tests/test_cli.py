@@ -428,6 +428,34 @@ def test_train_says_how_each_model_ended_and_warns_when_it_diverged(tmp_path):
     assert result.exit_code == 0 and "warning: held-out R² below 0" in result.output, result.output
 
 
+def test_a_report_on_an_imported_matrix_names_each_concepts_top_rows(tmp_path):
+    """No images to draw: each concept lists the rows of the matrix (its own row numbers) where its code is
+    largest, the same rows a direct encoding of the whole matrix ranks first."""
+    import torch
+    from conftest import planted_data
+
+    from archsae import load_sae
+    from archsae.report.gallery import concept_gallery
+    from archsae.store import ActivationStore
+
+    acts = planted_data(n=3000, d=16)[0]
+    np.save(tmp_path / "a.npy", acts)
+    assert invoke("store", "import", tmp_path / "a.npy", "--run-dir", tmp_path / "r", "--tokens-per-image", 3,
+                  "--shard-tokens", 500).exit_code == 0
+    assert invoke("train", "--run-dir", tmp_path / "r", "--k", 16, "--top-k", 2, "--epochs", 1,
+                  "--batch-size", 256).exit_code == 0
+    model = load_sae(tmp_path / "r" / "models" / "topk-s0")
+    concepts = concept_gallery(model, ActivationStore(tmp_path / "r" / "store"), n_concepts=4, n_images=5)
+    codes = model.encode(torch.from_numpy(acts))
+    for c in concepts:
+        assert [r["row"] for r in c.rows] == codes[:, c.index].argsort(descending=True)[:5].tolist()
+        assert [r["max"] for r in c.rows] == pytest.approx(codes[:, c.index].sort(descending=True).values[:5].tolist())
+    assert invoke("evaluate", "--run-dir", tmp_path / "r").exit_code == 0
+    assert invoke("report", "--run-dir", tmp_path / "r").exit_code == 0
+    html = (tmp_path / "r" / "report" / "index.html").read_text()
+    assert "tokens imported from" in html and "rows of the imported matrix where it is largest" in html
+
+
 def test_evaluate_groups_runs_by_configuration_and_names_an_unfinished_model(tmp_path):
     import json
 

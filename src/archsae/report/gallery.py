@@ -63,6 +63,7 @@ class Concept:
     usage: float  # fraction of tokens where the code is active
     peak: float = 0.0  # its largest activation on the images shown (the top of the colour scale)
     images: list[dict] = field(default_factory=list)  # {image, label, max}
+    rows: list[dict] = field(default_factory=list)  # an imported matrix (no images): its top rows {row, max}
     strip: Image.Image | None = None  # the top images with heatmaps, side by side
     file: str = ""  # where the report saved the strip, relative to the report
 
@@ -106,7 +107,7 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
         best[missing] = -1.0  # never chosen
     concepts = [Concept(int(c), float(usage[c] / store.n)) for c in top]
     if not strips:
-        return concepts
+        return _top_rows(model, store, top, concepts, n_images) if not store.images else concepts
     view = view_transform(store.header["data_config"])
     grid = store.header["grid"]
     for j, concept in enumerate(concepts):
@@ -126,4 +127,21 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
             photo = view(load_image(store.images[meta["image"]]["path"]))
             strip.paste(heat_overlay(photo, heat, concept.peak), (x * THUMB, 0))
         concept.strip = strip
+    return concepts
+
+
+def _top_rows(model: SAE, store: ActivationStore, top: torch.Tensor, concepts: list[Concept], n: int) -> list[Concept]:
+    """For a store imported from a matrix: each concept's `n` rows of largest activation, by their row number in
+    that matrix (image x tokens_per_image + position), as `rows` {row, max}."""
+    per_image = store.header.get("tokens_per_image", 1)
+    values, rows = torch.empty(0, len(top)), torch.empty(0, len(top), dtype=torch.int64)
+    for i in range(store.n_shards):
+        shard = store.read_shard(i)
+        z = _codes(model, shard.acts_md)[:, top]
+        values, rows = torch.cat([values, z]), torch.cat([rows, (shard.image_m * per_image + shard.pos_m)[:, None]
+                                                          .expand_as(z)])
+        values, best = values.topk(min(n, len(values)), dim=0)
+        rows = rows.gather(0, best)
+    for j, concept in enumerate(concepts):
+        concept.rows = [{"row": int(r), "max": float(v)} for v, r in zip(values[:, j], rows[:, j]) if v > 0]
     return concepts

@@ -166,7 +166,7 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
             if c.strip is not None:
                 c.file = f"concepts/{name}_{c.index}.png"
                 save_image(out / c.file, c.strip)
-        galleries.append({"name": name, "group": group, "concepts": concepts})
+        galleries.append({"name": name, "group": group, "runs": len(names), "concepts": concepts})
     if groups:
         _training_curves(run_dir / "models", evaluated, out / "training.png")
     tradeoff = tradeoff_plot(evaluated, out / "tradeoff.png")
