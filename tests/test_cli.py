@@ -56,7 +56,7 @@ def test_a_bad_setting_is_named_by_the_option_the_user_typed():
 
 def test_store_import_lists_only_its_own_options():
     options = {w for w in invoke("store", "import", "--help").output.split() if w.startswith("--")}
-    assert options == {"--run-dir", "--shard-tokens", "--dtype", "--holdout-every", "--help"}
+    assert options == {"--run-dir", "--shard-tokens", "--dtype", "--holdout-every", "--tokens-per-image", "--help"}
 
 
 def test_commands_offer_no_train_option_they_override():

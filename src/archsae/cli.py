@@ -221,10 +221,10 @@ def _field(cls: type, name: str) -> inspect.Parameter:
                                           "--tokens-per-image")])
 def store_import_cmd(file: Path, run: Path, shard_tokens: int, dtype: str, holdout_every: int,
                      tokens_per_image: int) -> str:
-    """Make RUN/store from an existing (n, d) activation matrix, each row a token. Every --holdout-every-th
-    image is held out: with --tokens-per-image 1 (the default) each row is its own image; give the rows per
-    image when the matrix holds several tokens of each image, one image after another, so that no held-out
-    token shares an image with a training token."""
+    """Make RUN/store from an existing (n, d) activation matrix, each row a token. One image in every
+    --holdout-every is held out: with --tokens-per-image 1 (the default) each row is its own image; give the
+    rows per image when the matrix holds several tokens of each image, one image after another, so that no
+    held-out token shares an image with a training token."""
     from .store import import_matrix
 
     ExtractConfig(shard_tokens=shard_tokens, dtype=dtype, holdout_every=holdout_every)  # the same checks

@@ -428,7 +428,8 @@ def import_matrix(path: str | Path, root: str | Path, shard_tokens: int = 16384,
                       "with np.save(path, array)")
         raise ArchsaeError(f"cannot read {path} ({reason})") from None
     if matrix.ndim != 2 or matrix.shape[0] < 1 or matrix.shape[1] < 1:
-        raise ArchsaeError(f"{path} holds shape {matrix.shape}; expected a 2-D (n, d) activation matrix")
+        raise ArchsaeError(f"{path} holds shape {matrix.shape}; expected a 2-D (n, d) activation matrix with at "
+                           "least one row and one column")
     if not np.issubdtype(matrix.dtype, np.number) or np.issubdtype(matrix.dtype, np.complexfloating):
         raise ArchsaeError(f"{path} holds dtype {matrix.dtype}; expected real numbers (take .real or abs() "
                            "of complex activations yourself)")

@@ -519,7 +519,7 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
     steps_per_epoch = epoch_steps(store, cfg, n_streams)
     if steps_per_epoch == 0:
         raise ArchsaeError(f"a data stream of the store has fewer train tokens than one micro-batch ({micro}); "
-                           "lower --batch-size or extract more images")
+                           "lower --batch-size, or add tokens (extract more images, or import a larger matrix)")
     total = math.ceil(cfg.epochs * steps_per_epoch)
     _check_memory(jobs, store.d, micro, device)
     if device.type == "cpu":

@@ -197,7 +197,8 @@ class SAE(RawSpace, nn.Module):
         return [self.encoder.weight, self.encoder.bias, *self.dictionary.code_parameters(), *thresholds]
 
     def atoms(self) -> torch.Tensor:
-        """The dictionary D (k, d) as used by the decoder."""
+        """The dictionary D (k, d) float32 as used by the decoder, in the model's standardised input space (x below,
+        before input_scale and input_shift are undone; README "Files"): x_hat = Z D + b_pre."""
         return self.dictionary()
 
     @property
@@ -335,7 +336,8 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
         dictionary = FreeDictionary(cfg.k, d, dict_gen)
     else:
         if candidates_nd is None:
-            raise ArchsaeError(f"{cfg.method} needs k-means candidates C: run `archsae distill` first")
+            raise ArchsaeError(f"{cfg.method} needs k-means candidates C: run `archsae distill` first (from Python: "
+                               "pass candidates_nd, e.g. archsae.distill.kmeans of standardised train tokens)")
         if candidates_nd.ndim != 2 or candidates_nd.shape[1] != d:
             raise ArchsaeError(f"candidates C have shape {tuple(candidates_nd.shape)}; expected (n', {d})")
         if not torch.isfinite(candidates_nd).all():
