@@ -54,7 +54,7 @@ def extract(images: list[ImageItem], out: str | Path, cfg: ExtractConfig = Extra
     if writer.complete:
         return ActivationStore(out)
     start = writer.next_image
-    with tqdm(total=len(images), initial=start, desc="extract", unit="img") as bar:
+    with tqdm(total=len(images), initial=start, desc="extract", unit="img", **quiet(False)) as bar:
         while start < len(images):
             # Never let a batch straddle a shard boundary: shards hold whole, contiguous images.
             stop = min(start + cfg.batch_size, (start // per_shard + 1) * per_shard, len(images))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def quiet(short: bool) -> dict:
-    """tqdm's arguments: no bar for short work, else tqdm's default, so TQDM_DISABLE=1 still silences it (an
-    explicit disable=False would override the environment variable)."""
-    return {"disable": True} if short else {}
+    """tqdm's arguments: no bar for short work; else tqdm's default on a terminal, and one update per 30 s when
+    stderr goes to a file or pipe (a log would otherwise get ten carriage-return updates a second). Never an
+    explicit disable=False, so TQDM_DISABLE=1 still silences every bar."""
+    if short:
+        return {"disable": True}
+    return {} if sys.stderr.isatty() else {"mininterval": 30.0}

@@ -39,6 +39,7 @@ from .config import DistillConfig, StabilityConfig, TrainConfig, sweep_labels, t
 from .distill import centroids_path_of, distill, kmeans
 from .evaluate import reconstruct
 from .files import write_json
+from .progress import quiet
 from .sae import check_candidate_count, load_sae
 from .store import ActivationStore
 from .train import Job, total_steps, train_many
@@ -149,7 +150,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
 
     acts = store.sample(cfg.max_tokens, 0, "heldout")
     nulls, null_tokens = _nulls(store, sorted({g["k"] for g in groups}), spaces, cfg, distill_cfg)
-    for group in tqdm(groups, desc="stability", unit="group"):
+    for group in tqdm(groups, desc="stability", unit="group", **quiet(False)):
         group.update(_group_scores(out, group["runs"], store, acts))
         null = nulls[f"{group['k']}-{group['space']}"]
         group["final_minus_null"] = {n: group["final"] - null[n] for n in ("random", "kmeans")}
@@ -174,7 +175,7 @@ def run_pairs(run_dir: str | Path, store: ActivationStore, groups: dict[str, lis
             if len(runs) >= 2 and all((models / r / "snapshots").is_dir() for r in runs)}
     acts = store.sample(cfg.max_tokens, 0, "heldout")
     out = []
-    for label, runs in tqdm(kept.items(), desc="stability of the runs", unit="group"):
+    for label, runs in tqdm(kept.items(), desc="stability of the runs", unit="group", **quiet(False)):
         tcfg = load_sae(models / runs[0]).config
         out.append({"label": label, "method": tcfg.method, "mode": "independent", "space": "centred", "k": tcfg.k,
                     "runs": runs, **_group_scores(models, runs, store, acts)})
@@ -229,7 +230,7 @@ def _nulls(store: ActivationStore, ks: list[int], spaces: list[bool], cfg: Stabi
     n_points = cfg.null_points or distill_cfg.max_points
     sample = store.standardise(store.sample(n_points, 1, "train")).numpy()
     nulls = {}
-    for k in tqdm(ks, desc="null levels", unit="size"):  # one per dictionary size k
+    for k in tqdm(ks, desc="null levels", unit="size", **quiet(False)):  # one per dictionary size k
         c0, c1 = (torch.from_numpy(kmeans(sample, k, seed, distill_cfg.n_iter)) for seed in (0, 1))
         random = metrics.stability_null(k, store.d)  # the same in every space
         for centre in spaces:

@@ -34,6 +34,7 @@ from ..distill import distill
 from ..evaluate import reconstruct
 from ..files import read_json, read_safetensors_with_metadata, save_image, write_json, write_safetensors
 from ..models import load_backbone
+from ..progress import quiet
 from ..sae import load_sae
 from ..store import ActivationStore, matrix_store
 from ..train import Job, total_steps, train_many
@@ -50,7 +51,7 @@ def collage_features(backbone, sprites, objects_n4: np.ndarray, seed: int, batch
                      desc: str = "") -> torch.Tensor:
     """Pooled features (n, d) of the collages of `objects_n4` (data.collages.render with `seed`)."""
     feats, images = [], render(sprites, objects_n4, seed)
-    with tqdm(total=len(objects_n4), desc=desc, unit="img") as bar:
+    with tqdm(total=len(objects_n4), desc=desc, unit="img", **quiet(False)) as bar:
         for start in range(0, len(objects_n4), batch_size):
             batch = list(itertools.islice(images, batch_size))
             feats.append(backbone.pooled(torch.stack([backbone.transform(im) for im in batch])).float())

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..config import DemoConfig, to_dict
 from ..errors import ArchsaeError
 from ..files import read_json, refuse_if_different, save_image, write_json
+from ..progress import quiet
 from .folders import ImageItem
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -99,7 +100,7 @@ def build_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig()) -> list[Imag
     rng = np.random.default_rng(cfg.seed)
     cache: dict[int, Image.Image] = {}
     images = []
-    for i in tqdm(range(cfg.n_images), desc="demo images", unit="img"):
+    for i in tqdm(range(cfg.n_images), desc="demo images", unit="img", **quiet(False)):
         if rng.random() < PHOTO_SHARE:
             p = int(rng.integers(len(photos)))
             img, label, source = _photo_crop(rng, photos[p], cfg.size), "photos", f"photo:{SKIMAGE_PHOTOS[p]}"

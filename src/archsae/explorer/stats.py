@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .. import metrics
 from ..evaluate import atoms_of, model_space
 from ..files import read_json, read_safetensors, write_json, write_safetensors
+from ..progress import quiet
 from ..report.gallery import distinct_sources
 from ..sae import SAE
 from ..sae.dictionary import ArchetypalDictionary
@@ -94,7 +95,7 @@ def compute_stats(model, store: ActivationStore, peers: dict[str, torch.Tensor] 
     k = len(atoms_kd)
     count, peak = torch.zeros(k, dtype=torch.float64), torch.zeros(k)
     img_parts, hist_parts, kept, hist_tokens = [], [], 0, 0
-    for i in tqdm(range(store.n_shards), desc=desc, unit="shard"):
+    for i in tqdm(range(store.n_shards), desc=desc, unit="shard", **quiet(False)):
         shard = store.read_shard(i)
         rows = max(1, ENCODE_ENTRIES // k)
         for acts, image_m in zip(shard.acts_md.split(rows), shard.image_m.split(rows)):

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..config import ReportConfig, is_archetypal
 from ..errors import ArchsaeError
 from ..files import atomic_write, read_json, save_image, write_text
+from ..progress import quiet
 from ..evaluate import load_model
 from ..stability import verdict
 from ..store import ActivationStore
@@ -159,7 +160,7 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     if missing:  # e.g. a store copied without the images it was extracted from
         tqdm.write(f"report: {len(missing)} of the store's {len(store.images)} images are not found (first: "
                    f"{store.images[missing[0]]['path']}); the concept strips leave them out", file=sys.stderr)
-    for group, names in tqdm(groups.items(), desc="concept galleries", unit="model"):  # a store's pass each
+    for group, names in tqdm(groups.items(), desc="concept galleries", unit="model", **quiet(False)):  # a store's pass each
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
         concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images, sources)
         for c in concepts:
