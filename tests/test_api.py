@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import archsae
 from archsae import ArchsaeError, ClassicalConfig, TrainConfig
@@ -71,3 +72,7 @@ def test_a_damaged_model_file_is_a_clear_error(shifted_store, tmp_path):
     path.write_bytes(whole[:-100] + b"\xff" * 8 + whole[-92:])  # header intact, a weight now NaN: caught by its checksum
     with pytest.raises(ArchsaeError, match="no longer match the checksum"):
         archsae.load_sae(tmp_path / "m")
+    path.write_bytes(whole)
+    model = archsae.load_sae(tmp_path / "m")
+    save_file(model.state_dict(), str(path))  # as written before files had a checksum: read unchecked
+    assert torch.equal(archsae.load_sae(tmp_path / "m").atoms(), model.atoms())

@@ -8,7 +8,7 @@ import torch
 from archsae.config import ExtractConfig
 from archsae.errors import ArchsaeError
 from archsae.extract import extract
-from archsae.store import ActivationStore, StoreWriter, import_matrix
+from archsae.store import ActivationStore, StoreWriter, import_matrix, read_meta, write_meta
 
 # The module, not the `archsae.extract` function the package re-exports under the same name.
 extract_module = importlib.import_module("archsae.extract")
@@ -98,6 +98,19 @@ def test_import_holds_out_whole_images_of_consecutive_rows(tmp_path):
     with pytest.raises(ArchsaeError, match="60 rows are not whole images of 7 tokens"):
         import_matrix(_save(tmp_path, acts), tmp_path / "t", tokens_per_image=7)
     assert not (tmp_path / "t").exists()
+
+
+def test_an_interrupted_import_says_how_to_resume_and_float16_overflow_is_refused(tmp_path):
+    acts = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    import_matrix(_save(tmp_path, acts), tmp_path / "s", shard_tokens=10)
+    meta = read_meta(tmp_path / "s")
+    meta["complete"], meta["shards"] = False, meta["shards"][:1]  # as if killed after its first shard
+    write_meta(tmp_path / "s", meta)
+    with pytest.raises(ArchsaeError, match="re-run the same `archsae store import` of the same file"):
+        ActivationStore(tmp_path / "s")
+    acts[15, 2] = 1e5  # finite in float32, Inf in the float16 it would be stored as
+    with pytest.raises(ArchsaeError, match="first row 15"):
+        import_matrix(_save(tmp_path, acts, "big.npy"), tmp_path / "h", dtype="float16")
 
 
 def test_corrupt_shard_is_reported(tmp_path):

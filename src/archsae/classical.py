@@ -7,7 +7,8 @@ the assigned centroid). Semi-NMF (Ding et al. 2010: Z >= 0, D free) and Convex-N
 over a basis X, a subsample of A or the candidates C) are fitted by alternating minimisation of
 ||A - Z D||^2 / 2 + l1 ||Z||_1: Z by projected proximal gradient (FISTA) at fixed D, then D (Semi-NMF: in
 closed form) or W (Convex-NMF: projected gradient); `l1` sets the sparsity, as in the paper. Atoms are kept
-unit-norm (each Z_i rescaled to keep Z D), so `l1` is in units of the standardised activations.
+unit-norm (each Z_i rescaled to keep Z D; an atom no token uses stays 0), so `l1` is in units of the
+standardised activations.
 """
 
 from __future__ import annotations
@@ -174,13 +175,16 @@ def nonneg_lasso(acts_nd: torch.Tensor, atoms_kd: torch.Tensor, l1: float, iters
     return z
 
 
-def _unit_atoms(atoms_kd: torch.Tensor, codes_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same product Z D with unit-norm atoms: D_i / ||D_i||, Z_i ||D_i||. Without it, alternating an L1
-    code step and a least-squares atom step lets the atoms grow and the codes shrink (norms 80-180 on the
-    default store), so the L1 penalty weakens as fitting goes on and `l1` has no fixed meaning (l1 = 1 left
-    L0 at 207 of k = 256). With unit atoms, `l1` is in units of the standardised activations."""
+def _unit_atoms(factor_km: torch.Tensor, atoms_kd: torch.Tensor,
+                codes_nk: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(factor_i / ||D_i||, Z_i ||D_i||): the same product Z D with unit-norm atoms D_i, where the factor is D
+    itself (Semi-NMF) or the W of D = W X (Convex-NMF); an atom that no token uses (D_i = 0) stays 0. Without
+    it, alternating an L1 code step and a least-squares atom step lets the atoms grow and the codes shrink
+    (norms 80-180 on the default store), so the L1 penalty weakens as fitting goes on and `l1` has no fixed
+    meaning (l1 = 1 left L0 at 207 of k = 256). With unit atoms, `l1` is in units of the standardised
+    activations."""
     norms_k = atoms_kd.norm(dim=1).clamp_min(1e-12)
-    return atoms_kd / norms_k[:, None], codes_nk * norms_k
+    return factor_km / norms_k[:, None], None if codes_nk is None else codes_nk * norms_k
 
 
 class SemiNMF(Baseline):
@@ -195,12 +199,14 @@ class SemiNMF(Baseline):
         from .distill import kmeans
 
         acts_nd = self._check(acts_nd)
-        self.dictionary = torch.nn.functional.normalize(torch.from_numpy(kmeans(acts_nd.numpy(), self.k, self.seed)))
+        centroids = torch.from_numpy(kmeans(acts_nd.numpy(), self.k, self.seed))
+        self.dictionary, _ = _unit_atoms(centroids, centroids, None)
         codes = None
         for _ in range(self.n_iter):
             codes = nonneg_lasso(acts_nd, self.dictionary, self.l1, 50, codes)
             gram = codes.T @ codes + 1e-6 * torch.eye(self.k)
-            self.dictionary, codes = _unit_atoms(torch.linalg.solve(gram, codes.T @ acts_nd), codes)
+            atoms = torch.linalg.solve(gram, codes.T @ acts_nd)
+            self.dictionary, codes = _unit_atoms(atoms, atoms, codes)
         return self
 
     def _encode(self, x_nd: torch.Tensor) -> torch.Tensor:
@@ -224,7 +230,7 @@ class ConvexNMF(Baseline):
         m = len(basis)
         weights = torch.zeros(self.k, m)
         weights[torch.arange(self.k), torch.randperm(m, generator=g)[torch.arange(self.k) % m]] = 1.0
-        weights /= (weights @ basis).norm(dim=1, keepdim=True).clamp_min(1e-12)  # unit atoms (`_unit_atoms`)
+        weights, _ = _unit_atoms(weights, weights @ basis, None)
         codes = None
         for _ in range(self.n_iter):
             self.dictionary = weights @ basis
@@ -234,8 +240,7 @@ class ConvexNMF(Baseline):
             step = 1.0 / (torch.linalg.matrix_norm(zz, ord=2) * torch.linalg.matrix_norm(xx, ord=2)).clamp_min(1e-12)
             for _ in range(20):
                 weights = torch.relu(weights - step * (zz @ weights @ xx - zax))
-            norms_k = (weights @ basis).norm(dim=1).clamp_min(1e-12)  # unit atoms (`_unit_atoms`)
-            weights, codes = weights / norms_k[:, None], codes * norms_k
+            weights, codes = _unit_atoms(weights, weights @ basis, codes)
         self.dictionary = weights @ basis
         self.weights_km = weights
         return self

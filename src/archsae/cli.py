@@ -295,13 +295,13 @@ def _trained_line(out_dir: Path, reused: bool) -> str:
     warning when it reconstructs held-out tokens worse than their mean does."""
     log = out_dir / "log.jsonl"
     last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.stat().st_size else {}
-    r2 = last.get("heldout_r2")
-    ended = (f": step {last['step'] + 1}, held-out R² {r2:.3g}, L0 {last['l0']:.1f}, dead {last['dead_fraction']:.1%}"
-             if r2 is not None else "")
+    r2 = last.get("heldout_r2", last.get("r2"))  # the training batch's, when the store holds out no token
+    ended = (f": step {last['step'] + 1}, {'held-out ' if 'heldout_r2' in last else 'training '}R² {r2:.3g}, "
+             f"L0 {last['l0']:.1f}, dead {last['dead_fraction']:.1%}" if r2 is not None else "")
     line = f"model in {out_dir}{ended}" + (" (already trained: reused)" if reused else "")
-    if r2 is not None and r2 < 0:
-        line += ("\n  warning: held-out R² below 0: it reconstructs worse than the tokens' mean; training diverged "
-                 "or stopped far too early (lower --lr, or train more --epochs)")
+    if r2 is not None and not r2 >= 0:  # NaN too
+        line += ("\n  warning: R² below 0: it reconstructs worse than the tokens' mean; training diverged or "
+                 "stopped far too early (lower --lr, or train more --epochs)")
     return line
 
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .classical import Baseline, load_baseline
-from .config import ClassicalConfig, EvaluateConfig, TrainConfig, to_dict
+from .config import ClassicalConfig, EvaluateConfig, TrainConfig, is_archetypal, to_dict
 from .errors import ArchsaeError
 from .files import read_json, write_json
 from .progress import quiet
@@ -86,10 +86,19 @@ def class_directions(store: ActivationStore, backbone=None) -> tuple[torch.Tenso
     return heads.float() * store.std_d, f"head of {config['model']} ({heads.shape[0]} classes), v * std"
 
 
-# Fields runs of one configuration may differ in: their seeds, and when they log, save and snapshot, or how many
-# streams read the data (a resume is exact at any cadence, and streams see the same batches).
-SAME_MODEL = ("seed", "data_seed", "centroids_seed", "subset_seed", "snapshot_every", "heldout_every",
-              "checkpoint_every", "streams")
+# Fields that change no model: when a run logs, saves and snapshots, and how many streams read the data (a resume
+# is exact at any cadence, and streams see the same batches).
+BOOKKEEPING = ("snapshot_every", "heldout_every", "checkpoint_every", "streams")
+# Fields runs of one configuration may differ in: their seeds, and the bookkeeping.
+SAME_MODEL = ("seed", "data_seed", "centroids_seed", "subset_seed", *BOOKKEEPING)
+
+
+def training_key(cfg: TrainConfig | ClassicalConfig, candidates_sha256: str | None) -> str:
+    """Equal for two runs that are one training (under two names, or trained twice): the whole configuration but
+    its `BOOKKEEPING`, seeds included, and C (`candidates_sha256` of config.json; None for a free dictionary)."""
+    if isinstance(cfg, TrainConfig):
+        cfg = replace(cfg.canonical(), **{f: getattr(TrainConfig(), f) for f in BOOKKEEPING})
+    return json.dumps({"config": asdict(cfg), "candidates": candidates_sha256}, sort_keys=True)
 
 
 def group_label(cfg: TrainConfig | ClassicalConfig, name: str, labels: dict[str, tuple[str, dict]]) -> str:
@@ -155,17 +164,17 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     effective rank (eq. 11), coherence (eq. 12), connectivity (eq. 13, on CONNECTIVITY_TOKENS tokens),
     negative interference (eq. 14) and plausibility (Sec. 5.2, when the store's model has a classifier head
     over these features); `groups`: per group of runs (models whose configurations differ only in their
-    seeds, see `group_label`), its runs, the `repeats` left out of its pairs (runs started as an earlier run of
-    the group was: the same seed on the same C) and, with two or more runs started apart, stability, MMCS and
-    max cosine over pairs of runs (`pair_metrics`): properties of pairs, not of one run; `skipped`, if any, the models that could
-    not be scored (a damaged file, ...) with the reason, the others being scored. Raises ArchsaeError when
-    no model can be scored.
+    seeds, see `group_label`), its runs, the `repeats` left out of its pairs (each the same training as an
+    earlier run of the group, `training_key`) and, with two or more runs trained apart, stability, MMCS and
+    max cosine over pairs of runs (`pair_metrics`): properties of pairs, not of one run; `skipped`, if any, the
+    models that could not be scored (a damaged file, ...) with the reason, the others being scored. Raises
+    ArchsaeError when no model can be scored.
     """
     raw = store.sample(cfg.max_tokens, cfg.seed, "heldout")
     acts = store.standardise(raw)
     heads, heads_from = class_directions(store)
     found = find_models(models_dir)
-    results, atoms, labels, starts = {}, {}, {}, {}
+    results, atoms, labels, trainings = {}, {}, {}, {}
     skipped = {p.parent.name: "its training did not finish (a checkpoint, no model): run its train command again"
                for p in sorted(Path(models_dir).glob("*/checkpoint.safetensors")) if p.parent.name not in found}
     for name, reason in skipped.items():
@@ -175,8 +184,9 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
             info = read_json(path / "config.json")
             if info.get("store") not in (None, store.fingerprint):
                 raise ArchsaeError("it was trained on another store (its config.json's fingerprint differs)")
-            results[name] = _model_metrics(store, load_model(path), name, raw, acts, heads, labels)
-            starts[name] = (results[name]["seed"], info.get("candidates_sha256"))  # its initialisation: seed and C
+            model = load_model(path)
+            results[name] = _model_metrics(store, model, name, raw, acts, heads, labels)
+            trainings[name] = training_key(model.config, info.get("candidates_sha256"))
         except (ArchsaeError, ValueError) as e:  # one model that cannot be scored does not sink the others
             skipped[name] = str(e)
             tqdm.write(f"evaluate: skipped {name}: {e}")
@@ -188,18 +198,19 @@ def evaluate(store: ActivationStore, models_dir: str | Path, cfg: EvaluateConfig
     groups = {}
     for group in dict.fromkeys(r["group"] for r in results.values()):
         names = [n for n, r in results.items() if r["group"] == group]
-        # Stability is between independently initialised runs: a run started like an earlier one (the same seed on
-        # the same C, e.g. one training under two names) would pair with it at 1.0, so it is left out of the pairs.
+        # Stability is between runs trained apart: a run that is the same training as an earlier one (one model
+        # under two names, or trained twice with the same seeds) would pair with it at 1.0; it is left out.
         paired, repeats = {}, []
         for n in names:
             if atoms[n].shape != atoms[names[0]].shape:
                 continue
-            if starts[n] in paired:
+            if trainings[n] in paired:
                 repeats.append(n)
-                tqdm.write(f"evaluate: {n} starts as {paired[starts[n]]} does (seed {starts[n][0]}, same C): left "
-                           f"out of {group}'s stability pairs")
+                tqdm.write(f"evaluate: {n} is the same training as {paired[trainings[n]]} (configuration, seeds"
+                           f"{' and C' if is_archetypal(results[n]['method']) else ''} equal): left out of {group}'s "
+                           "stability pairs")
             else:
-                paired[starts[n]] = n
+                paired[trainings[n]] = n
         groups[group] = {"runs": names, **({"repeats": repeats} if repeats else {}),
                          **(pair_metrics([atoms[n] for n in paired.values()]) or {})}
     summary = {"models": results, "groups": groups, **({"skipped": skipped} if skipped else {})}

@@ -62,7 +62,9 @@ def write_text(path: Path, text: str) -> None:
 
 
 def tensors_sha256(tensors: dict) -> str:
-    """sha256 of a dict of CPU tensors: names, dtypes, shapes and bytes, in name order."""
+    """The hex sha256 of a dict of torch tensors (any device; hashed on the CPU): for each name in sorted order,
+    the UTF-8 bytes of f"{name}|{dtype}|{shape};" (torch's dtype name, e.g. "torch.float32", and the shape as a
+    Python tuple, e.g. "(3, 4)" or "()"), then the tensor's raw bytes in C order."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
@@ -71,14 +73,15 @@ def tensors_sha256(tensors: dict) -> str:
     return h.hexdigest()
 
 
-def read_safetensors(path: Path, fix: str = "delete its folder and train the model again") -> dict:
-    """The tensors of a safetensors file we wrote (on the CPU); see `read_safetensors_with_metadata`."""
+def read_safetensors(path: Path, fix: str = "delete its folder and train the model again") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file we wrote, on the CPU, by name; see `read_safetensors_with_metadata`."""
     return read_safetensors_with_metadata(path, fix)[0]
 
 
-def read_safetensors_with_metadata(path: Path, fix: str, device: str = "cpu") -> tuple[dict, dict]:
-    """(tensors on `device`, metadata) of a safetensors file we wrote; ArchsaeError naming it, and `fix`, if it is
-    damaged: a truncated or corrupt header, or bytes that no longer match the checksum `write_safetensors`
+def read_safetensors_with_metadata(path: Path, fix: str, device: str = "cpu") -> tuple[dict[str, torch.Tensor],
+                                                                                      dict[str, str]]:
+    """(tensors on `device` by name, metadata) of a safetensors file we wrote; ArchsaeError naming it, and `fix`, if
+    it is damaged: a truncated or corrupt header, or bytes that no longer match the checksum `write_safetensors`
     stored (files written before it had one are read unchecked). The checksum is not in the returned metadata."""
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
@@ -92,11 +95,12 @@ def read_safetensors_with_metadata(path: Path, fix: str, device: str = "cpu") ->
     return tensors, metadata
 
 
-def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None, checksum: bool = True) -> None:
     """Save a dict of torch tensors as safetensors atomically (tensors made contiguous), with their
-    `tensors_sha256` in the metadata ("sha256"), which `read_safetensors` checks."""
+    `tensors_sha256` in the metadata under "sha256" (a reserved key), which `read_safetensors` checks. A store's
+    shards pass checksum=False: store.json holds each shard file's sha256 already."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {**(metadata or {}), "sha256": tensors_sha256(tensors)}
+    metadata = {**(metadata or {}), **({"sha256": tensors_sha256(tensors)} if checksum else {})}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 

@@ -56,6 +56,6 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
             jobs.append(Job(tcfg, run_dir / "models" / f"{method}-s{tcfg.seed}", candidates if tcfg.archetypal else None))
     train_many(store, jobs)
     evaluated = evaluate(store, run_dir / "models", cfg.evaluate, run_dir / "metrics.json")
-    run_pairs(run_dir, store, {label: g["runs"] for label, g in evaluated["groups"].items()}, StabilityConfig(),
-              cfg.distill)
+    pairs = {label: [n for n in g["runs"] if n not in g.get("repeats", [])] for label, g in evaluated["groups"].items()}
+    run_pairs(run_dir, store, pairs, StabilityConfig(), cfg.distill)
     return write_report(run_dir, cfg.report)

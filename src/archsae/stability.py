@@ -31,14 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
 from . import metrics
 from .config import DistillConfig, StabilityConfig, TrainConfig, sweep_labels, to_dict
 from .distill import centroids_path_of, distill, kmeans
 from .evaluate import reconstruct
-from .files import write_json
+from .files import read_safetensors_with_metadata, write_json
 from .progress import quiet
 from .sae import check_candidate_count, load_sae
 from .store import ActivationStore
@@ -93,8 +92,8 @@ def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: Stabil
 def _snapshots(model_dir: Path) -> dict[int, torch.Tensor]:
     out = {}
     for path in sorted((model_dir / "snapshots").glob("step*.safetensors")):
-        with safe_open(path, framework="pt") as f:
-            out[int(f.metadata()["step"])] = f.get_tensor("atoms")
+        tensors, metadata = read_safetensors_with_metadata(path, f"delete {model_dir} to train the run again")
+        out[int(metadata["step"])] = tensors["atoms"]
     return out
 
 

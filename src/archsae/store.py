@@ -122,9 +122,10 @@ class StoreWriter:
 
     def add(self, acts_md: np.ndarray, image_m: np.ndarray, pos_m: np.ndarray, n_images: int) -> None:
         """Append the tokens of `n_images` whole images; writes a shard each `images_per_shard` images."""
-        check_finite(acts_md, "extraction")
-        dtype = np.dtype(self.meta["header"]["dtype"])
-        self._buf.append((acts_md.astype(dtype), image_m.astype(np.int64), pos_m.astype(np.int64)))
+        with np.errstate(over="ignore"):
+            acts_md = acts_md.astype(np.dtype(self.meta["header"]["dtype"]))
+        check_finite(acts_md, "extraction")  # after the cast: float16 turns values above 65,504 into Inf
+        self._buf.append((acts_md, image_m.astype(np.int64), pos_m.astype(np.int64)))
         self._buf_images += n_images
         if self._buf_images >= self.images_per_shard:
             self.flush()
@@ -143,7 +144,7 @@ class StoreWriter:
         self.root.mkdir(parents=True, exist_ok=True)  # at the first shard: input refused before it leaves no folder
         write_safetensors(self.root / name, {
             "acts": torch.from_numpy(acts), "image": torch.from_numpy(image), "pos": torch.from_numpy(pos),
-            "stat_mean": torch.from_numpy(mean), "stat_m2": torch.from_numpy(m2)})
+            "stat_mean": torch.from_numpy(mean), "stat_m2": torch.from_numpy(m2)}, checksum=False)
         heldout = int((image % self.meta["header"]["holdout_every"] == 0).sum()) if len(image) else 0
         self.meta["shards"].append({"file": name, "n": int(len(acts)), "n_heldout": heldout,
                                     "n_images": self._buf_images, "first_image": int(image[0]) if len(image) else 0,
@@ -213,14 +214,15 @@ class ActivationStore:
             raise ArchsaeError(f"no activation store at {self.root}: run `archsae extract` or `archsae store import`"
                                f"{hint}")
         self.meta = read_meta(self.root)
+        imported = self.meta["header"].get("token_kind") == "imported"
+        self.remake = "`archsae store import` of the same file" if imported else "`archsae extract`"
         if not self.meta["complete"]:
-            again = ("`archsae store import` of the same file" if self.meta.get("token_kind") == "imported"
-                     else "`archsae extract`")
             raise ArchsaeError(f"the store at {self.root} is incomplete (interrupted while it was written); "
-                               f"re-run the same {again} to resume it")
+                               f"re-run the same {self.remake} to resume it")
         for s in self.meta["shards"]:
             if not (self.root / s["file"]).exists():
-                raise ArchsaeError(f"shard {s['file']} of {self.root} is missing; re-extract the store")
+                raise ArchsaeError(f"shard {s['file']} of {self.root} is missing; delete the store and re-run the "
+                                   f"same {self.remake}")
         self.header = self.meta["header"]
         self.mean_d = torch.tensor(self.meta["mean"], dtype=torch.float32)
         std = torch.tensor(self.meta["std"], dtype=torch.float32)
@@ -289,7 +291,8 @@ class ActivationStore:
         try:
             return safe_open(path, framework="pt")
         except (SafetensorError, OSError) as e:
-            raise ArchsaeError(f"shard {path} is unreadable ({e}); re-extract the store") from None
+            raise ArchsaeError(f"shard {path} is unreadable ({e}); delete the store and re-run the same "
+                               f"{self.remake}") from None
 
     def _keep(self, i: int, image_m: torch.Tensor, split: str, subset: Subset | None) -> torch.Tensor:
         """Which rows of shard i, whose tokens come from the images `image_m`, belong to a split and subset: bool (m,)."""
@@ -444,22 +447,26 @@ def matrix_store(matrix_nd, root: str | Path, source: str, shard_tokens: int = 1
     NaN/Inf rows, or n not a multiple of tokens_per_image."""
     n, d = matrix_nd.shape
     per_image = tokens_per_image
-    if per_image < 1 or n % per_image:
+    if per_image < 1:
+        raise ArchsaeError(f"tokens_per_image must be >= 1, got {per_image}")
+    if n % per_image:
         raise ArchsaeError(f"{source}: {n:,} rows are not whole images of {per_image} tokens each; pass the number "
                            "of consecutive rows that come from one image (--tokens-per-image), or 1")
     header = {"source": source, "model": "", "layer": "", "token_kind": "imported", "d": int(d),
               "dtype": dtype, "grid": None, "tokens_per_image": per_image, "holdout_every": holdout_every,
               "images": [], **header}
-    # Every row is checked before the first shard is written: a bad row deep in the matrix would otherwise leave
-    # an incomplete store, which only the same (still bad) matrix may resume.
-    for start in range(0, n, shard_tokens):
-        check_finite(np.asarray(matrix_nd[start:start + shard_tokens], dtype=np.float32), source, first_row=start)
     images_per_shard = max(1, shard_tokens // per_image)
-    writer = StoreWriter(root, header, images_per_shard=images_per_shard)
+    writer = StoreWriter(root, header, images_per_shard=images_per_shard)  # writes nothing before its first shard
     if writer.complete:
         return ActivationStore(root)
-    step = images_per_shard * per_image
-    for start in range(writer.next_image * per_image, n, step):
+    step, first = images_per_shard * per_image, writer.next_image * per_image
+    # Every row left is checked, in the store's dtype, before a shard is written: a bad row deep in the matrix
+    # would otherwise leave an incomplete store, which only the same (still bad) matrix may resume.
+    for start in range(first, n, step):
+        with np.errstate(over="ignore"):  # an overflow is reported below, as the Inf it makes
+            chunk = np.asarray(matrix_nd[start:start + step]).astype(dtype)
+        check_finite(chunk, source, first_row=start)
+    for start in range(first, n, step):
         rows = np.asarray(matrix_nd[start:start + step], dtype=np.float32)
         idx = np.arange(start, start + len(rows))
         writer.add(rows, idx // per_image, idx % per_image, n_images=len(rows) // per_image)

@@ -31,6 +31,7 @@ from ..config import (CLASSICAL, METHODS, DistillConfig, ExtractConfig, Identifi
                       is_archetypal, to_dict)
 from ..data.collages import OBJECTS_PER_IMAGE, THEMES, collage_labels, render, sprites_root, theme_sprites
 from ..distill import distill
+from ..errors import ArchsaeError
 from ..evaluate import reconstruct
 from ..files import read_json, read_safetensors_with_metadata, save_image, write_json, write_safetensors
 from ..models import load_backbone
@@ -65,9 +66,12 @@ def _theme_features(out: Path, theme: str, cfg: IdentifiabilityBenchConfig, back
     key = {"theme": theme, "n_train": cfg.n_train, "n_test": cfg.n_test, "seed": cfg.seed,
            "model": backbone.name, "objects": THEMES[theme]}
     if path.exists():
-        split, stored = read_safetensors_with_metadata(path, "delete it to extract the features again")
-        if stored == {k: str(v) for k, v in key.items()}:
-            return split
+        try:
+            split, stored = read_safetensors_with_metadata(path, "")
+            if stored == {k: str(v) for k, v in key.items()}:
+                return split
+        except ArchsaeError:  # a damaged cache: extracted again
+            pass
     shutil.rmtree(out / "store", ignore_errors=True)  # new features: a new store (its models are remade: own_cache)
     sprites = theme_sprites(root, theme)
     split = {}

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .. import metrics
+from ..errors import ArchsaeError
 from ..evaluate import atoms_of, model_space
 from ..files import read_json, read_safetensors, write_json, write_safetensors
 from ..progress import quiet
@@ -252,13 +253,17 @@ def save_stats(stats: ConceptStats, path: Path, key: dict) -> None:
 
 
 def load_stats(path: Path, key: dict) -> ConceptStats | None:
-    """The cached statistics at `path` when they were computed for `key`, else None."""
+    """The cached statistics at `path` when they were computed for `key`, else None (also when the cache is
+    damaged: it is computed again)."""
     if not path.with_suffix(".json").exists() or not path.with_suffix(".safetensors").exists():
         return None
     info = read_json(path.with_suffix(".json"))
     if info.get("key") != json.loads(json.dumps(key)):
         return None
-    t = {name: v.numpy() for name, v in read_safetensors(path.with_suffix(".safetensors")).items()}
+    try:
+        t = {name: v.numpy() for name, v in read_safetensors(path.with_suffix(".safetensors")).items()}
+    except ArchsaeError:
+        return None
     return ConceptStats(**{name: t[name] for name in _ARRAYS}, label=info["label"],
                         matches={name: (t[f"match{i}.index"], t[f"match{i}.cos"])
                                  for i, name in enumerate(info["matches"])},

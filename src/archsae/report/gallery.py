@@ -86,8 +86,9 @@ def concept_gallery(model: SAE, store: ActivationStore, n_concepts: int = 16, n_
     one per source (`source_ids`; by default each image is its own), drawn with that code's activation per token as a heatmap over the image (`heat_overlay`).
 
     Streams the store twice (usage, then per-image maxima of the chosen codes); memory is
-    O(k + images x n_concepts). Imported stores (no images) give concepts without strips; images whose file is
-    missing are left out of the strips (`missing_images`).
+    O(k + images x n_concepts). Concepts of a store imported from a matrix (no images) have no strip but `rows`,
+    the `n_images` rows of largest activation (`_top_rows`); images whose file is missing are left out of the
+    strips (`missing_images`).
     """
     k = model.k
     usage = torch.zeros(k)
