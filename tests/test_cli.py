@@ -426,6 +426,10 @@ def test_train_says_how_each_model_ended_and_warns_when_it_diverged(tmp_path):
     assert "(already trained: reused)" in invoke("train", *common).output
     result = invoke("train", *common, "--lr", 1000, "--name", "wild")  # finite, but far worse than the mean
     assert result.exit_code == 0 and "warning: R² below 0" in result.output, result.output
+    assert "top_k = 8 active codes in d = 16 dimensions is hardly sparse" in invoke(
+        "train", *common[:-6], "--top-k", 8, "--epochs", 0.5, "--batch-size", 256, "--name", "dense").output
+    assert invoke("distill", "--run-dir", tmp_path / "r", "--n-centroids", 64).exit_code == 0
+    assert "ra-topk-s0's delta is " in invoke("train", *common, "--method", "ra-topk", "--delta", 8).output
 
 
 def test_a_report_on_an_imported_matrix_names_each_concepts_top_rows(tmp_path):

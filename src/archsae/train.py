@@ -191,6 +191,9 @@ class _Trainer:
         if candidates is not None and not cfg.centre:  # k-means commutes with the shift to the uncentred space
             candidates = candidates + store.uncentred_mean_d
         self.model = build_sae(cfg, store.d, candidates, delta)
+        # delta against the candidates' mean norm: near 1, an RA-SAE's atoms need not stay near the hull of C
+        self.delta_share = ((delta if delta is not None else cfg.delta) / float(candidates.norm(dim=1).mean())
+                            if cfg.method.startswith("ra-") and candidates is not None else 0.0)
         self.model.set_normalisation_(*store.normalisation(cfg.centre)).to(device).train()
         # beta2 = 0.99: at a few hundred steps, 0.999's second moment still remembers the large gradients of
         # the first steps and shrinks every later step (benchmarks/README.md). Fused: 10x faster on CPU too.
@@ -542,6 +545,16 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
         for t in (t for t in active if t.restarted):
             tqdm.write(f"train: {t.out_dir.name} has no checkpoint (stopped before its first, or deleted); "
                        "training it from step 0", file=sys.stderr)
+        dense = sorted({t.cfg.top_k for t in active if t.cfg.top_k > store.d / 4})
+        if dense:
+            tqdm.write(f"train: warning: top_k = {dense[-1]} active codes in d = {store.d} dimensions is hardly sparse; "
+                       "the defaults (k = 2,560, top_k = 32) are set for d = 1,280: choose --k and --top-k for your d",
+                       file=sys.stderr)
+        for t in (t for t in active if t.delta_share > 0.5):
+            tqdm.write(f"train: warning: {t.out_dir.name}'s delta is {t.delta_share:.0%} of the mean norm of its "
+                       "candidates C: its atoms may end far from the hull of C (on the default store delta = 16, "
+                       "about half, left atoms at cos 0.74 with their nearest candidate); lower --delta",
+                       file=sys.stderr)
         short = sorted({t.cfg.warmup_steps for t in active if t.cfg.warmup_steps > total})
         if short:
             tqdm.write(f"train: warning: {total} steps, fewer than the {short[-1]} warmup steps: the learning rate "
