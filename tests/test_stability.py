@@ -20,7 +20,7 @@ def experiment(tmp_path_factory):
     run = tmp_path_factory.mktemp("stability")
     acts, _ = planted_data(n=6000, d=32, n_base=8)
     store = write_store(run / "store", acts + 0.6)  # a mean of about 2 std per feature
-    cfg = StabilityConfig(mode=("independent", "shared", "perturbed"), runs=2, snapshots=3, uncentred=True,
+    cfg = StabilityConfig(mode=("independent", "shared", "perturbed", "same-c"), runs=2, snapshots=3, uncentred=True,
                           max_tokens=600, null_points=3000)
     bases = [BASE, TrainConfig(**{**BASE.__dict__, "method": "ra-topk"})]
     return run, store, run_stability(run, store, bases, cfg, DISTILL, "cpu")
@@ -49,6 +49,24 @@ def test_shared_runs_agree_exactly_at_t0_and_independent_ones_do_not(experiment)
     assert shared_final > 0.98 and shared_final > group(results, "ra-topk", "independent")["final"] + 0.1
 
 
+def test_same_c_runs_share_their_candidates_and_nothing_else(experiment):
+    """same-c: one C for every run, each run its own seed (W's start, encoder) and data order; run 0 is the
+    independent run 0; a free dictionary has no C, so no same-c group."""
+    import json
+
+    run, _, results = experiment
+    assert not [g for g in results["groups"] if g["method"] == "topk" and g["mode"] == "same-c"]
+    same_c = group(results, "ra-topk", "same-c")
+    assert same_c["runs"][0] == group(results, "ra-topk", "independent")["runs"][0]
+    configs = [json.loads((run / "stability" / r / "config.json").read_text()) for r in same_c["runs"]]
+    assert configs[0]["candidates_sha256"] == configs[1]["candidates_sha256"]
+    assert configs[0]["train"]["seed"] != configs[1]["train"]["seed"]
+    assert configs[0]["train"]["data_seed"] != configs[1]["train"]["data_seed"]
+    independent = [json.loads((run / "stability" / r / "config.json").read_text())["candidates_sha256"]
+                   for r in group(results, "ra-topk", "independent")["runs"]]
+    assert independent[0] != independent[1]
+
+
 def test_the_verdict_reads_a_shared_start_as_inherited(experiment):
     _, _, results = experiment
     shared = group(results, "ra-topk", "shared")
@@ -70,8 +88,8 @@ def test_trajectories_run_from_the_start_to_the_end_of_training(experiment):
     # a free dictionary's shared runs share its seed: run 0 is the independent run 0, trained once
     shared = group(results, "topk", "shared")["runs"]
     assert shared[0] == g["runs"][0] and shared[1] != g["runs"][1]
-    # per space: topk 2 independent + 1 more shared + 2 perturbed; ra-topk 2 runs in each of 3 modes
-    assert len(list((run / "stability" / "models").iterdir())) == 2 * (2 + 1 + 2 + 3 * 2)
+    # per space: topk 2 independent + 1 more shared + 2 perturbed; ra-topk 2 runs in each of 3 modes + 1 more same-c
+    assert len(list((run / "stability" / "models").iterdir())) == 2 * (2 + 1 + 2 + 3 * 2 + 1)
 
 
 def test_perturbed_runs_see_different_token_subsets(experiment):

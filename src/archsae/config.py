@@ -302,6 +302,8 @@ STABILITY_MODES = {
     "shared": "the paper's: one C and W = identity, so every run starts from the same dictionary (and, tied, the "
               "same encoder); runs differ only in their data order. A free dictionary: every run the same seed",
     "perturbed": "independent seeds, and each run (k-means included) on its own subset of the train tokens",
+    "same-c": "archetypal only: one C (run 0's k-means), each run its own W initialisation (--w-init, seeded), "
+              "encoder seed and data order: whether runs started apart on one C meet",
 }
 
 

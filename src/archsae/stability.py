@@ -86,6 +86,8 @@ def run_config(base: TrainConfig, mode: str, run: int, centre: bool, cfg: Stabil
         return replace(base, **{**common, "seed": base.seed}).canonical()
     if mode == "perturbed":
         return replace(base, **common, centroids_seed=seed, subset=cfg.perturb_subset, subset_seed=run).canonical()
+    if mode == "same-c":  # one C, each run's own W start and encoder (run 0 is independent's)
+        return replace(base, **common, centroids_seed=base.seed).canonical()
     return replace(base, **common, centroids_seed=seed).canonical()
 
 
@@ -117,13 +119,15 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     out = Path(run_dir) / "stability"
     labels = dict(zip(bases, sweep_labels(bases)))
     spaces = [True, False] if cfg.uncentred else [True]
-    for base, mode in itertools.product(bases, cfg.mode):  # before any k-means
+    # same-c varies nothing a free dictionary has beyond independent's seeds: it would be independent relabelled
+    modes = [(base, mode) for base, mode in itertools.product(bases, cfg.mode) if base.archetypal or mode != "same-c"]
+    for base, mode in modes:  # before any k-means
         check_candidate_count(run_config(base, mode, 0, True, cfg, 1), distill_cfg.n_centroids,
                               "pass --distill-n-centroids k or more")
     jobs: dict[TrainConfig, Job] = {}
     centroids: dict[DistillConfig, torch.Tensor] = {}
     groups = []
-    for base, mode, centre in itertools.product(bases, cfg.mode, spaces):
+    for (base, mode), centre in itertools.product(modes, spaces):
         subset = cfg.perturb_subset if mode == "perturbed" else 1.0
         steps = total_steps(store, replace(base, subset=subset))
         label = labels[base]

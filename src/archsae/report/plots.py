@@ -72,7 +72,7 @@ def stability_plots(results: dict, out_dir: str | Path) -> list[Path]:
     fig, ax = subplots(figsize=(10, 5))
     for i, g in enumerate(groups):
         params = ", ".join(f"{k}={v}" for k, v in g["params"].items())
-        ax.scatter(g["r2"], g["final"], marker="os^"[modes.index(g["mode"])], s=45, color=colormaps["tab20"](i % 20),
+        ax.scatter(g["r2"], g["final"], marker="os^D"[modes.index(g["mode"])], s=45, color=colormaps["tab20"](i % 20),
                    label=f"{_name(g)}, {params} [{g['mode']}]")
     ax.set_xlabel("R² (held-out)")
     ax.set_ylabel("stability at the end of training")
