@@ -88,7 +88,7 @@ def check_finite(acts: np.ndarray, where: str, first_row: int = 0) -> None:
         row = first_row + int(np.flatnonzero(bad)[0])
         raise ArchsaeError(f"{where}: activations contain NaN/Inf ({int(bad.sum())} rows, first row {row}); "
                            "fix the source (an imported matrix; or the model in fp32, no corrupt images) before "
-                           "storing")
+                           "storing, or store float32 (--dtype float32) where float16 overflows")
 
 
 class StoreWriter:
