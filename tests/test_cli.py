@@ -429,7 +429,8 @@ def test_train_says_how_each_model_ended_and_warns_when_it_diverged(tmp_path):
     assert "top_k = 8 active codes in d = 16 dimensions is hardly sparse" in invoke(
         "train", *common[:-6], "--top-k", 8, "--epochs", 0.5, "--batch-size", 256, "--name", "dense").output
     assert invoke("distill", "--run-dir", tmp_path / "r", "--n-centroids", 64).exit_code == 0
-    assert "ra-topk-s0's delta is " in invoke("train", *common, "--method", "ra-topk", "--delta", 8).output
+    assert "of the mean norm of the candidates C (ra-topk-s0)" in invoke("train", *common, "--method", "ra-topk",
+                                                                         "--delta", 8).output
 
 
 def test_a_report_on_an_imported_matrix_names_each_concepts_top_rows(tmp_path):

@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 
 from archsae.config import DistillConfig, StabilityConfig, TrainConfig
+from archsae.errors import ArchsaeError
 from archsae.report.plots import stability_plots
 from archsae.stability import _nulls, run_stability, verdict
 from archsae.store import Subset
@@ -56,6 +57,8 @@ def test_same_c_runs_share_their_candidates_and_nothing_else(experiment):
 
     run, _, results = experiment
     assert not [g for g in results["groups"] if g["method"] == "topk" and g["mode"] == "same-c"]
+    with pytest.raises(ArchsaeError, match="same-c applies to archetypal methods only"):  # before writing anything
+        run_stability(run, None, [BASE], StabilityConfig(mode=("same-c",)), DISTILL, "cpu")
     same_c = group(results, "ra-topk", "same-c")
     assert same_c["runs"][0] == group(results, "ra-topk", "independent")["runs"][0]
     configs = [json.loads((run / "stability" / r / "config.json").read_text()) for r in same_c["runs"]]

@@ -97,6 +97,8 @@ def test_import_holds_out_whole_images_of_consecutive_rows(tmp_path):
     assert store.n_split("train") == 54
     with pytest.raises(ArchsaeError, match="60 rows are not whole images of 7 tokens"):
         import_matrix(_save(tmp_path, acts), tmp_path / "t", tokens_per_image=7)
+    with pytest.raises(ArchsaeError, match="nothing is left to train on"):  # one image, held out
+        import_matrix(_save(tmp_path, acts), tmp_path / "t", tokens_per_image=60)
     assert not (tmp_path / "t").exists()
 
 

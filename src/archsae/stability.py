@@ -36,6 +36,7 @@ from tqdm import tqdm
 from . import metrics
 from .config import DistillConfig, StabilityConfig, TrainConfig, sweep_labels, to_dict
 from .distill import centroids_path_of, distill, kmeans
+from .errors import ArchsaeError
 from .evaluate import reconstruct
 from .files import read_safetensors_with_metadata, write_json
 from .progress import quiet
@@ -121,6 +122,9 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
     spaces = [True, False] if cfg.uncentred else [True]
     # same-c varies nothing a free dictionary has beyond independent's seeds: it would be independent relabelled
     modes = [(base, mode) for base, mode in itertools.product(bases, cfg.mode) if base.archetypal or mode != "same-c"]
+    if not modes:
+        raise ArchsaeError("nothing to train: --mode same-c applies to archetypal methods only (a-..., ra-...); add "
+                           "one with --method, or another --mode")
     for base, mode in modes:  # before any k-means
         check_candidate_count(run_config(base, mode, 0, True, cfg, 1), distill_cfg.n_centroids,
                               "pass --distill-n-centroids k or more")

@@ -450,8 +450,11 @@ def matrix_store(matrix_nd, root: str | Path, source: str, shard_tokens: int = 1
     if per_image < 1:
         raise ArchsaeError(f"tokens_per_image must be >= 1, got {per_image}")
     if n % per_image:
-        raise ArchsaeError(f"{source}: {n:,} rows are not whole images of {per_image} tokens each; pass the number "
+        raise ArchsaeError(f"{source}: {n:,} rows are not whole images of {per_image:,} tokens each; pass the number "
                            "of consecutive rows that come from one image (--tokens-per-image), or 1")
+    if n // per_image <= 1:  # image 0 is held out: nothing would be left to train on
+        raise ArchsaeError(f"{source}: {n:,} rows make {n // per_image} image(s) of {per_image:,} tokens, and image 0 "
+                           "is held out: nothing is left to train on; lower --tokens-per-image")
     header = {"source": source, "model": "", "layer": "", "token_kind": "imported", "d": int(d),
               "dtype": dtype, "grid": None, "tokens_per_image": per_image, "holdout_every": holdout_every,
               "images": [], **header}

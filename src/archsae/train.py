@@ -550,11 +550,12 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
             tqdm.write(f"train: warning: top_k = {dense[-1]} active codes in d = {store.d} dimensions is hardly sparse; "
                        "the defaults (k = 2,560, top_k = 32) are set for d = 1,280: choose --k and --top-k for your d",
                        file=sys.stderr)
-        for t in (t for t in active if t.delta_share > 0.5):
-            tqdm.write(f"train: warning: {t.out_dir.name}'s delta is {t.delta_share:.0%} of the mean norm of its "
-                       "candidates C: its atoms may end far from the hull of C (on the default store delta = 16, "
-                       "about half, left atoms at cos 0.74 with their nearest candidate); lower --delta",
-                       file=sys.stderr)
+        far = [t for t in active if t.delta_share > 0.5]
+        if far:
+            tqdm.write(f"train: warning: delta is {max(t.delta_share for t in far):.0%} of the mean norm of the "
+                       f"candidates C ({', '.join(t.out_dir.name for t in far)}): atoms may end far from the hull of "
+                       "C (on the default store delta = 16, about half, left atoms at cos 0.74 with their nearest "
+                       "candidate); lower --delta", file=sys.stderr)
         short = sorted({t.cfg.warmup_steps for t in active if t.cfg.warmup_steps > total})
         if short:
             tqdm.write(f"train: warning: {total} steps, fewer than the {short[-1]} warmup steps: the learning rate "
@@ -579,7 +580,8 @@ def _train_pass(store: ActivationStore, jobs: list[Job], device: torch.device) -
                 if step >= t.start:
                     t.step(step, xs)
             if world.rank == 0 and hasattr(active[0], "last"):
-                bar.set_postfix(loss=f"{active[0].last['loss']:.3f}", r2=f"{active[0].last['r2']:.3f}")
+                bar.set_postfix(loss=f"{active[0].last['loss']:.3f}", r2=f"{active[0].last['r2']:.3f}",
+                                refresh=False)  # drawn at the bar's own interval, not at every log line
             bar.update(1)
     bar.close()
     models = [t.model if t.done else t.finish() for t in trainers]

@@ -160,7 +160,7 @@ def write_report(run_dir: str | Path, cfg: ReportConfig = ReportConfig()) -> Pat
     if missing:  # e.g. a store copied without the images it was extracted from
         tqdm.write(f"report: {len(missing)} of the store's {len(store.images)} images are not found (first: "
                    f"{store.images[missing[0]]['path']}); the concept strips leave them out", file=sys.stderr)
-    for group, names in tqdm(groups.items(), desc="concept galleries", unit="model", **quiet(False)):  # a pass each
+    for group, names in tqdm(groups.items(), desc="concept galleries", unit="model", **quiet(not groups)):  # a pass each
         name = sorted(names, key=lambda n: metrics[n]["seed"])[0]
         concepts = concept_gallery(load_model(run_dir / "models" / name), store, cfg.n_concepts, cfg.n_images, sources)
         for c in concepts:
