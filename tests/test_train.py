@@ -289,6 +289,10 @@ def test_a_job_refused_in_a_group_leaves_no_other_folder_behind(planted, tmp_pat
     with pytest.raises(ArchsaeError, match="another configuration"):
         train_many(store, jobs)
     assert not (tmp_path / "new").exists()
+    jobs[0] = Job(replace(BASE, method="topk", epochs=2), tmp_path / "new", None, {})  # another pass, run first
+    with pytest.raises(ArchsaeError, match="another configuration"):  # refused before that pass trains
+        train_many(store, jobs)
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_checkpoint_that_does_not_fit_is_a_clear_error(planted, tmp_path, monkeypatch):

@@ -154,13 +154,9 @@ class _Trainer:
         self.config = sae_config(cfg, store.d, store=store.fingerprint, **info)
         self.done = False
         resolved = dict.fromkeys(("streams", "processes"))  # how it ran: any will do for a finished model
-        stored = read_json(self.out_dir / "config.json") if (self.out_dir / "config.json").exists() else None
-        if stored is not None:
-            # When checkpoints are written changes no result (a resume is exact): not a difference.
-            stored["train"] = asdict(replace(stored_train_config(stored["train"]).canonical(),
-                                             checkpoint_every=cfg.checkpoint_every))
-            if "candidates_sha256" in self.config:  # a model saved before C was recorded is taken as it is
-                stored.setdefault("candidates_sha256", self.config["candidates_sha256"])
+        stored = _stored_config(self.out_dir, cfg)
+        if stored is not None and "candidates_sha256" in self.config:  # a model saved before C was recorded: as is
+            stored.setdefault("candidates_sha256", self.config["candidates_sha256"])
         changed = differences({**stored, **resolved}, {**self.config, **resolved}) if stored is not None else []
         if job.own_cache and world.from_rank0(bool(changed), device):  # a benchmark's cache of other settings
             world.barrier()  # every rank has read the old config.json before rank 0 deletes it
@@ -176,8 +172,7 @@ class _Trainer:
         if stored is not None:
             finished = (self.out_dir / "model.safetensors").exists()
             refuse_if_different({**stored, **resolved}, {**self.config, **resolved}, self.out_dir, "a model",
-                                "delete that folder to train it again, or use another --run-dir (or "
-                                "--name, in archsae train)")
+                                _OTHER_MODEL)
             if not finished and any(stored.get(key) != self.config[key] for key in resolved):
                 raise ArchsaeError(
                     f"{self.out_dir} holds a checkpoint of a run on {stored.get('processes')} process(es) with "
@@ -426,6 +421,20 @@ def train(store: ActivationStore, cfg: TrainConfig, out_dir: str | Path, candida
     return train_many(store, [Job(cfg, Path(out_dir), candidates_nd, info or {})], device)[0]
 
 
+_OTHER_MODEL = "delete that folder to train it again, or use another --run-dir (or --name, in archsae train)"
+
+
+def _stored_config(out_dir: Path, cfg: TrainConfig) -> dict | None:
+    """The config.json in `out_dir` (None if absent), its "train" canonical and at `cfg`'s checkpoint cadence:
+    when checkpoints are written changes no result (a resume is exact), so it is not a difference."""
+    if not (out_dir / "config.json").exists():
+        return None
+    stored = read_json(out_dir / "config.json")
+    stored["train"] = asdict(replace(stored_train_config(stored["train"]).canonical(),
+                                     checkpoint_every=cfg.checkpoint_every))
+    return stored
+
+
 def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | str | None = None) -> list[SAE]:
     """Train every job; jobs that agree on the data fields (DATA_FIELDS) share one pass of the store, so a
     sweep over seeds, deltas, sparsities or dictionaries reads the data once. Returns the models in order.
@@ -435,6 +444,11 @@ def train_many(store: ActivationStore, jobs: list[Job], device: torch.device | s
     diverges."""
     if len({job.out_dir.resolve() for job in jobs}) != len(jobs):
         raise ArchsaeError("two configurations would be written to the same model folder; give each its own name")
+    for job in (job for job in jobs if not job.own_cache):  # before any pass: passes run one after another
+        stored = _stored_config(job.out_dir, job.cfg)
+        if stored is not None:  # the training options only; the pass checks the rest (C, resolved delta, ...)
+            refuse_if_different({"train": stored["train"]}, {"train": asdict(job.cfg.canonical())}, job.out_dir,
+                                "a model", _OTHER_MODEL)
     device = resolve_device(device)
     groups: dict[tuple, list[int]] = {}
     for i, job in enumerate(jobs):
