@@ -70,6 +70,21 @@ def test_same_c_runs_share_their_candidates_and_nothing_else(experiment):
     assert independent[0] != independent[1]
 
 
+def test_a_run_that_is_also_independent_is_found_by_a_later_call(experiment, tmp_path):
+    """same-c's run 0 is the independent run 0: trained by a same-c call first, it is named as an independent run,
+    so a later --mode independent call reuses it instead of training it again."""
+    _, store, _ = experiment
+    ra = replace(BASE, method="ra-topk", epochs=1)
+    first = run_stability(tmp_path, store, [ra], StabilityConfig(mode=("same-c",), runs=2, snapshots=2,
+                                                                 max_tokens=600, null_points=3000), DISTILL, "cpu")
+    run0 = tmp_path / "stability" / first["groups"][0]["runs"][0] / "model.safetensors"
+    assert "-independent-r0" in str(run0)
+    before = run0.stat().st_mtime_ns
+    later = run_stability(tmp_path, store, [ra], StabilityConfig(mode=("independent",), runs=2, snapshots=2,
+                                                                 max_tokens=600, null_points=3000), DISTILL, "cpu")
+    assert later["groups"][0]["runs"][0] == first["groups"][0]["runs"][0] and run0.stat().st_mtime_ns == before
+
+
 def test_the_verdict_reads_a_shared_start_as_inherited(experiment):
     _, _, results = experiment
     shared = group(results, "ra-topk", "shared")

@@ -136,10 +136,15 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
         steps = total_steps(store, replace(base, subset=subset))
         label = labels[base]
         folders = []
+        snapshot_every = max(1, steps // cfg.snapshots)
         for r in range(cfg.runs):
-            tcfg = run_config(base, mode, r, centre, cfg, max(1, steps // cfg.snapshots))
+            tcfg = run_config(base, mode, r, centre, cfg, snapshot_every)
             if tcfg not in jobs:
-                name = f"{folder_label(base)}-{mode}{'' if centre else '-uncentred'}-r{r}"
+                # a run that is also an independent run (run 0 of shared free and same-c) is named as one, so a
+                # later call with --mode independent finds it, whichever call trained it first
+                also = tcfg == run_config(base, "independent", r, centre, cfg, snapshot_every)
+                named = "independent" if also else mode
+                name = f"{folder_label(base)}-{named}{'' if centre else '-uncentred'}-r{r}"
                 candidates = None
                 if tcfg.archetypal:
                     dcfg = replace(distill_cfg, seed=tcfg.kmeans_seed, subset=tcfg.subset, subset_seed=tcfg.subset_seed)
