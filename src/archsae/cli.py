@@ -296,9 +296,11 @@ def _trained_line(out_dir: Path, reused: bool) -> str:
     log = out_dir / "log.jsonl"
     last = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.stat().st_size else {}
     r2 = last.get("heldout_r2", last.get("r2"))  # the training batch's, when the store holds out no token
-    ended = (f": step {last['step'] + 1}, {'held-out ' if 'heldout_r2' in last else 'training '}R² {r2:.3g}, "
-             f"L0 {last['l0']:.1f}, {last['dead_fraction']:.1%} of codes silent over its last logged steps"
-             if r2 is not None else "")
+    ended = ""
+    if r2 is not None:
+        shown = f"{r2:.3f}" if abs(r2) < 1000 else f"{r2:.3g}"  # a diverged run's R² can be -1e17
+        ended = (f": step {last['step'] + 1}, {'held-out ' if 'heldout_r2' in last else 'training '}R² {shown}, "
+                 f"L0 {last['l0']:.1f}, {last['dead_fraction']:.1%} of codes silent over its last logged steps")
     line = f"model in {out_dir}{ended}" + (" (already trained: reused)" if reused else "")
     if r2 is not None and not r2 >= 0:  # NaN too
         line += ("\n  warning: R² below 0: it reconstructs worse than the tokens' mean; training diverged or "
