@@ -186,9 +186,9 @@ class _Trainer:
         if candidates is not None and not cfg.centre:  # k-means commutes with the shift to the uncentred space
             candidates = candidates + store.uncentred_mean_d
         self.model = build_sae(cfg, store.d, candidates, delta)
-        # delta against the candidates' mean norm: near 1, an RA-SAE's atoms need not stay near the hull of C
-        self.delta_share = ((delta if delta is not None else cfg.delta) / float(candidates.norm(dim=1).mean())
-                            if cfg.method.startswith("ra-") and candidates is not None else 0.0)
+        # delta (as the dictionary holds it) against the candidates' mean norm: near 1, atoms need not stay near C
+        self.delta_share = (float(self.model.dictionary.delta) / float(candidates.norm(dim=1).mean())
+                            if cfg.archetypal else 0.0)
         self.model.set_normalisation_(*store.normalisation(cfg.centre)).to(device).train()
         # beta2 = 0.99: at a few hundred steps, 0.999's second moment still remembers the large gradients of
         # the first steps and shrinks every later step (benchmarks/README.md). Fused: 10x faster on CPU too.

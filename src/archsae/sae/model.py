@@ -337,7 +337,8 @@ def build_sae(cfg: TrainConfig, d: int, candidates_nd: torch.Tensor | None = Non
     else:
         if candidates_nd is None:
             raise ArchsaeError(f"{cfg.method} needs k-means candidates C: run `archsae distill` first (from Python: "
-                               "pass candidates_nd, e.g. archsae.distill.kmeans of standardised train tokens)")
+                               "pass candidates_nd = torch.from_numpy(archsae.kmeans(A, n', seed)), A standardised "
+                               "train tokens, n' >= k)")
         if candidates_nd.ndim != 2 or candidates_nd.shape[1] != d:
             raise ArchsaeError(f"candidates C have shape {tuple(candidates_nd.shape)}; expected (n', {d})")
         if not torch.isfinite(candidates_nd).all():
