@@ -188,7 +188,7 @@ class ArchetypalDictionary(nn.Module):
     (W >= 0, W 1 = 1), Lambda = delta U with ||U_i||_2 <= 1, so ||Lambda_i||_2 <= delta in the units of C
     (standardised activations, as in the paper; a centroid's norm is about sqrt(d) times the share of
     variance it keeps). Learning U rather than Lambda makes Lambda's step scale with delta: Adam moves
-    each coordinate of U by about lr per step, so Lambda reaches its bound in about 1 / (lr sqrt(d)) steps
+    each coordinate of U by about lr per step, so Lambda can reach its bound in about 1 / (lr sqrt(d)) steps
     whatever delta, and a sweep of delta (Fel et al. Fig. 4) changes how far atoms may leave the hull, not
     how fast. With delta = 0 there is no U at all, so the constraint is exact and no 0/0 arises.
 
