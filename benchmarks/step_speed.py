@@ -42,14 +42,14 @@ def make_tokens(n: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(x)
 
 
-def time_method(work: Path, method: str, steps: int) -> dict:
+def time_method(work: Path, method: str, steps: int, extra: dict) -> dict:
     from archsae.config import TrainConfig
     from archsae.store import ActivationStore
     from archsae.train import train
 
     store = ActivationStore(work / "store")
     cfg = TrainConfig(method=method, k=K, top_k=TOP_K, batch_size=BATCH, epochs=steps * BATCH / store.n_split("train"),
-                      checkpoint_every=10**9)
+                      checkpoint_every=10**9, **extra)
     candidates = torch.load(work / "candidates.pt", weights_only=True) if cfg.archetypal else None
     train(store, cfg, work / method, candidates)
     rows = [json.loads(line) for line in (work / method / "log.jsonl").read_text().splitlines()][1:]
@@ -61,11 +61,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", action="append", choices=METHODS, help="rows to time (default: all)")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--extra", default="{}", help='JSON of TrainConfig fields set for every row, e.g. \'{"kernel": '
+                        '"rectangle"}\'')
     parser.add_argument("--row", help=argparse.SUPPRESS)  # child mode: time one method
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
-        print(json.dumps(time_method(args.work, args.row, args.steps)))
+        print(json.dumps(time_method(args.work, args.row, args.steps, json.loads(args.extra))))
         return
 
     from archsae.store import import_matrix
@@ -81,7 +83,7 @@ def main() -> None:
                    work / "candidates.pt")
         for method in args.method or METHODS:
             done = subprocess.run([sys.executable, __file__, "--row", method, "--work", str(work),
-                                   "--steps", str(args.steps)], capture_output=True, text=True)
+                                   "--steps", str(args.steps), "--extra", args.extra], capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"{method} failed:\n{done.stderr[-2000:]}")
             r = json.loads(done.stdout.strip().splitlines()[-1])

@@ -127,8 +127,11 @@ class TrainConfig:
     l1: float = opt(0.0, "relu: L1 coefficient (fixed); 0 = adapted during training so that the mean L0 is --top-k")
     l0: float = opt(0.0, "jumprelu: L0 coefficient (fixed); 0 = adapted during training so that the mean L0 is "
                          "--top-k")
-    bandwidth: float = opt(0.5, "jumprelu: bandwidth of the Silverman kernel of the threshold's gradient, in "
-                                "standardised units (pre-activations are O(1); 1e-2 left 5 % of codes dead)")
+    bandwidth: float = opt(0.5, "jumprelu: bandwidth of the kernel of the threshold's gradient, in standardised "
+                                "units (pre-activations are O(1); 1e-2 left 5 % of codes dead)")
+    kernel: str = opt("silverman", "jumprelu: kernel of the threshold's straight-through gradient: silverman (Fel et "
+                                   "al., App. F: every pre-activation counts, one dense n x d x k product a step) or "
+                                   "rectangle (Rajamanoharan et al.: only those within bandwidth / 2 of the threshold)")
     delta: float = opt(4.0, "ra-: bound on ||Lambda_i|| in the units of C, standardised activations, as the paper's "
                             "(or x mean ||A|| with delta_relative). 4: held-out R² equal to TopK's (0.632) on the "
                             "default store, atoms at cos 0.98 with C; about 13 % of a centroid's norm there (~31 at "
@@ -176,6 +179,7 @@ class TrainConfig:
                f"k ({self.k}) must be >= top_k ({self.top_k}): at most k codes are active")
         _check(self.l1 >= 0 and self.l0 >= 0, f"l1 and l0 must be >= 0, got {self.l1}, {self.l0}")
         _check(self.bandwidth > 0, f"bandwidth must be > 0, got {self.bandwidth}")
+        _check(self.kernel in ("silverman", "rectangle"), f"kernel must be silverman or rectangle, got {self.kernel!r}")
         _check(self.delta >= 0, f"delta must be >= 0, got {self.delta}")
         _check(not self.method.startswith("ra-") or self.delta > 0,
                f"{self.method} needs delta > 0; for delta = 0 use a-{self.sparsity} (A-SAE)")
@@ -226,7 +230,7 @@ class TrainConfig:
         if self.sparsity != "relu":
             unused.add("l1")
         if self.sparsity != "jumprelu":
-            unused |= {"l0", "bandwidth"}
+            unused |= {"l0", "bandwidth", "kernel"}
         if not self.archetypal:
             unused |= {"w_init", "w_support", "centroids_seed"}
         if not self.method.startswith("ra-"):

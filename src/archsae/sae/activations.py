@@ -21,6 +21,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,6 +34,17 @@ def _where(mask_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     over the bool mask casts all n k of them to int64, 24 ms a step at the default sizes.)"""
     rows_e, cols_e = mask_nk.nonzero().unbind(1)
     return cols_e, torch.bincount(rows_e, minlength=len(mask_nk))
+
+
+def gather_sum(table: torch.Tensor, idx_e: torch.Tensor, crow: torch.Tensor, weights_e: torch.Tensor) -> torch.Tensor:
+    """(len(crow) - 1, d): row r = sum of weights_e * table[idx_e] over its entries crow[r]:crow[r + 1]."""
+    return F.embedding_bag(idx_e, table, crow, per_sample_weights=weights_e.to(table.dtype), mode="sum",
+                           include_last_offset=True)
+
+
+def csr_pointers(counts_n: torch.Tensor) -> torch.Tensor:
+    """CSR row pointers (n + 1,) of rows holding counts_n entries."""
+    return F.pad(counts_n.cumsum(0), (1, 0))
 
 
 def _no_penalty(x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms):
@@ -179,31 +191,40 @@ def silverman_kernel(u: torch.Tensor) -> torch.Tensor:
     return a.neg().exp_().mul_(a.add_(math.pi / 4).sin_()).mul_(0.5)  # in place: it runs on (n, k) every step
 
 
+def rectangle_kernel(u: torch.Tensor) -> torch.Tensor:
+    """The rectangle kernel K(u) = 1 for |u| < 1/2, else 0 (Rajamanoharan et al. 2024, eq. 11); integrates to 1."""
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+KERNELS = {"silverman": silverman_kernel, "rectangle": rectangle_kernel}
+
+
 class _JumpFn(torch.autograd.Function):
     """H(pre - theta) with the straight-through pseudo-derivative d/dtheta = -K((pre - theta)/eps)/eps
-    (Rajamanoharan et al. 2024, eqs. 11-12); no gradient flows to `pre` through the step."""
+    (Rajamanoharan et al. 2024, eqs. 11-12) for a kernel K of `KERNELS`; no gradient flows to `pre` through
+    the step."""
 
     @staticmethod
-    def forward(ctx, pre_nk, theta_k, bandwidth):
+    def forward(ctx, pre_nk, theta_k, bandwidth, kernel):
         ctx.save_for_backward(pre_nk, theta_k)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.kernel = bandwidth, kernel
         return (pre_nk > theta_k).to(pre_nk.dtype)
 
     @staticmethod
     def backward(ctx, grad_nk):
         pre_nk, theta_k = ctx.saved_tensors
         eps = ctx.bandwidth
-        grad_theta = -(grad_nk * silverman_kernel((pre_nk - theta_k) / eps) / eps).sum(0)
-        return None, grad_theta, None
+        grad_theta = -(grad_nk * KERNELS[ctx.kernel]((pre_nk - theta_k) / eps) / eps).sum(0)
+        return None, grad_theta, None, None
 
 
 class _SparseJump(torch.autograd.Function):
-    """The thresholds' straight-through gradient on the sparse path: forward returns x_hat unchanged and the mean
-    L0 of the batch (`l0`, counted by `select`); backward gives theta the gradient that `_JumpFn` gives it through
-    the dense codes Z = pre * H(pre - theta) and the penalty mean_n ||z_n||_0: d/dtheta_i = -sum_n g_ni
-    K((pre_ni - theta_i)/eps) / eps with g_ni = <dL/dx_hat_n, D_i> pre_ni + dL/dL0 / n. That needs <dL/dx_hat_n, D_i> for every code, not
-    only the active ones: one dense (n, d) x (d, k) product, the only dense one in a JumpReLU step besides the
-    encoder's forward."""
+    """The thresholds' straight-through gradient on the sparse path, Silverman's kernel: forward returns x_hat
+    unchanged and the mean L0 of the batch (`l0`, counted by `select`); backward gives theta the gradient that
+    `_JumpFn` gives it through the dense codes Z = pre * H(pre - theta) and the penalty mean_n ||z_n||_0:
+    d/dtheta_i = -sum_n g_ni K((pre_ni - theta_i)/eps) / eps with g_ni = <dL/dx_hat_n, D_i> pre_ni + dL/dL0 / n.
+    The kernel has infinite support, so that needs <dL/dx_hat_n, D_i> for every code, not only the active ones:
+    one dense (n, d) x (d, k) product, the only dense one in a JumpReLU step besides the encoder's forward."""
 
     @staticmethod
     def forward(ctx, x_hat_nd, theta_k, pre_nk, atoms_kd, bandwidth, l0):
@@ -221,10 +242,34 @@ class _SparseJump(torch.autograd.Function):
         return grad_nd, grad_theta.to(theta_k.dtype), None, None, None, None
 
 
+class _WindowJump(torch.autograd.Function):
+    """`_SparseJump` for the rectangle kernel, whose support is the window |pre_ni - theta_i| < eps / 2: with
+    g_ni as there, d/dtheta_i = -(sum over the window's tokens n of g_ni) / eps
+    = -(<D_i, S_i> + |window_i| dL/dL0 / n) / eps, S_i = sum over the window of pre_ni dL/dx_hat_n,
+    a gather-and-sum over the window's entries (in float32) instead of a dense (n, d) x (d, k) product.
+    rows_w, cols_w, pre_w: the window's entries, code-major (cols_w sorted)."""
+
+    @staticmethod
+    def forward(ctx, x_hat_nd, theta_k, rows_w, cols_w, pre_w, atoms_kd, bandwidth, n, l0):
+        ctx.save_for_backward(theta_k, rows_w, cols_w, pre_w, atoms_kd)
+        ctx.bandwidth, ctx.n = bandwidth, n
+        return x_hat_nd.clone(), x_hat_nd.new_tensor(l0)
+
+    @staticmethod
+    def backward(ctx, grad_nd, grad_l0):
+        theta_k, rows_w, cols_w, pre_w, atoms_kd = ctx.saved_tensors
+        count_k = torch.bincount(cols_w, minlength=len(theta_k))
+        s_kd = gather_sum(grad_nd.float(), rows_w, csr_pointers(count_k), pre_w.float())
+        gate_grad_k = (s_kd * atoms_kd.float()).sum(1) + count_k * (grad_l0.float() / ctx.n)
+        grad_theta = -gate_grad_k / ctx.bandwidth
+        return grad_nd, grad_theta.to(theta_k.dtype), None, None, None, None, None, None, None
+
+
 class JumpReLU(Penalised):
     """Z = pre * H(pre - theta), a learned threshold theta_i > 0 per code (Rajamanoharan et al. 2024),
-    trained through a straight-through estimator with a Silverman kernel of bandwidth `bandwidth`
-    (Fel et al. 2025, App. F); penalty coeff * mean_n ||z_n||_0 through the same estimator.
+    trained through a straight-through estimator with a kernel of bandwidth `bandwidth`: `kernel` "silverman"
+    (Fel et al. 2025, App. F) or "rectangle" (Rajamanoharan et al. 2024, eq. 11); penalty
+    coeff * mean_n ||z_n||_0 through the same estimator.
 
     The estimator is eq. 12's pseudo-derivative of the step H (`_JumpFn`), taken through Z = pre * H by the
     product rule, so theta's gradient weighs each token by its own pre_ni where Rajamanoharan et al.'s eq. 11
@@ -235,18 +280,25 @@ class JumpReLU(Penalised):
     few tokens inform a threshold, and one that drifts above all of its code's pre-activations never comes
     back (5 % dead codes on the default store); TrainConfig's default is 0.5. The trainer also lets the
     log-thresholds move sqrt(d) times faster than the other parameters (see `train`): as fast, relatively,
-    as the pre-activations they are compared with."""
+    as the pre-activations they are compared with.
+
+    Silverman's kernel has infinite support: every (token, code) pair informs the thresholds, which costs a
+    training step one dense (n, d) x (d, k) product (`_SparseJump`). The rectangle's support is the window
+    |pre - theta| < bandwidth / 2, under 1 % of the pairs on the default store at the default bandwidth (0.7 %),
+    gathered instead (`_WindowJump`)."""
 
     signed = True
 
     def __init__(self, k: int, coeff: float, target_l0: float = 0.0, bandwidth: float = 1e-2,
-                 threshold: float = 1e-2):
+                 threshold: float = 1e-2, kernel: str = "silverman"):
         super().__init__(coeff, target_l0)
-        self.bandwidth = bandwidth
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        self.bandwidth, self.kernel = bandwidth, kernel
         self.log_threshold = nn.Parameter(torch.full((k,), math.log(threshold)))
 
     def _gate(self, pre_nk: torch.Tensor) -> torch.Tensor:
-        return _JumpFn.apply(pre_nk, self.log_threshold.exp(), self.bandwidth)
+        return _JumpFn.apply(pre_nk, self.log_threshold.exp(), self.bandwidth, self.kernel)
 
     def forward(self, pre_nk: torch.Tensor) -> torch.Tensor:
         # pre * gate: the gradient to pre is the gate; the gradient to theta comes from the estimator.
@@ -256,16 +308,22 @@ class JumpReLU(Penalised):
         return _where(pre_nk > self.log_threshold.exp())
 
     def sparse_terms(self, x_hat_nd, pre_nk, cols_e, vals_e, atoms_kd, x_rms):
-        x_hat_nd, l0 = _SparseJump.apply(x_hat_nd, self.log_threshold.exp(), pre_nk, atoms_kd.detach(), self.bandwidth,
-                                         len(cols_e) / len(pre_nk))
-        return x_hat_nd, self.penalty_coeff(len(cols_e) / len(pre_nk)) * l0
+        theta_k, l0 = self.log_threshold.exp(), len(cols_e) / len(pre_nk)
+        if self.kernel == "silverman":
+            x_hat_nd, l0_t = _SparseJump.apply(x_hat_nd, theta_k, pre_nk, atoms_kd.detach(), self.bandwidth, l0)
+        else:
+            with torch.no_grad():  # the window, code-major, tested as rectangle_kernel tests it
+                cols_w, rows_w = (((pre_nk - theta_k) / self.bandwidth).abs_() < 0.5).t().nonzero().unbind(1)
+            x_hat_nd, l0_t = _WindowJump.apply(x_hat_nd, theta_k, rows_w, cols_w, pre_nk[rows_w, cols_w],
+                                               atoms_kd.detach(), self.bandwidth, len(pre_nk), l0)
+        return x_hat_nd, self.penalty_coeff(l0) * l0_t
 
     def dead_gate_loss(self, pre_nm: torch.Tensor, dead_m: torch.Tensor, bias_k: torch.Tensor) -> torch.Tensor:
         """mean_n sum_m relu(theta_m - pre_nm) over the dead codes m (pre_nm (n, m) float, no gradient; dead_m (m,)
         int64 code indices; bias_k unused), a scalar with gradient to theta only: the pre-activation
         loss of Conerly et al. (Anthropic, Circuits Updates, January 2025), restricted to dead codes like AuxK.
         A threshold pushed above all of its code's pre-activations (by the L0 penalty, early in training) gets
-        no gradient from the Silverman kernel once it is a few bandwidths away, and AuxK trains the code's
+        no gradient from the kernel once it is a few bandwidths away, and AuxK trains the code's
         encoder and atom but not its threshold: archetypal JumpReLU kept 21 % of its codes dead on the default
         store, their thresholds a median 1.9 above their largest pre-activation (benchmarks/README.md). Adam
         scales the step, so for a dead code, which no other term moves, the loss's size hardly matters."""

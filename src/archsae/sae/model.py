@@ -13,7 +13,7 @@ from ..config import TrainConfig, stored_train_config
 from ..errors import ArchsaeError
 from ..files import read_json, read_safetensors, write_json, write_safetensors
 from ..normalisation import RawSpace
-from .activations import BatchTopK, JumpReLU, ReLU, TopK
+from .activations import BatchTopK, JumpReLU, ReLU, TopK, csr_pointers, gather_sum
 from .dictionary import ArchetypalDictionary, FreeDictionary
 
 
@@ -35,22 +35,11 @@ class _ChosenPre(torch.autograd.Function):
         k = weight_kd.shape[0]
         grad_e = grad_e.float()
         by_code = cols_e.argsort(stable=True)
-        code_crow = _crow(torch.bincount(cols_e, minlength=k))
-        grad_w = _gather_sum(xc_nd.float(), rows_e[by_code], code_crow, grad_e[by_code])
+        code_crow = csr_pointers(torch.bincount(cols_e, minlength=k))
+        grad_w = gather_sum(xc_nd.float(), rows_e[by_code], code_crow, grad_e[by_code])
         grad_b = torch.zeros(k, dtype=grad_e.dtype, device=grad_e.device).index_add_(0, cols_e, grad_e)
         grad_b_pre = -(grad_b @ weight_kd.float())
         return None, grad_b_pre.to(xc_nd.dtype), grad_w.to(weight_kd.dtype), grad_b.to(weight_kd.dtype), None, None, None
-
-
-def _gather_sum(table: torch.Tensor, idx_e: torch.Tensor, crow: torch.Tensor, weights_e: torch.Tensor) -> torch.Tensor:
-    """(len(crow) - 1, d): row r = sum of weights_e * table[idx_e] over its entries crow[r]:crow[r + 1]."""
-    return F.embedding_bag(idx_e, table, crow, per_sample_weights=weights_e.to(table.dtype), mode="sum",
-                           include_last_offset=True)
-
-
-def _crow(counts_n: torch.Tensor) -> torch.Tensor:
-    """CSR row pointers (n + 1,) of rows holding counts_n entries."""
-    return F.pad(counts_n.cumsum(0), (1, 0))
 
 
 @dataclass
@@ -265,23 +254,23 @@ class SAE(RawSpace, nn.Module):
             xc_nd = x_nd - self.b_pre
             pre_nk = F.linear(xc_nd, self.encoder.weight, self.encoder.bias)
             cols_e, counts_n = self.activation.select(pre_nk)
-            crow = _crow(counts_n)
+            crow = csr_pointers(counts_n)
             if n_dead:  # AuxK's entries: rows n..2n-1 of the same CSR matrix
                 dead_m = dead_k.nonzero().squeeze(1)
                 pre_dead_nm = pre_nk[:, dead_m]
                 aux_nm = dead_m[pre_dead_nm.topk(min(aux_k, n_dead), dim=1).indices]
-                crow = torch.cat([crow, crow[-1] + _crow(counts_n.new_full((n,), aux_nm.shape[1]))[1:]])
+                crow = torch.cat([crow, crow[-1] + csr_pointers(counts_n.new_full((n,), aux_nm.shape[1]))[1:]])
                 cols_e = torch.cat([cols_e, aux_nm.flatten()])
             rows_e = torch.arange(len(crow) - 1, device=x_nd.device).repeat_interleave(crow.diff()) % n
         vals_e = torch.relu(_ChosenPre.apply(xc_nd, self.b_pre, self.encoder.weight, self.encoder.bias, cols_e, rows_e,
                                              pre_nk[rows_e, cols_e]))
         main = int(crow[n])
-        x_hat = _gather_sum(atoms_kd, cols_e[:main], crow[:n + 1], vals_e[:main]) + self.b_pre
+        x_hat = gather_sum(atoms_kd, cols_e[:main], crow[:n + 1], vals_e[:main]) + self.b_pre
         x_hat, penalty = self.activation.sparse_terms(x_hat, pre_nk, cols_e[:main], vals_e[:main], atoms_kd, x_rms)
         sse = (x_hat - x_nd).pow(2).sum()
         loss = sse / sst + penalty
         if n_dead:
-            e_hat = _gather_sum(atoms_kd, cols_e[main:], crow[n:] - main, vals_e[main:])
+            e_hat = gather_sum(atoms_kd, cols_e[main:], crow[n:] - main, vals_e[main:])
             residual = (x_nd - x_hat).detach()
             aux_sst = (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
             gate = self.activation.dead_gate_loss(pre_dead_nm, dead_m, self.encoder.bias)
@@ -304,7 +293,8 @@ def build_activation(cfg: TrainConfig, k: int) -> nn.Module:
     if cfg.sparsity == "batchtopk":
         return BatchTopK(cfg.top_k)
     if cfg.sparsity == "jumprelu":
-        return JumpReLU(k, cfg.l0 or JUMPRELU_L0_START, 0 if cfg.l0 else cfg.top_k, cfg.bandwidth)
+        return JumpReLU(k, cfg.l0 or JUMPRELU_L0_START, 0 if cfg.l0 else cfg.top_k, cfg.bandwidth,
+                        kernel=cfg.kernel)
     return ReLU(cfg.l1 or RELU_L1_START, 0 if cfg.l1 else cfg.top_k)
 
 
