@@ -659,7 +659,8 @@ def test_reconstruct_keeps_codes_sparse_and_equal_to_the_dense_pass():
 
 
 def test_a_model_saved_before_resampling_existed_loads_as_trained_without_it(tmp_path):
-    """A config.json without `resample_every` (older archsae) means no resampling, not today's default."""
+    """A config.json without `resample_every` (older archsae) means no resampling, not today's default; without
+    `kernel`, Silverman's."""
     from archsae.sae.model import sae_config, save_sae
 
     cfg = TrainConfig(method="topk", k=8, top_k=2)
@@ -675,6 +676,13 @@ def test_a_model_saved_before_resampling_existed_loads_as_trained_without_it(tmp
     config["train"]["top_k"] = 32
     save_sae(build_sae(relu, 4), tmp_path / "relu", config)
     assert load_sae(tmp_path / "relu").config.top_k == 8
+    # a JumpReLU saved before the rectangle kernel became the default was trained with Silverman's
+    jump = TrainConfig(method="jumprelu", k=8, top_k=2)
+    config = sae_config(jump, 4)
+    del config["train"]["kernel"]
+    save_sae(build_sae(jump, 4), tmp_path / "jump", config)
+    assert load_sae(tmp_path / "jump").config.kernel == "silverman" != jump.kernel
+    assert load_sae(tmp_path / "jump").activation.kernel == "silverman"
 
 
 @pytest.mark.parametrize("support", [0, 4])
