@@ -94,6 +94,25 @@ def test_bad_image_folders(tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "store").exists()
 
 
+def test_a_run_directory_from_before_an_option_existed_is_reused_unless_its_methods_use_it(tmp_path):
+    """run.json written before JumpReLU's `kernel` existed: a run of TopK and RA-TopK (which ignore it) is the same
+    run, one that trained JumpReLU is not (its models were trained with Silverman's kernel, now not the default)."""
+    from archsae.config import RunConfig, to_dict
+    from archsae.files import write_json
+
+    (tmp_path / "empty").mkdir()
+    for methods, refused in ((["topk", "ra-topk"], False), (["topk", "jumprelu"], True)):
+        config = to_dict(RunConfig.quick())
+        del config["train"]["kernel"]
+        config["methods"] = methods
+        run_dir = tmp_path / "-".join(methods)
+        write_json(run_dir / "run.json", {"config": config, "images": str((tmp_path / "empty").resolve())})
+        args = [a for m in methods for a in ("--method", m)]
+        result = invoke("run", "--quick", "--run-dir", run_dir, "--images", tmp_path / "empty", *args)
+        # accepted, it goes on to read the images (none); refused, it names the difference
+        _error(result, "config.train.kernel: 'silverman' there, 'rectangle' now" if refused else "holds no images")
+
+
 def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
     from archsae.data import load_image
 

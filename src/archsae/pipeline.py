@@ -14,10 +14,10 @@ Each step reuses a finished result of the same configuration, so a killed run is
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from .config import RunConfig, StabilityConfig, to_dict
+from .config import RunConfig, StabilityConfig, stored_train_config, to_dict
 from .data import build_demo, list_images
 from .distill import centroids_path_of, distill
 from .evaluate import evaluate
@@ -37,7 +37,8 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
     run_dir = Path(run_dir)
     resolved = {"config": to_dict(cfg), "images": str(Path(images).resolve()) if images else None}
     if (run_dir / "run.json").exists():
-        refuse_if_different(read_json(run_dir / "run.json"), resolved, run_dir, "a run", "choose another --run-dir")
+        refuse_if_different(_comparable(read_json(run_dir / "run.json"), cfg), _comparable(resolved, cfg), run_dir,
+                            "a run", "choose another --run-dir")
     items = list_images(images) if images else build_demo(run_dir / "images", cfg.demo)
     write_json(run_dir / "run.json", resolved)  # once the inputs are good: a refused folder blocks no retry
     store = extract(items, run_dir / "store", cfg.extract)
@@ -59,3 +60,14 @@ def run(run_dir: str | Path, cfg: RunConfig = RunConfig(), images: str | Path | 
     pairs = {label: [n for n in g["runs"] if n not in g.get("repeats", [])] for label, g in evaluated["groups"].items()}
     run_pairs(run_dir, store, pairs, StabilityConfig(), cfg.distill)
     return write_report(run_dir, cfg.report)
+
+
+def _comparable(record: dict, cfg: RunConfig) -> dict:
+    """A run.json `record` with its training options read as a model's are (a field added since takes the value
+    that reproduces the old run: `stored_train_config`) and without those that none of `cfg.methods` uses, so an
+    option added later for one sparsity (JumpReLU's kernel) does not refuse a run that never trained it."""
+    train = asdict(stored_train_config(record["config"]["train"]))
+    unused = set(train)
+    for method in cfg.methods:
+        unused &= replace(cfg.train, method=method).unused_fields()
+    return {**record, "config": {**record["config"], "train": {k: v for k, v in train.items() if k not in unused}}}
