@@ -128,11 +128,11 @@ class TrainConfig:
     l0: float = opt(0.0, "jumprelu: L0 coefficient (fixed); 0 = adapted during training so that the mean L0 is "
                          "--top-k")
     bandwidth: float = opt(0.5, "jumprelu: bandwidth of the kernel of the threshold's gradient, in standardised "
-                                "units (pre-activations are O(1); 1e-2 left 5 % of codes dead)")
+                                "units (pre-activations are O(1); 1e-2 left 5 % of codes dead with Silverman's kernel)")
     kernel: str = opt("rectangle", "jumprelu: kernel of the threshold's straight-through gradient: rectangle "
                                    "(Rajamanoharan et al.: only pre-activations within bandwidth / 2 of the threshold "
                                    "count) or silverman (the paper's, App. F: every one counts, a dense n x d x k "
-                                   "product per step, 1.4x slower; the same R², more dead archetypal codes)")
+                                   "product per step, 1.3-1.4x slower; the same R², more dead archetypal codes)")
     delta: float = opt(4.0, "ra-: bound on ||Lambda_i|| in the units of C, standardised activations, as the paper's "
                             "(or x mean ||A|| with delta_relative). 4: held-out R² equal to TopK's (0.632) on the "
                             "default store, atoms at cos 0.98 with C; about 13 % of a centroid's norm there (~31 at "

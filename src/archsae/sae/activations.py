@@ -286,7 +286,7 @@ class JumpReLU(Penalised):
     training step one dense (n, d) x (d, k) product (`_SparseJump`). The rectangle's support is the window
     |pre - theta| < bandwidth / 2, under 1 % of the pairs on the default store at the default bandwidth (0.7 %),
     gathered instead (`_WindowJump`). TrainConfig's default is the rectangle: as good on planted data and the
-    default store, better for archetypal JumpReLU there, 1.4x faster per step (benchmarks/README.md)."""
+    default store, better for archetypal JumpReLU there, 1.3-1.4x faster per step (benchmarks/README.md)."""
 
     signed = True
 
@@ -324,8 +324,9 @@ class JumpReLU(Penalised):
         int64 code indices; bias_k unused), a scalar with gradient to theta only: the pre-activation
         loss of Conerly et al. (Anthropic, Circuits Updates, January 2025), restricted to dead codes like AuxK.
         A threshold pushed above all of its code's pre-activations (by the L0 penalty, early in training) gets
-        no gradient from the kernel once it is a few bandwidths away, and AuxK trains the code's
-        encoder and atom but not its threshold: archetypal JumpReLU kept 21 % of its codes dead on the default
-        store, their thresholds a median 1.9 above their largest pre-activation (benchmarks/README.md). Adam
+        no gradient from the kernel once it is past its reach (half a bandwidth for the rectangle, a few for
+        Silverman's), and AuxK trains the code's encoder and atom but not its threshold: archetypal JumpReLU
+        (Silverman's kernel) kept 21 % of its codes dead on the default store, their thresholds a median 1.9
+        above their largest pre-activation (benchmarks/README.md). Adam
         scales the step, so for a dead code, which no other term moves, the loss's size hardly matters."""
         return torch.relu(self.log_threshold[dead_m].exp() - pre_nm).sum(1).mean()
