@@ -76,7 +76,8 @@ class DistillConfig:
     """A -> C: n' candidates chosen from the standardised activations (Fel et al. 2025, Sec. 4 and App. C)."""
 
     n_centroids: int = opt(4096, "n', the number of candidates C; above k, so that no two atoms start on one "
-                                 "candidate (the paper: 32,000 for k = 5 d)")
+                                 "candidate (the paper: 32,000 for k = 5 d, about 8 per atom; more per atom put "
+                                 "candidates near rarer concepts, at k-means time: benchmarks/README.md)")
     seed: int = opt(0, "seed of the token sample and of the method (k-means, Isolation Forest)")
     method: str = opt("kmeans", "how C is chosen: " + "; ".join(f"{m} = {h}" for m, h in DISTILL_METHODS.items()))
     max_points: int = opt(100_000, "train tokens sampled (bounded memory)")
