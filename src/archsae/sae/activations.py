@@ -278,7 +278,8 @@ class JumpReLU(Penalised):
 
     The paper's bandwidth, 1e-2, is narrow against pre-activations of order 1 in the standardised space:
     few tokens inform a threshold, and one that drifts above all of its code's pre-activations never comes
-    back (5 % dead codes on the default store); TrainConfig's default is 0.5. The trainer also lets the
+    back (5 % dead codes on the default store, with Silverman's kernel); TrainConfig's default is 0.5. The
+    class's own defaults are the paper's (1e-2, Silverman's kernel). The trainer also lets the
     log-thresholds move sqrt(d) times faster than the other parameters (see `train`): as fast, relatively,
     as the pre-activations they are compared with.
 
@@ -286,7 +287,8 @@ class JumpReLU(Penalised):
     training step one dense (n, d) x (d, k) product (`_SparseJump`). The rectangle's support is the window
     |pre - theta| < bandwidth / 2, under 1 % of the pairs on the default store at the default bandwidth (0.7 %),
     gathered instead (`_WindowJump`). TrainConfig's default is the rectangle: as good on planted data and the
-    default store, better for archetypal JumpReLU there, 1.3-1.4x faster per step (benchmarks/README.md)."""
+    default store, better for archetypal JumpReLU there, 1.3-1.4x faster per step (benchmarks/README.md).
+    ValueError for a kernel not in `KERNELS`."""
 
     signed = True
 
@@ -327,6 +329,6 @@ class JumpReLU(Penalised):
         no gradient from the kernel once it is past its reach (half a bandwidth for the rectangle, a few for
         Silverman's), and AuxK trains the code's encoder and atom but not its threshold: archetypal JumpReLU
         (Silverman's kernel) kept 21 % of its codes dead on the default store, their thresholds a median 1.9
-        above their largest pre-activation (benchmarks/README.md). Adam
-        scales the step, so for a dead code, which no other term moves, the loss's size hardly matters."""
+        above their largest pre-activation (benchmarks/README.md). Adam scales the step, so for a dead code,
+        which no other term moves, the loss's size hardly matters."""
         return torch.relu(self.log_threshold[dead_m].exp() - pre_nm).sum(1).mean()
