@@ -661,7 +661,7 @@ def test_reconstruct_keeps_codes_sparse_and_equal_to_the_dense_pass():
     assert torch.equal(torch.from_numpy(codes.toarray()), expected) and torch.allclose(acts_hat, expected_hat)
 
 
-def test_a_model_saved_before_resampling_existed_loads_as_trained_without_it(tmp_path):
+def test_a_model_saved_before_an_option_existed_loads_as_it_was_trained(tmp_path):
     """A config.json without `resample_every` (older archsae) means no resampling, not today's default; without
     `kernel`, Silverman's."""
     from archsae.sae.model import sae_config, save_sae
