@@ -155,7 +155,7 @@ def run_stability(run_dir: str | Path, store: ActivationStore, bases: list[Train
             folders.append(jobs[tcfg].out_dir)
         groups.append({"label": label, "method": base.method, "mode": mode,
                        "space": "centred" if centre else "uncentred", "k": base.k,
-                       "params": {f: getattr(base, f) for f in ("top_k", "delta", "l1", "l0")
+                       "params": {f: getattr(base, f) for f in ("top_k", "delta", "l1", "l0", "kernel")
                                   if f not in base.unused_fields()},
                        "runs": [str(f.relative_to(out)) for f in folders]})
     train_many(store, list(jobs.values()), device)
