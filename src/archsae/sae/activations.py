@@ -37,13 +37,16 @@ def _where(mask_nk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gather_sum(table: torch.Tensor, idx_e: torch.Tensor, crow: torch.Tensor, weights_e: torch.Tensor) -> torch.Tensor:
-    """(len(crow) - 1, d): row r = sum of weights_e * table[idx_e] over its entries crow[r]:crow[r + 1]."""
+    """(len(crow) - 1, d) in table's dtype: row r = sum of weights_e * table[idx_e] over its entries
+    crow[r]:crow[r + 1]. table (V, d) float; idx_e (e,) int64 rows of table, grouped by r; crow (r + 1,) int64 CSR
+    pointers (`csr_pointers`); weights_e (e,) any float dtype. Differentiable in table and weights_e
+    (`F.embedding_bag`, the sparse path's gather for decoding, the encoder's backward and JumpReLU's window)."""
     return F.embedding_bag(idx_e, table, crow, per_sample_weights=weights_e.to(table.dtype), mode="sum",
                            include_last_offset=True)
 
 
 def csr_pointers(counts_n: torch.Tensor) -> torch.Tensor:
-    """CSR row pointers (n + 1,) of rows holding counts_n entries."""
+    """CSR row pointers (n + 1,) int64 of n rows holding counts_n (n,) int64 entries: 0, then their cumulative sums."""
     return F.pad(counts_n.cumsum(0), (1, 0))
 
 
